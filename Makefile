@@ -1,0 +1,29 @@
+# Fresh machine: `make demo` or `make test` create .venv, install, and run.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: install demo test test-fast lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/visionfm demo --output_dir demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --timeout 900
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) demo_output build dist src/*.egg-info

@@ -1,0 +1,60 @@
+"""The ``visionfm`` entry point: a table of subcommands, each a module with ``add_arguments`` and ``run``.
+
+Subcommand modules are imported only when chosen, so ``visionfm --help`` stays fast and one broken
+optional dependency does not take down unrelated commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from visionfm import __version__
+from visionfm.cli.options import VFMArgumentParser, parse_with_config
+
+# name -> (module, one-line help). Every module defines ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("visionfm.cli.info", "show what a weights file holds and which architecture it fits"),
+    "export": ("visionfm.cli.export", "convert an encoder checkpoint into safetensors + JSON config"),
+    "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
+    "features": ("visionfm.cli.features", "encode a few images and print a feature summary"),
+}
+
+
+def build_parser() -> tuple[VFMArgumentParser, dict[str, VFMArgumentParser]]:
+    parser = VFMArgumentParser(prog="visionfm", description="Ophthalmic foundation models (VisionFM).")
+    parser.add_argument("--version", action="version", version=f"visionfm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = {}
+    for name, (_, helptext) in COMMANDS.items():
+        subparsers[name] = sub.add_parser(name, help=helptext, description=helptext)
+    return parser, subparsers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sp = subparsers[name]
+    module.add_arguments(sp)
+    args = parse_with_config(sp, argv[1:])
+    args.command = name
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except VisionFMError as exc:  # user-facing error: one clear line, no traceback
+        print(f"visionfm {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+from visionfm.errors import VisionFMError  # noqa: E402  (after main() for a cheap import graph)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Argument parsing shared by every command.
+
+Every flag is accepted in the original's underscore spelling (``--batch_size_per_gpu``) and in the
+hyphenated spelling (``--batch-size-per-gpu``). ``--config run.yaml`` supplies defaults for any flag
+(YAML keys use the underscore names); flags given on the command line win. ``--local_rank`` /
+``--local-rank`` (passed by the deprecated ``torch.distributed.launch``) are accepted and ignored:
+rank always comes from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["VFMArgumentParser", "bool_flag", "parse_with_config"]
+
+
+def bool_flag(value: str | bool) -> bool:
+    """Parse on/off/true/false/1/0/yes/no (case-insensitive), as the original's ``bool_flag``."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in {"on", "true", "1", "yes", "y"}:
+        return True
+    if v in {"off", "false", "0", "no", "n"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, on/off, 1/0), got {value!r}")
+
+
+class VFMArgumentParser(argparse.ArgumentParser):
+    """ArgumentParser that also registers the hyphenated twin of every ``--snake_case`` flag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: Any, **kwargs: Any):  # type: ignore[override]
+        extra = []
+        for n in names:
+            if isinstance(n, str) and n.startswith("--") and "_" in n:
+                twin = n.replace("_", "-")
+                if twin not in names:
+                    extra.append(twin)
+        return super().add_argument(*names, *extra, **kwargs)
+
+    def add_distributed_arguments(self) -> None:
+        self.add_argument("--dist_url", default="env://", help="rendezvous URL (torchrun sets the environment)")
+        self.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+
+    def add_config_argument(self) -> None:
+        self.add_argument("--config", default=None, help="YAML file of flag values; command-line flags override it")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; when ``--config`` is given, its YAML values become the defaults.
+
+    Unknown YAML keys are an error naming the file and the key, like an unknown flag.
+    """
+    pre, _ = parser.parse_known_args(argv)
+    cfg_path = getattr(pre, "config", None)
+    if cfg_path:
+        path = Path(cfg_path)
+        if not path.is_file():
+            parser.error(f"--config {cfg_path}: file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            parser.error(f"--config {cfg_path}: not valid YAML ({exc})")
+        if not isinstance(data, dict):
+            parser.error(f"--config {cfg_path}: expected a mapping of flag names to values, got {type(data).__name__}")
+        known = {a.dest for a in parser._actions}
+        defaults = {}
+        for key, value in data.items():
+            dest = str(key).replace("-", "_")
+            if dest not in known:
+                parser.error(f"--config {cfg_path}: unknown key {key!r}")
+            defaults[dest] = value
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)

@@ -1,0 +1,148 @@
+"""``visionfm export`` and ``visionfm info``: convert an encoder to safetensors, describe a weights file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from visionfm import __version__
+from visionfm.io.atomic import save_json_atomic, save_safetensors_atomic
+from visionfm.io.safe_load import load_checkpoint_file
+from visionfm.models.formats import clean_backbone_keys, detect_format
+
+__all__ = ["export_encoder", "inspect_weights", "format_info"]
+
+
+def export_encoder(
+    weights: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    arch: str | None = None,
+    checkpoint_key: str | None = "teacher",
+    patch_size: int | None = None,
+    modality: str | None = None,
+) -> dict[str, Any]:
+    """Write the backbone of ``weights`` as ``out`` (.safetensors) plus ``out`` with ``.json`` config.
+
+    The tensors go through :func:`load_encoder` first, so an export is only written for a file that
+    loads cleanly, and ``load_encoder(out)`` gives an identical encoder.
+    """
+    from visionfm.data.modalities import canonical_modality
+    from visionfm.models.loading import load_encoder
+
+    enc = load_encoder(weights, arch=arch, checkpoint_key=checkpoint_key, patch_size=patch_size, img_size=224)
+    # Keep the file's native grid: rebuild at the size the file was trained at when it differs.
+    grid_tokens = enc.pos_embed.shape[1] - 1
+    native = enc.img_size
+    sd = {k: v for k, v in enc.state_dict().items()}
+    rep = enc.load_report  # type: ignore[attr-defined]
+    raw_sd, _ = _raw_backbone(weights, checkpoint_key)
+    if "pos_embed" in raw_sd and raw_sd["pos_embed"].shape != sd["pos_embed"].shape:
+        n = raw_sd["pos_embed"].shape[1] - 1
+        native = int(round(n ** 0.5)) * rep.patch_size
+        enc = load_encoder(weights, arch=rep.arch, checkpoint_key=checkpoint_key, patch_size=rep.patch_size, img_size=native)
+        sd = dict(enc.state_dict())
+        grid_tokens = n
+    if "masked_embed" in sd and "masked_embed" not in raw_sd:
+        sd.pop("masked_embed")
+    config = {
+        "format": "visionfm-encoder",
+        "format_version": "1",
+        "arch": rep.arch,
+        "patch_size": str(rep.patch_size),
+        "img_size": str(native),
+        "modality": canonical_modality(modality) if modality else (rep.modality or ""),
+        "source": Path(str(weights)).name,
+        "source_format": rep.format,
+        "source_sha256": rep.sha256 or "",
+        "checkpoint_key": rep.checkpoint_key or "",
+        "visionfm_version": __version__,
+    }
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out}")
+    save_safetensors_atomic(sd, out, metadata=config)
+    json_cfg = dict(config, patch_size=rep.patch_size, img_size=native, num_pos_tokens=grid_tokens + 1)
+    save_json_atomic(json_cfg, out.with_suffix(".json"))
+    return json_cfg
+
+
+def _raw_backbone(weights: str | os.PathLike[str], checkpoint_key: str | None) -> tuple[dict, dict]:
+    from visionfm.models.loading import read_backbone_state_dict
+
+    return read_backbone_state_dict(weights, checkpoint_key)
+
+
+def _count(sd: Mapping[str, Any]) -> int:
+    return int(sum(v.numel() for v in sd.values() if isinstance(v, torch.Tensor)))
+
+
+def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a weights file without building a model: keys, format, inferred architecture, contents."""
+    from visionfm.models.loading import infer_backbone_spec
+
+    raw, meta = load_checkpoint_file(path)
+    fmt = detect_format(raw, meta)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "size_mb": round(Path(path).stat().st_size / 2**20, 2),
+        "format": fmt.name if fmt else "unknown",
+        "format_description": fmt.description if fmt else "not a recognised encoder file",
+        "metadata": dict(meta),
+    }
+    if not isinstance(raw, Mapping):
+        info["top_level"] = type(raw).__name__
+        return info
+    top = {}
+    for key, value in raw.items():
+        if isinstance(value, torch.Tensor):
+            top[str(key)] = f"tensor {tuple(value.shape)}"
+        elif isinstance(value, Mapping):
+            n_t = sum(isinstance(v, torch.Tensor) for v in value.values())
+            top[str(key)] = f"dict ({len(value)} entries, {n_t} tensors)"
+        else:
+            top[str(key)] = type(value).__name__ + (f" = {value}" if isinstance(value, (int, float, str)) else "")
+    info["top_level_keys"] = top if not all(isinstance(v, torch.Tensor) for v in raw.values()) else f"{len(raw)} tensors"
+    candidates = [k for k in ("teacher", "student", "model", "visionfm_state_dict") if isinstance(raw.get(k), Mapping)]
+    if all(isinstance(v, torch.Tensor) for v in raw.values()):
+        candidates = [None]  # type: ignore[list-item]
+    backbones = {}
+    for key in candidates:
+        sd = raw if key is None else raw[key]
+        bb, dropped = clean_backbone_keys(sd)
+        spec = infer_backbone_spec(bb)
+        head_keys = [k for k in dropped if "head" in k]
+        backbones[key or "(root)"] = {
+            "inferred_arch": spec.get("arch") or "unknown",
+            "embed_dim": spec.get("embed_dim"),
+            "depth": spec.get("depth"),
+            "patch_size": spec.get("patch_size"),
+            "native_img_size": (spec["grid"] * spec["patch_size"]) if spec.get("grid") and spec.get("patch_size") else None,
+            "backbone_params": _count(bb),
+            "has_masked_embed": "masked_embed" in bb,
+            "head_tensors": len(head_keys),
+            "weight_norm_keys": sorted({k.rsplit(".", 1)[-1] for k in head_keys if k.endswith(("weight_g", "weight_v"))}),
+        }
+    info["backbones"] = backbones
+    info["has_optimizer"] = "optimizer" in raw
+    info["has_args"] = "args" in raw
+    if "epoch" in raw:
+        info["epoch"] = raw["epoch"]
+    if "args" in raw and hasattr(raw["args"], "__dict__"):
+        args = vars(raw["args"])
+        info["args_summary"] = {k: args[k] for k in ("arch", "modality", "patch_size", "input_size", "epochs") if k in args}
+    return info
+
+
+def format_info(info: Mapping[str, Any], indent: int = 0) -> str:
+    lines = []
+    pad = "  " * indent
+    for key, value in info.items():
+        if isinstance(value, Mapping) and value:
+            lines.append(f"{pad}{key}:")
+            lines.append(format_info(value, indent + 1))
+        else:
+            lines.append(f"{pad}{key}: {value}")
+    return "\n".join(lines)
