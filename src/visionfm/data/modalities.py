@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from visionfm.errors import ConfigError
+
 __all__ = [
     "Modality",
     "MODALITIES",
@@ -110,13 +112,13 @@ def canonical_modality(name: str) -> str:
     """Return the canonical modality name for any accepted spelling.
 
     Raises:
-        ValueError: naming the unknown value and listing the valid names.
+        ConfigError (a ValueError): naming the unknown value and listing the valid names.
     """
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"modality must be a non-empty string, got {name!r}; valid: {', '.join(MODALITY_NAMES)}")
+        raise ConfigError(f"modality must be a non-empty string, got {name!r}; valid: {', '.join(MODALITY_NAMES)}")
     hit = _ALIASES.get(_fold(name))
     if hit is None:
-        raise ValueError(
+        raise ConfigError(
             f"unknown modality {name!r}; valid modalities are {', '.join(MODALITY_NAMES)} "
             "(case-insensitive; spellings such as 'Slit Lamp', 'B-Ultrasound' or 'External Eye' are accepted)"
         )

@@ -1,0 +1,292 @@
+"""File I/O shared by every dataset reader: images, class-id masks, label text files, folder listings,
+and the ``on_error`` policy.
+
+The original code opened files ad hoc and, on failure, silently substituted a random other sample
+(reference §2.2, §2.3, item 30). Here every failure is a :class:`DataFormatError` that names the
+file, and skipping a bad file is an explicit, logged choice (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from visionfm.errors import ConfigError, DataFormatError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "OnErrorPolicy",
+    "ON_ERROR_POLICIES",
+    "SampleDataset",
+    "check_on_error",
+    "is_image_file",
+    "list_images",
+    "list_subdirs",
+    "load_image",
+    "load_mask",
+    "read_label_lines",
+    "resolve_split",
+]
+
+logger = logging.getLogger("visionfm.data")
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+
+OnErrorPolicy = Literal["fail", "skip"]
+ON_ERROR_POLICIES: tuple[str, ...] = get_args(OnErrorPolicy)
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------------------
+# File names and folders
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True when the file name has an image extension (case-insensitive); the file is not opened."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _hidden(name: str) -> bool:
+    # Skips ".DS_Store"-style litter and macOS "._x.jpg" resource forks, which are not images.
+    return name.startswith(".")
+
+
+def list_subdirs(folder: str | os.PathLike[str]) -> list[Path]:
+    """Non-hidden immediate sub-directories, sorted by name (the original used unsorted os.listdir)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
+
+
+def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (hidden entries excluded), sorted by relative path for determinism.
+
+    Symlinked directories are followed, each real directory visited once so link loops terminate.
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    if not recursive:
+        found = [p for p in folder.iterdir() if not _hidden(p.name) and is_image_file(p) and not p.is_dir()]
+    else:
+
+        def walk_error(exc: OSError) -> None:
+            raise DataFormatError(f"cannot list folder ({exc.strerror or exc})", exc.filename or folder)
+
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=walk_error, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames if not _hidden(d)]
+            found.extend(Path(dirpath, f) for f in filenames if not _hidden(f) and is_image_file(f))
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def resolve_split(split: str, choices: Sequence[str]) -> str:
+    """Map a split name to the spelling a layout uses on disk ("train" ↔ "training", "validation" → "val").
+
+    Layouts disagree (vfm uses ``training``, ImageNet/RETFound use ``train``); callers should not care.
+    """
+    roles = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+             "test": "test", "testing": "test"}  # fmt: skip
+    role = roles.get(str(split).strip().lower())
+    for choice in choices:
+        if role is not None and roles.get(choice) == role:
+            return choice
+    raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(choices)}")
+
+
+def read_label_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, stripped_text)`` for each data line; blank and ``#`` comment lines are skipped.
+
+    The original could not read the comment lines its own README shows (reference item 13).
+    A UTF-8 byte-order mark is tolerated because spreadsheet exports add one.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataFormatError("label file not found", path) from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"label file is not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    except OSError as exc:
+        raise DataFormatError(f"cannot read label file ({exc.strerror or exc})", path) from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _decode(path: str | os.PathLike[str], what: str, convert: Callable[[Image.Image], _T]) -> _T:
+    """Open, fully decode (so truncated files fail here, not inside a transform) and convert one file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{what} file not found", path)
+    if path.is_dir():
+        raise DataFormatError(f"expected an {what} file, found a directory", path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return convert(img)
+    except DataFormatError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataFormatError(
+            f"{what} is too large to decode safely ({exc}); this guard stops decompression bombs — "
+            "if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS",
+            path,
+        ) from None
+    except PermissionError:
+        raise DataFormatError(f"cannot read {what}: permission denied", path) from None
+    except Image.UnidentifiedImageError:
+        raise DataFormatError(f"not a readable {what} (unknown format or corrupt header)", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        # PIL reports truncated or damaged data with any of these.
+        raise DataFormatError(f"corrupt or truncated {what} ({type(exc).__name__}: {exc})", path) from None
+
+
+def _wide_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """16-bit / 32-bit / float grayscale → 8-bit, so ``convert('RGB')`` does not saturate at 255."""
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64))
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+    else:
+        arr = arr.astype(np.float64)
+        peak = arr.max() if arr.size else 0.0
+        if peak > 65535:
+            arr = arr * (255.0 / peak)
+        elif peak > 255:
+            arr = arr / 257.0  # full 16-bit range onto 8 bits
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = Image.fromarray(_wide_to_uint8(np.asarray(img)))
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's warning about byte transparency in palettes
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Load an image as fully decoded 8-bit RGB.
+
+    Grayscale, palette, alpha and 16-bit files are converted (16-bit values are scaled, not clipped).
+    Raises:
+        DataFormatError: naming the path, for missing, unreadable, corrupt, truncated or oversized files.
+    """
+    return _decode(path, "image", _to_rgb)
+
+
+def _mask_ids(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode in ("P", "L", "1", "I") or mode.startswith("I;16"):
+        arr = np.asarray(img)  # for "P" these are the palette indices, i.e. the class ids
+    elif mode in ("LA", "PA"):
+        arr = np.asarray(img)[..., 0]
+    elif mode == "F":
+        arr = np.asarray(img)
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise DataFormatError("float mask has non-integer values; class ids must be integers", path)
+    elif mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img)[..., :3]
+        differs = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 0] != rgb[..., 2])
+        if differs.any():
+            y, x = (int(v) for v in np.argwhere(differs)[0])
+            colour = tuple(int(c) for c in rgb[y, x])
+            raise DataFormatError(
+                f"mask is a colour {mode} image (pixel x={x}, y={y} is {colour}); class ids must be stored "
+                "as a grayscale ('L') or palette ('P') PNG with one integer id per pixel — "
+                "convert the colour map to ids first",
+                path,
+            )
+        arr = rgb[..., 0]
+    else:
+        raise DataFormatError(
+            f"unsupported mask mode {mode!r}; store class ids as a grayscale ('L') or palette ('P') PNG", path
+        )
+    return np.array(arr, dtype=np.int64)
+
+
+def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Load a segmentation mask as class ids, ``int64 [H, W]``.
+
+    Palette PNGs keep their indices (the original converted them to RGB and lost them, item 14);
+    grayscale and 16-bit masks keep their values; RGB masks are accepted only when gray (R=G=B).
+    """
+    path = Path(path)
+    return _decode(path, "mask", lambda img: _mask_ids(img, path))
+
+
+# --------------------------------------------------------------------------------------------------
+# The on_error policy, shared by every reader
+
+
+def check_on_error(on_error: str) -> OnErrorPolicy:
+    if on_error not in ON_ERROR_POLICIES:
+        raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR_POLICIES)}, got {on_error!r}")
+    return on_error  # type: ignore[return-value]
+
+
+class SampleDataset(Dataset):  # type: ignore[type-arg]
+    """Base class of every reader: bounds checking plus the ``on_error`` policy, implemented once.
+
+    Subclasses implement ``__len__`` and ``_load(index)``. With ``on_error="fail"`` a bad file raises
+    its :class:`DataFormatError`. With ``"skip"`` the bad file is logged once, recorded in
+    ``skipped_paths`` and the next readable sample (index + 1, wrapping) is returned instead; only when
+    no sample is readable does it raise. Only DataFormatError is skipped: a bug in a transform still
+    surfaces. With DataLoader workers each worker keeps its own ``skipped_paths``.
+    """
+
+    root: Path
+
+    def __init__(self, on_error: str = "fail") -> None:
+        self.on_error: OnErrorPolicy = check_on_error(on_error)
+        self.skipped_paths: set[str] = set()
+        self._bad_indices: set[int] = set()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        index %= n
+        if self.on_error == "fail":
+            return self._load(index)
+        first_error: DataFormatError | None = None
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad_indices:
+                continue
+            try:
+                return self._load(i)
+            except DataFormatError as exc:
+                self._bad_indices.add(i)
+                self.skipped_paths.add(str(exc.path) if exc.path is not None else f"<sample {i}>")
+                logger.warning("skipping unreadable sample (on_error='skip'): %s", exc)
+                first_error = first_error or exc
+        detail = f"; first error: {first_error}" if first_error else "; see the warnings logged earlier"
+        raise DataFormatError(
+            f"none of the {n} samples could be read with on_error='skip'{detail}", getattr(self, "root", None)
+        )
