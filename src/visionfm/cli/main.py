@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("visionfm.cli.info", "show what a weights file holds and which architecture it fits"),
     "export": ("visionfm.cli.export", "convert an encoder checkpoint into safetensors + JSON config"),
     "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
-    "features": ("visionfm.cli.features", "encode a few images and print a feature summary"),
+    "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),
+    "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 
 

@@ -1,0 +1,200 @@
+"""Optimizer groups, gradient clipping, last-layer freezing and the teacher EMA (reference §1.5, §4.5).
+
+Differences from the original, each deliberate:
+
+* :func:`param_groups` exempts ``cls_token``, ``pos_embed``, ``masked_embed`` (and other timm token
+  parameters) and a trainable weight-norm magnitude ``weight_g`` from weight decay; the original
+  decays every parameter that is neither a ``.bias`` nor 1-D (reference §8 item 18). Pass
+  ``official_decay=True`` to get the original's decisions back.
+* last-layer parameters are put in their own groups flagged ``is_last_layer=True``, so the training
+  loop can freeze them by learning rate as well as by :func:`cancel_last_layer_grads`.
+* clipping and the EMA use fused ``torch._foreach_*`` kernels with no per-parameter host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "NO_DECAY_NAMES",
+    "param_groups",
+    "set_group_hparams",
+    "clip_gradients_per_param",
+    "clip_gradients_global",
+    "cancel_last_layer_grads",
+    "ema_update_",
+    "common_params",
+]
+
+# Last name component of parameters that must not be decayed (tokens and embeddings: decaying them
+# pulls them towards zero for no regularisation benefit) plus the old-API weight-norm magnitude.
+NO_DECAY_NAMES = frozenset(
+    {"cls_token", "pos_embed", "masked_embed", "mask_token", "reg_token", "dist_token", "weight_g"}
+)
+# The modern weight_norm stores the magnitude g under this suffix.
+_WEIGHT_G_SUFFIX = "parametrizations.weight.original0"
+
+
+def _is_last_layer(name: str) -> bool:
+    # Same substring rule as the original (so "last_layer2" is included).
+    return "last_layer" in name
+
+
+def _decays(name: str, p: Tensor, official: bool, extra: frozenset[str]) -> bool:
+    if name.endswith(".bias") or p.ndim <= 1:
+        return False
+    if official:
+        return True
+    leaf = name.rsplit(".", 1)[-1]
+    return not (leaf in NO_DECAY_NAMES or leaf in extra or name.endswith(_WEIGHT_G_SUFFIX))
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.04,
+    *,
+    official_decay: bool = False,
+    split_last_layer: bool = True,
+    no_decay_names: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for the student (trainable parameters only).
+
+    Args:
+        model: the student (unwrap DDP first so names have no ``module.`` prefix — not required).
+        weight_decay: initial decay of the decayed groups (the loop overwrites it every iteration).
+        official_decay: reproduce the original's decay rule (decay everything except ``.bias`` and
+            1-D parameters).
+        split_last_layer: put ``*last_layer*`` parameters in separate groups. With
+            ``official_decay=True, split_last_layer=False`` the result is exactly the original's two
+            groups ``[regularized, not_regularized]``, both always present and in that order, so an
+            official optimizer state dict loads.
+        no_decay_names: extra last-name components to exempt from decay.
+
+    Returns:
+        Groups (empty ones dropped, except in the exact official layout) with keys ``params``,
+        ``param_names``, ``weight_decay``, ``apply_wd`` (whether the wd schedule applies) and
+        ``is_last_layer``. Order: decayed, not decayed, then last-layer decayed, last-layer not decayed.
+    """
+    extra = frozenset(no_decay_names)
+    buckets: dict[tuple[bool, bool], tuple[list[str], list[Tensor]]] = {
+        key: ([], []) for key in ((False, True), (False, False), (True, True), (True, False))
+    }
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        last = split_last_layer and _is_last_layer(name)
+        names, params = buckets[(last, _decays(name, p, official_decay, extra))]
+        names.append(name)
+        params.append(p)
+    keep_empty = official_decay and not split_last_layer
+    groups = []
+    for (last, decay), (names, params) in buckets.items():
+        if not params and not (keep_empty and not last):
+            continue
+        groups.append(
+            {
+                "params": params,
+                "param_names": names,
+                "weight_decay": weight_decay if decay else 0.0,
+                "apply_wd": decay,
+                "is_last_layer": last,
+            }
+        )
+    return groups
+
+
+def set_group_hparams(
+    optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, *, freeze_last_layer: bool = False
+) -> None:
+    """Apply this iteration's schedule values to groups made by :func:`param_groups`.
+
+    ``weight_decay`` goes to groups with ``apply_wd`` (others keep 0); ``lr`` to all groups, except
+    0 for ``is_last_layer`` groups while ``freeze_last_layer``. Note: zero lr alone still lets AdamW
+    accumulate moments from last-layer gradients; :func:`cancel_last_layer_grads` (the original's
+    mechanism) drops the gradients so the optimizer skips those parameters entirely.
+
+    Groups without the flags (an optimizer restored from an official checkpoint replaces the group
+    dicts with the saved ones) follow the original's rule: only group 0 is decayed.
+    """
+    for i, g in enumerate(optimizer.param_groups):
+        g["lr"] = 0.0 if (freeze_last_layer and g.get("is_last_layer", False)) else lr
+        if g.get("apply_wd", i == 0):
+            g["weight_decay"] = weight_decay
+
+
+def _grads(params: Iterable[Tensor]) -> list[Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+@torch.no_grad()
+def clip_gradients_per_param(params: Iterable[Tensor], clip: float) -> Tensor:
+    """Per-parameter clipping, the original's ``clip_gradients`` (NOT a global-norm clip).
+
+    Each gradient with norm ``n`` is scaled by ``clip / (n + 1e-6)`` when that factor is below 1.
+    Scaling by ``min(factor, 1)`` is the same operation, done for all tensors in fused kernels.
+
+    Returns:
+        float32 ``[n_grads]`` pre-clip norms, in parameter order (parameters without a gradient skipped).
+    """
+    grads = _grads(params)
+    if not grads:
+        return torch.zeros(0)
+    norms = torch._foreach_norm(grads, 2)
+    factors = torch._foreach_add(norms, 1e-6)
+    torch._foreach_reciprocal_(factors)
+    torch._foreach_mul_(factors, clip)
+    torch._foreach_clamp_max_(factors, 1.0)
+    torch._foreach_mul_(grads, factors)
+    device = grads[0].device
+    return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+
+
+@torch.no_grad()
+def clip_gradients_global(params: Iterable[Tensor], clip: float) -> Tensor:
+    """Global-norm clipping (the usual rule; not the original's). Returns the pre-clip total norm."""
+    # foreach=None picks the fused path wherever the device supports it (CUDA), loops on CPU.
+    return torch.nn.utils.clip_grad_norm_(list(params), clip, foreach=None)
+
+
+def cancel_last_layer_grads(model: nn.Module, epoch: int, freeze_last_layer: int) -> bool:
+    """Drop the gradients of ``*last_layer*`` parameters while ``epoch < freeze_last_layer``.
+
+    Returns whether anything was cancelled. Call after clipping and before ``optimizer.step()``.
+    """
+    if epoch >= freeze_last_layer:
+        return False
+    for name, p in model.named_parameters():
+        if _is_last_layer(name):
+            p.grad = None
+    return True
+
+
+@torch.no_grad()
+def ema_update_(teacher_params: Sequence[Tensor], student_params: Sequence[Tensor], momentum: float) -> None:
+    """``θ_t ← m·θ_t + (1−m)·θ_s`` for every pair, in two fused kernels."""
+    if len(teacher_params) != len(student_params):
+        raise ValueError(f"{len(teacher_params)} teacher vs {len(student_params)} student parameters")
+    if not teacher_params:
+        return
+    teacher = [t.detach() for t in teacher_params]
+    torch._foreach_mul_(teacher, momentum)
+    torch._foreach_add_(teacher, [s.detach() for s in student_params], alpha=1.0 - momentum)
+
+
+def common_params(teacher: nn.Module, student: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """Teacher/student parameter pairs for the EMA: the intersection of parameter names (reference §4.4).
+
+    Names present on one side only (e.g. the student's ``masked_embed``, or ``head.last_layer2.*``
+    when only the teacher's head is shared) are never averaged, as in the original. Shared parameters
+    are listed once. Compute once after building the models and reuse every iteration.
+    """
+    t = dict(teacher.named_parameters())
+    pairs = [(t[n], p) for n, p in student.named_parameters() if n in t]
+    for tp, sp in pairs:
+        if tp.shape != sp.shape:
+            raise ValueError(f"teacher/student shape mismatch: {tuple(tp.shape)} vs {tuple(sp.shape)}")
+    return [a for a, _ in pairs], [b for _, b in pairs]

@@ -1,0 +1,465 @@
+"""The iBOT training loop (reference §4.5–§4.8), one code path for CPU, one GPU and torchrun DDP.
+
+Per iteration: schedules → teacher and student forward under autocast → iBOT loss (centres
+all-reduced) → non-finite guard → backward → clipping → last-layer freeze → optimizer step → fused
+EMA. Host reads of metrics happen only every ``--log_freq`` iterations and at epoch ends; the one
+per-step read is the finiteness flag of the loss, which decides whether the step is applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from visionfm import __version__
+from visionfm.data.layouts.pretrain import PretrainImages
+from visionfm.data.modalities import MODALITY_NAMES, canonical_modality
+from visionfm.engine.checkpoint import capture_rng_state, find_resume, load_training_checkpoint, restore_rng_state, save_checkpoint
+from visionfm.engine.distributed import DistEnv, init_distributed, seed_everything
+from visionfm.engine.logging import RunLogger, progress
+from visionfm.errors import CheckpointError, ConfigError
+from visionfm.io.atomic import save_text_atomic
+from visionfm.pretrain.augment import IBOTAugmentation
+from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
+from visionfm.pretrain.loss import IBOTLoss
+from visionfm.pretrain.masking import PretrainMasker
+from visionfm.pretrain.lars import LARS
+from visionfm.pretrain.model import MultiCropNetwork, build_student_teacher
+from visionfm.pretrain.optim import (
+    cancel_last_layer_grads,
+    clip_gradients_global,
+    clip_gradients_per_param,
+    common_params,
+    ema_update_,
+    param_groups,
+    set_group_hparams,
+)
+from visionfm.pretrain.schedules import cosine_schedule
+
+__all__ = ["IBOTTrainer", "run_pretraining", "resolve_precision", "NonFiniteLossError"]
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the resume test: SIGKILL this process right after iteration N (global index).
+_KILL_ENV = "VISIONFM_FAULT_KILL_AT_ITER"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_precision(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: None means fp32. CPU always runs fp32."""
+    if device.type != "cuda":
+        return None
+    choice = args.precision
+    if choice == "auto":
+        if not args.use_fp16:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
+
+
+def resolve_modalities(args: argparse.Namespace) -> list[str]:
+    raw = [m.strip() for m in str(args.modality).split(",") if m.strip()]
+    if args.scheme == "mix":
+        if len(raw) == 1 and raw[0].lower() == "all":
+            return list(MODALITY_NAMES)
+        return [canonical_modality(m) for m in raw]
+    if len(raw) != 1:
+        raise ConfigError(f"--modality {args.modality!r}: several modalities need --scheme mix")
+    return [canonical_modality(raw[0])]
+
+
+def parse_modality_weights(spec: str) -> str | dict[str, float]:
+    if spec in ("uniform", "balanced"):
+        return spec
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise ConfigError(f"--modality_weights {spec!r}: expected uniform, balanced or NAME=W,NAME=W")
+        name, value = part.split("=", 1)
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--modality_weights: {value!r} is not a number") from None
+    return out
+
+
+@dataclass
+class EpochMeters:
+    """Sums kept on the device; read on the host only when logging."""
+
+    loss: torch.Tensor
+    cls: torch.Tensor
+    patch: torch.Tensor
+    acc: torch.Tensor
+    steps: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochMeters":
+        z = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
+        return cls(z(), z(), z(), z(), z())
+
+    def add(self, out: dict[str, torch.Tensor], acc: torch.Tensor) -> None:
+        self.loss += out["loss"].detach().double()
+        self.cls += out["cls"].detach().double()
+        self.patch += out["patch"].detach().double()
+        self.acc += acc.double()
+        self.steps += 1
+
+    def averages(self, all_reduce: bool) -> dict[str, float]:
+        vec = torch.stack([self.loss, self.cls, self.patch, self.acc, self.steps])
+        if all_reduce and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(vec)
+        n = max(float(vec[4]), 1.0)
+        return {"loss": float(vec[0]) / n, "cls": float(vec[1]) / n, "patch": float(vec[2]) / n, "acc": float(vec[3]) / n}
+
+
+class IBOTTrainer:
+    """Owns models, optimizer, schedules and the loop; built from the parsed ``visionfm pretrain`` flags."""
+
+    def __init__(self, args: argparse.Namespace, env: DistEnv | None = None) -> None:
+        self.args = args
+        self.env = env or init_distributed(args.device)
+        self.device = self.env.device
+        self.run_dir = Path(args.output_dir) / args.name
+        self.amp_dtype = resolve_precision(args, self.device)
+        seed_everything(args.seed)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # data
+        self.modalities = resolve_modalities(args)
+        normalize = True  # --scheme mix normalises each image with its own modality (the original did not normalise)
+        masker = PretrainMasker(args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch, args.pred_shape, args.patch_size)
+        self.augmentation = IBOTAugmentation(
+            input_size=args.input_size,
+            global_crops_scale=tuple(args.global_crops_scale),
+            local_crops_scale=tuple(args.local_crops_scale),
+            global_crops_number=args.global_crops_number,
+            local_crops_number=args.local_crops_number,
+            local_crops_size=args.local_crops_size,
+            normalize=normalize,
+            patch_size=args.patch_size,
+            mask_fn=masker.make_masks,
+        )
+        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt)
+        weights = None
+        if args.scheme == "mix" and len(self.modalities) > 1:
+            spec = parse_modality_weights(args.modality_weights)
+            if spec != "uniform":
+                weights = self.images.sample_weights(spec)
+        self.dataset = PretrainCropDataset(self.images, self.augmentation, args.seed)
+        self.sampler = ResumableSampler(
+            len(self.images), args.batch_size_per_gpu, self.env.rank, self.env.world_size, args.seed, weights
+        )
+        self.iters_per_epoch = self.sampler.iters_per_epoch
+
+        # models
+        student, teacher = build_student_teacher(args)
+        if args.load_pretrain:
+            self._load_pretrained_backbones(student, teacher, args.pretrain_path)
+        teacher.load_state_dict(student.state_dict(), strict=False)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student.to(self.device)
+        teacher.to(self.device).eval()
+        if self.env.distributed and args.norm_in_head == "bn":
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        self.student: MultiCropNetwork = student
+        self.teacher: MultiCropNetwork = teacher
+        self.student_fwd: torch.nn.Module = student
+        if self.env.distributed:
+            self.student_fwd = DDP(student, device_ids=[self.env.local_rank] if self.device.type == "cuda" else None)
+        self.teacher_fwd: torch.nn.Module = teacher
+        if args.compile:
+            self.student_fwd = torch.compile(self.student_fwd)
+            self.teacher_fwd = torch.compile(self.teacher_fwd)
+        self.ema_teacher, self.ema_student = common_params(teacher, student)
+
+        shared = args.shared_head or args.shared_head_teacher
+        self.loss_fn = IBOTLoss(
+            args.out_dim,
+            args.out_dim if shared else args.patch_out_dim,
+            global_crops=args.global_crops_number,
+            local_crops=args.local_crops_number,
+            warmup_teacher_temp=args.warmup_teacher_temp,
+            teacher_temp=args.teacher_temp,
+            warmup_teacher_patch_temp=args.warmup_teacher_patch_temp,
+            teacher_patch_temp=args.teacher_patch_temp,
+            warmup_teacher_temp_epochs=args.warmup_teacher_temp_epochs,
+            epochs=args.epochs,
+            lambda1=args.lambda1,
+            lambda2=args.lambda2,
+            mim_start_epoch=args.pred_start_epoch,
+        ).to(self.device)
+
+        # optimisation
+        groups = param_groups(student, args.weight_decay, official_decay=args.official_weight_decay)
+        if args.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=0.0)
+        elif args.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=0.9)
+        else:
+            self.optimizer = LARS(groups, lr=0.0)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        total_batch = args.batch_size_per_gpu * self.env.world_size
+        ipe = self.iters_per_epoch
+        self.lr_schedule = cosine_schedule(args.lr * total_batch / 256.0, args.min_lr, args.epochs, ipe, args.warmup_epochs)
+        self.wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, ipe)
+        self.momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, ipe)
+        self.student_params = [p for p in student.parameters() if p.requires_grad]
+
+        self.start_epoch = 0
+        self.start_iter = 0
+        self.nonfinite_streak = 0
+        self.skipped_steps = 0
+        self.logger = RunLogger(self.run_dir, enabled=self.env.is_main)
+        self.history: list[dict[str, Any]] = []
+
+    # -- set-up helpers -----------------------------------------------------------------------------
+    def _load_pretrained_backbones(self, student: MultiCropNetwork, teacher: MultiCropNetwork, path: str) -> None:
+        """Initialise both backbones from a local file: the student from its ``student`` entry when the
+        file has one (else ``teacher``/bare), the teacher from ``teacher``. Mismatches are errors."""
+        from visionfm.models.encoder import resample_pos_embed
+        from visionfm.models.loading import read_backbone_state_dict
+
+        def load_into(net: MultiCropNetwork, key: str) -> None:
+            try:
+                sd, _ = read_backbone_state_dict(path, key)
+            except CheckpointError:
+                sd, _ = read_backbone_state_dict(path, "teacher")
+            own = net.backbone.state_dict()
+            if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
+                sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], net.backbone.grid_size)
+            missing = [k for k in own if k not in sd and k != "masked_embed"]
+            bad = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
+            if missing or bad:
+                raise ConfigError(
+                    f"--pretrain_path {path}: does not fit --arch {self.args.arch}/{self.args.patch_size} "
+                    f"(missing {missing[:3]}, shape mismatch {bad[:3]})"
+                )
+            net.backbone.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+        load_into(student, "student")
+        load_into(teacher, "teacher")
+        log.info("initialised student and teacher backbones from %s", path)
+
+    def _checkpoint_state(self, epoch: int, epoch_iter: int) -> dict[str, Any]:
+        args_dict = {k: v for k, v in vars(self.args).items() if k != "func"}
+        state: dict[str, Any] = {
+            "student": {f"module.{k}": v for k, v in self.student.state_dict().items()},
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "epoch_iter": epoch_iter,
+            "iteration": epoch * self.iters_per_epoch + epoch_iter,
+            "args": argparse.Namespace(**args_dict),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in args_dict.items()},
+            "ibot_loss": self.loss_fn.state_dict(),
+            "rng": capture_rng_state(),
+            "world_size": self.env.world_size,
+            "skipped_steps": self.skipped_steps,
+            "visionfm_version": __version__,
+        }
+        if self.scaler is not None:
+            state["fp16_scaler"] = self.scaler.state_dict()
+        return state
+
+    def save(self, epoch: int, epoch_iter: int, also_numbered: bool = False) -> None:
+        if not self.env.is_main:
+            return
+        state = self._checkpoint_state(epoch, epoch_iter)
+        save_checkpoint(state, self.run_dir / "checkpoint.pth")
+        if also_numbered:
+            save_checkpoint(state, self.run_dir / f"checkpoint{epoch - 1:04d}.pth")
+
+    def maybe_resume(self) -> bool:
+        path = find_resume(self.run_dir, self.args.resume, self.args.load_from)
+        if path is None:
+            return False
+        ckpt = load_training_checkpoint(path)
+        student_sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["student"].items()}
+        self.student.load_state_dict(student_sd)
+        self.teacher.load_state_dict(ckpt["teacher"])
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and "fp16_scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["fp16_scaler"])
+        if "ibot_loss" in ckpt:
+            self.loss_fn.load_state_dict(ckpt["ibot_loss"])
+        self.start_epoch = int(ckpt.get("epoch", 0))
+        self.start_iter = int(ckpt.get("epoch_iter", 0))
+        self.skipped_steps = int(ckpt.get("skipped_steps", 0))
+        saved_world = int(ckpt.get("world_size", self.env.world_size))
+        if self.start_iter and saved_world != self.env.world_size:
+            log.warning("checkpoint was written with %d processes, now %d: restarting epoch %d from its start",
+                        saved_world, self.env.world_size, self.start_epoch)
+            self.start_iter = 0
+        restore_rng_state(ckpt.get("rng"))
+        log.info("resumed from %s at epoch %d, iteration %d of the epoch", path, self.start_epoch, self.start_iter)
+        return True
+
+    def _loader(self, epoch: int, start_iter: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, start_iter)
+        workers = self.args.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.args.batch_size_per_gpu,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            collate_fn=collate_crops,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    # -- one step -----------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int, meters: EpochMeters) -> bool:
+        """One optimisation step; returns False when the loss was non-finite and the step was skipped."""
+        args = self.args
+        g = args.global_crops_number
+        set_group_hparams(self.optimizer, float(self.lr_schedule[it]), float(self.wd_schedule[it]),
+                          freeze_last_layer=epoch < args.freeze_last_layer)
+        crops = [c.to(self.device, non_blocking=True) for c in crops]
+        masks = [m.to(self.device, non_blocking=True) for m in masks]
+        with self.autocast():
+            with torch.no_grad():
+                t_cls, t_patch, _ = self.teacher_fwd(crops[:g])
+            s_cls, s_patch, s_local = self.student_fwd(
+                crops[:g], masks[:g] if args.use_masked_im_modeling else None, crops[g:]
+            )
+            out = self.loss_fn(s_cls, s_patch, t_cls, t_patch, masks[:g], epoch, student_local_cls=s_local)
+        loss = out["loss"]
+        if not bool(torch.isfinite(loss)):  # the one per-step host read: a bad step must not touch weights
+            self.nonfinite_streak += 1
+            self.skipped_steps += 1
+            log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nonfinite_streak >= args.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_streak} consecutive non-finite losses (last at iteration {it}); stopping. "
+                    f"The last good checkpoint in {self.run_dir} is intact. Try a lower --lr, --clip_grad, "
+                    "or --precision bf16/fp32."
+                )
+            return False
+        self.nonfinite_streak = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if args.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if args.clip_grad:
+            if args.clip_mode == "global":
+                clip_gradients_global(self.student_params, args.clip_grad)
+            else:
+                clip_gradients_per_param(self.student_params, args.clip_grad)
+        cancel_last_layer_grads(self.student, epoch, args.freeze_last_layer)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        ema_update_(self.ema_teacher, self.ema_student, float(self.momentum_schedule[it]))
+        with torch.no_grad():
+            b = crops[0].shape[0]
+            acc = (t_cls[:b].argmax(-1) == s_cls[b : 2 * b].argmax(-1)).float().mean() if g > 1 else torch.zeros((), device=self.device)
+        meters.add(out, acc)
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, Any]]:
+        args = self.args
+        self.maybe_resume()
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+            save_text_atomic(yaml.safe_dump(cfg, sort_keys=True), self.run_dir / "config.yaml")
+        kill_at = int(os.environ.get(_KILL_ENV, "-1"))
+        imgs_per_step = args.batch_size_per_gpu * self.env.world_size
+        log.info(
+            "iBOT pretraining: %s on %d %s images (%s), %d iterations/epoch, %d epochs, batch %d×%d, %s, precision %s",
+            args.arch, len(self.images), "+".join(self.modalities), args.scheme, self.iters_per_epoch, args.epochs,
+            args.batch_size_per_gpu, self.env.world_size, self.device, self.amp_dtype or "fp32",
+        )
+        for epoch in range(self.start_epoch, args.epochs):
+            start_iter = self.start_iter if epoch == self.start_epoch else 0
+            meters = EpochMeters.zeros(self.device)
+            loader = self._loader(epoch, start_iter)
+            t0 = time.perf_counter()
+            last_t, last_i = t0, start_iter
+            bar_items = progress(enumerate(loader, start=start_iter), total=self.iters_per_epoch,
+                                 desc=f"epoch {epoch + 1}/{args.epochs}", enabled=self.env.is_main and not args.no_progress)
+            i = start_iter
+            for i, (crops, masks) in bar_items:
+                it = epoch * self.iters_per_epoch + i
+                self.train_step(crops, masks, epoch, it, meters)
+                done = i + 1
+                if args.log_freq and done % args.log_freq == 0:
+                    now = time.perf_counter()
+                    rate = (done - last_i) * imgs_per_step / max(now - last_t, 1e-9)
+                    last_t, last_i = now, done
+                    avg = meters.averages(all_reduce=False)
+                    scalars = {"loss": avg["loss"], "cls": avg["cls"], "patch": avg["patch"], "lr": float(self.lr_schedule[it]),
+                               "wd": float(self.wd_schedule[it]), "momentum": float(self.momentum_schedule[it]),
+                               "teacher_temp": self.loss_fn.teacher_temperature(epoch), "images_per_s": rate}
+                    if self.device.type == "cuda":
+                        scalars["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    self.logger.scalars({f"iter/{k}": v for k, v in scalars.items()}, it)
+                    if hasattr(bar_items, "set_postfix"):
+                        bar_items.set_postfix(loss=f"{avg['loss']:.4f}", img_s=f"{rate:.1f}")
+                if args.saveckp_iters and (it + 1) % args.saveckp_iters == 0 and done < self.iters_per_epoch:
+                    self.save(epoch, done)
+                if it == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            elapsed = time.perf_counter() - t0
+            avg = meters.averages(all_reduce=True)
+            it_last = epoch * self.iters_per_epoch + self.iters_per_epoch - 1
+            stats = {f"train_{k}": v for k, v in avg.items()}
+            stats |= {"train_lr": float(self.lr_schedule[it_last]), "train_wd": float(self.wd_schedule[it_last]),
+                      "train_momentum": float(self.momentum_schedule[it_last]),
+                      "train_teacher_temp": self.loss_fn.teacher_temperature(epoch),
+                      "train_images_per_s": (self.iters_per_epoch - start_iter) * imgs_per_step / max(elapsed, 1e-9),
+                      "epoch": epoch}
+            if self.device.type == "cuda":
+                stats["train_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            self.history.append(stats)
+            self.logger.log(stats, step=epoch)
+            log.info("epoch %d: loss %.4f (cls %.4f, patch %.4f), %.1f images/s", epoch, avg["loss"], avg["cls"],
+                     avg["patch"], stats["train_images_per_s"])
+            numbered = args.saveckp_freq and epoch % args.saveckp_freq == 0 and epoch != 0
+            self.save(epoch + 1, 0, also_numbered=bool(numbered))
+        self.logger.close()
+        return self.history
+
+
+def run_pretraining(args: argparse.Namespace) -> list[dict[str, Any]]:
+    trainer = IBOTTrainer(args)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.logger.close()
