@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("visionfm.cli.export", "convert an encoder checkpoint into safetensors + JSON config"),
     "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
     "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),
+    "extract": ("visionfm.cli.extract", "extract frozen-encoder features into feature stores"),
+    "train-cls": ("visionfm.cli.train_cls", "train a classification decoder on a frozen encoder"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 
