@@ -1,0 +1,77 @@
+"""``visionfm extract``: frozen-encoder features of a vfm-layout data set into feature stores (§5.1, §2.9).
+
+Output: ``<dst_root>/<dataset>/<split>/pass_<k>/`` (see :mod:`visionfm.data.features`). The training
+split gets ``--epochs`` passes with seeded random H+V flips, ``val`` (when present) and ``test`` one
+pass without augmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from visionfm.cli.options import VFMArgumentParser
+
+log = logging.getLogger("visionfm.extract")
+
+
+def add_arguments(p: VFMArgumentParser) -> None:
+    p.add_argument("--pretrained_weights", required=True, help="encoder weights file, or 'random' (explicit)")
+    p.add_argument("--checkpoint_key", default="teacher")
+    p.add_argument("--arch", default="vit_base", choices=["vit_tiny", "vit_small", "vit_base", "vit_large"])
+    p.add_argument("--modality", default="Fundus")
+    p.add_argument("--data_path", default="./data/FundusClassification/")
+    p.add_argument("--dst_root", required=True, help="output folder of the feature stores")
+    p.add_argument("--batch_size_per_gpu", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10, help="flip-augmented passes over the training split")
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--mode", default="cls", choices=["cls", "seg"],
+                   help="seg also stores the patch tokens of the dense block ids")
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_distributed_arguments()
+    p.add_config_argument()
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from visionfm import load_encoder
+    from visionfm.data.layouts import VFMDataset, find_vfm_datasets
+    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.features import FlipView, encoder_identity, eval_transform, extract_to_store
+    from visionfm.engine.logging import setup_logging
+
+    env = init_distributed(args.device)
+    setup_logging(env.is_main)
+    try:
+        seed_everything(args.seed)  # identical random encoders on every rank
+        encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
+                               args.input_size).to(env.device)
+        identity = encoder_identity(encoder, args.modality, args.input_size, args.mode)
+        tf = eval_transform(args.input_size, args.modality, "bilinear")
+        dst = Path(args.dst_root)
+        counts = {"written": 0, "skipped": 0}
+        for ds_dir in find_vfm_datasets(args.data_path):
+            names = None if ds_dir == Path(args.data_path) else [ds_dir.name]
+            for split in VFMDataset.available_splits(args.data_path, names):
+                base = VFMDataset(args.data_path, split, transform=tf, datasets=names)
+                passes = args.epochs if split == "training" else 1
+                for k in range(passes):
+                    flip = split == "training"
+                    data = FlipView(base, args.seed, k) if flip else base
+                    meta = {"split": split, "pass": k, "passes": passes, "flip": "hv" if flip else "none",
+                            "seed": args.seed, "dataset": ds_dir.name, "interpolation": "bilinear",
+                            "autocast": "bf16" if env.device.type == "cuda" else "fp32"}
+                    folder = dst / ds_dir.name / split / f"pass_{k}"
+                    status = extract_to_store(encoder, data, folder, identity, meta, env, args.batch_size_per_gpu,
+                                              args.num_workers, args.mode,
+                                              desc=f"{ds_dir.name}/{split}/pass_{k}")
+                    counts[status] += 1
+        if env.is_main:
+            log.info("feature stores under %s: %d written, %d already complete", dst, counts["written"],
+                     counts["skipped"])
+        return 0
+    finally:
+        cleanup_distributed()

@@ -1,0 +1,387 @@
+"""Classification on a frozen encoder (``visionfm train-cls``; reference §5.2, metrics §6.2–6.3).
+
+Features are computed once (from images, in memory) or read from an ``extract`` feature store;
+a :class:`~visionfm.models.heads.ClsHead` (or linear probe) is trained on them by
+:func:`~visionfm.engine.decoder_trainer.train_decoder`. The best epoch is chosen on ``val`` when the
+data has one, else on ``test`` (logged and reported as such). At the end the best checkpoint is
+evaluated on ``test``: ``report/`` (metrics.json, predictions.csv, figures, report.html) and the
+original's ``<name>_<modality>_results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionfm.errors import ConfigError, DataFormatError
+
+__all__ = [
+    "TASK_KINDS",
+    "SplitFeatures",
+    "resolve_task",
+    "make_targets",
+    "make_loss",
+    "predict_scores",
+    "selection_metrics",
+    "per_image_results",
+    "load_store_split",
+    "run_train_cls",
+]
+
+log = logging.getLogger("visionfm.cls")
+
+TASK_KINDS = ("auto", "binary", "multiclass", "multilabel")
+
+
+@dataclass
+class SplitFeatures:
+    """One split's stored tokens, labels and image identifiers, in a fixed order."""
+
+    name: str
+    cls: torch.Tensor  # [N, levels, D]
+    patch_mean: torch.Tensor | None  # [N, D]
+    labels: torch.Tensor  # [N, L] float
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.cls.shape[0])
+
+
+# -- task, targets, loss, scores ----------------------------------------------------------------------
+
+
+def resolve_task(labels: np.ndarray | torch.Tensor, num_labels: int, task: str = "auto") -> tuple[str, int]:
+    """``(task, number of head outputs)`` from the label matrix ``[N, L]`` and ``--num_labels``.
+
+    One integer per row: ``num_labels == 1`` → binary (one logit, ids 0/1), else multiclass with
+    ``num_labels`` classes. ``L > 1`` 0/1 rows → multilabel with ``L`` outputs.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] == 0:
+        raise DataFormatError(f"labels must be a non-empty [N, L] matrix, got shape {y.shape}")
+    if task not in TASK_KINDS:
+        raise ConfigError(f"--task {task!r}; expected one of {', '.join(TASK_KINDS)}")
+    L = y.shape[1]
+    if task == "auto":
+        if L > 1:
+            task = "multilabel"
+        else:
+            task = "binary" if num_labels == 1 else "multiclass"
+    if task == "multilabel":
+        if L == 1:
+            raise ConfigError("--task multilabel needs multi-hot label vectors (several comma-separated 0/1 values)")
+        if not np.all((y == 0) | (y == 1)):
+            raise DataFormatError("multilabel targets must be 0/1 vectors; found other values (regression data?)")
+        if num_labels not in (L,) and num_labels != 5:  # 5 is the flag default: accept it silently
+            raise ConfigError(f"--num_labels {num_labels} but the label files hold {L} labels per image")
+        return "multilabel", L
+    if L != 1:
+        raise ConfigError(f"--task {task} needs one integer label per image; the files hold {L} values per image "
+                          "(use --task multilabel for multi-hot vectors)")
+    if not np.all(y == np.round(y)) or y.min() < 0:
+        raise DataFormatError("class labels must be non-negative integers")
+    if task == "binary":
+        if y.max() > 1:
+            raise DataFormatError(f"binary task: labels must be 0 or 1, found {int(y.max())}")
+        return "binary", 1
+    n_cls = int(num_labels)
+    if n_cls < 2:
+        raise ConfigError("a multiclass task needs --num_labels >= 2 (use --num_labels 1 for binary)")
+    if y.max() >= n_cls:
+        raise DataFormatError(f"class id {int(y.max())} is out of range for --num_labels {n_cls}")
+    return "multiclass", n_cls
+
+
+def make_targets(labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Training targets: long ``[N]`` (multiclass), float ``[N]`` (binary), float ``[N, L]`` (multilabel)."""
+    if task == "multiclass":
+        return labels[:, 0].round().long()
+    if task == "binary":
+        return labels[:, 0].float()
+    return labels.float()
+
+
+def make_loss(task: str):
+    """Cross-entropy (multiclass) or BCE-with-logits (binary on the single logit, multilabel)."""
+    if task == "multiclass":
+        return nn.CrossEntropyLoss()
+    bce = nn.BCEWithLogitsLoss()
+    if task == "binary":
+        return lambda logits, y: bce(logits.reshape(-1), y)
+    return bce
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, inputs: torch.Tensor, task: str, batch: int = 4096) -> np.ndarray:
+    """Probabilities: softmax ``[N, C]`` (multiclass), sigmoid ``[N]`` (binary) or ``[N, L]`` (multilabel)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = [model(inputs[i:i + batch].to(dev)).float().cpu() for i in range(0, len(inputs), batch)]
+    logits = torch.cat(outs) if outs else torch.zeros(0, 1)
+    if task == "multiclass":
+        return torch.softmax(logits, dim=1).numpy()
+    probs = torch.sigmoid(logits)
+    return probs.reshape(-1).numpy() if task == "binary" else probs.numpy()
+
+
+def truth_for_metrics(labels: torch.Tensor, task: str) -> np.ndarray:
+    y = labels.numpy()
+    return y[:, 0].round().astype(np.int64) if task in ("binary", "multiclass") else y.astype(np.float64)
+
+
+def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The numbers logged every validation: ``selection`` (macro F1; macro AUROC for multilabel),
+    ``accuracy``, ``auroc``, ``f1_macro``. Undefined values are ``None``."""
+    from visionfm.metrics import classification_metrics
+
+    m = classification_metrics(y_true, scores, task, class_names=class_names)
+    if task == "multilabel":
+        out = {"auroc": m.get("auroc_macro"), "f1_macro": m.get("f1_macro"), "accuracy": m.get("subset_accuracy")}
+        out["selection"] = out["auroc"] if out["auroc"] is not None else None
+    else:
+        out = {"auroc": m.get("auroc") if task == "binary" else m.get("auroc_macro"),
+               "f1_macro": m.get("f1_macro"), "accuracy": m.get("accuracy")}
+        out["selection"] = out["f1_macro"]
+    return out
+
+
+def per_image_results(paths: Sequence[str], y_true: np.ndarray, scores: np.ndarray, task: str, n_out: int) -> dict[str, Any]:
+    """The original's test JSON: ``{img_path: {"gt": [...], "pred": [...]}}`` (one-hot gt + softmax for
+    multiclass, ``[label]`` + ``[sigmoid]`` for binary, multi-hot + sigmoids for multilabel)."""
+    out: dict[str, Any] = {}
+    for i, p in enumerate(paths):
+        if task == "multiclass":
+            gt = [0.0] * n_out
+            gt[int(y_true[i])] = 1.0
+            pred = [float(v) for v in scores[i]]
+        elif task == "binary":
+            gt, pred = [float(y_true[i])], [float(scores[i])]
+        else:
+            gt, pred = [float(v) for v in y_true[i]], [float(v) for v in scores[i]]
+        out[str(p)] = {"gt": gt, "pred": pred}
+    return out
+
+
+# -- features -----------------------------------------------------------------------------------------
+
+VFM_STORE_SPLITS = {"train": "training", "val": "val", "test": "test"}
+
+
+def load_store_split(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> SplitFeatures | None:
+    """Concatenate every store under ``<root>/<dataset>/<split>/pass_*`` (all passes for ``training``,
+    ``pass_0`` otherwise); ``None`` when no dataset has that split. All stores must share one encoder."""
+    from visionfm.data.features import FeatureStore, identity_mismatches
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"--features {root}: folder not found")
+    parts = []
+    first_meta = expect
+    for ds in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sdir = ds / split
+        if not sdir.is_dir():
+            continue
+        passes = sorted((p for p in sdir.glob("pass_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+        if split != "training":
+            passes = passes[:1]
+        for pdir in passes:
+            st = FeatureStore.open(pdir, expect=first_meta)
+            if first_meta is None:
+                first_meta = st.meta
+            parts.append(st)
+    if not parts:
+        return None
+    for st in parts:
+        diffs = identity_mismatches(st.meta, first_meta)  # type: ignore[arg-type]
+        if diffs:
+            raise ConfigError(f"feature store {st.folder} differs from the others: {'; '.join(diffs)}")
+    pm = [st.patch_mean for st in parts]
+    return SplitFeatures(
+        name=split,
+        cls=torch.cat([st.cls for st in parts]),
+        patch_mean=torch.cat(pm) if all(p is not None for p in pm) else None,  # type: ignore[misc]
+        labels=torch.cat([st.labels for st in parts]),
+        paths=[p for st in parts for p in st.rel_paths],
+    )
+
+
+def _image_split(args: Any, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None, list[str] | None]:
+    from visionfm.engine.features import eval_transform, features_in_memory
+
+    tf = eval_transform(args.input_size, args.modality, interpolation="bicubic")
+    if args.dataset_format == "vfm":
+        from visionfm.data.layouts import VFMDataset
+
+        split = VFM_STORE_SPLITS[role]
+        if split not in VFMDataset.available_splits(args.data_path):
+            return None, None
+        ds: Any = VFMDataset(args.data_path, split, transform=tf, num_labels=args.num_labels)
+        classes = None
+    else:
+        from visionfm.data.layouts import ImageFolderDataset
+        from visionfm.data.layouts.imagefolder import available_splits
+
+        if role not in available_splits(args.data_path):
+            return None, None
+        ds = ImageFolderDataset(args.data_path, role, transform=tf)
+        classes = list(ds.classes)
+    f = features_in_memory(encoder, ds, env, args.batch_size_per_gpu, args.num_workers,
+                           desc=f"features {role}" if env.is_main else None)
+    paths = [r.get("img_path") or r["rel_path"] for r in f["index"]]
+    return SplitFeatures(role, f["cls"], f["patch_mean"], f["labels"], paths), classes
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
+    if task == "binary":
+        return list(classes) if classes and len(classes) == 2 else ["0", "1"]
+    if task == "multiclass":
+        return list(classes) if classes and len(classes) == n_out else [str(i) for i in range(n_out)]
+    return [f"label_{i}" for i in range(n_out)]
+
+
+def _load_encoder(args: Any):
+    from visionfm import load_encoder
+
+    if not args.pretrained_weights:
+        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
+    return load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size, args.input_size)
+
+
+def run_train_cls(args: Any) -> int:
+    """``visionfm train-cls``: see the module docstring and docs/classification.md."""
+    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, train_decoder
+    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.features import encoder_identity, pool_tokens
+    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.io import save_json_atomic
+    from visionfm.models.heads import build_cls_head
+
+    env = init_distributed(getattr(args, "device", "auto"))
+    setup_logging(env.is_main)
+    try:
+        seed_everything(args.seed)
+        run_dir = Path(args.output_dir) / args.name
+        if args.test and not args.load_from:
+            raise ConfigError("--test needs --load_from CHECKPOINT (the original silently trained instead)")
+        classes: list[str] | None = None
+        splits: dict[str, SplitFeatures | None] = {}
+        if args.features:
+            expect = None
+            if args.pretrained_weights:
+                enc = _load_encoder(args)
+                expect = encoder_identity(enc, args.modality, args.input_size, "cls")
+                expect = {k: expect[k] for k in ("weights_sha256", "weights_fingerprint", "arch", "patch_size",
+                                                 "input_size", "modality")}
+                del enc
+            roles = ["test"] if args.test else ["train", "val", "test"]
+            for role in roles:
+                splits[role] = load_store_split(args.features, VFM_STORE_SPLITS[role], expect)
+        else:
+            encoder = _load_encoder(args).to(env.device)
+            roles = ["test"] if args.test else ["train", "val", "test"]
+            for role in roles:
+                splits[role], cl = _image_split(args, encoder, env, role)
+                classes = classes or cl
+            del encoder
+        test = splits.get("test")
+        if test is None:
+            raise DataFormatError(f"no test split found under {args.features or args.data_path}")
+        if args.dataset_format == "ImageNet" and classes and args.num_labels not in (1, len(classes)):
+            raise ConfigError(f"--num_labels {args.num_labels} but {args.data_path} has {len(classes)} class folders "
+                              f"({', '.join(classes)})")
+        ref_labels = (splits.get("train") or test).labels
+        task, n_out = resolve_task(ref_labels, args.num_labels, args.task)
+        names = _class_names(task, n_out, classes)
+
+        def head_input(s: SplitFeatures) -> torch.Tensor:
+            return pool_tokens(s.cls, s.patch_mean, args.n_last_blocks, args.avgpool_patchtokens)
+
+        in_dim = head_input(test).shape[1]
+        model = build_cls_head(args.head, in_dim, n_out, layers=3, bn_momentum=args.bn_momentum)
+        meta = {"task": task, "num_outputs": n_out, "in_dim": in_dim, "head": args.head,
+                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
+                "bn_momentum": args.bn_momentum, "class_names": names, "modality": args.modality}
+
+        if args.test:
+            sd, info, _ = load_decoder_checkpoint(args.load_from)
+            model.load_state_dict(sd)
+            model.to(env.device)
+            metrics = _final_report(args, run_dir, model, test, task, n_out, names, env, info.get("epoch"),
+                                    "test (from --load_from)")
+            if env.is_main:
+                print(json.dumps({k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}))
+            return 0
+
+        train = splits["train"]
+        if train is None:
+            raise DataFormatError(f"no training split found under {args.features or args.data_path}")
+        val = splits.get("val")
+        sel_split = "val"
+        if val is None:
+            val, sel_split = test, "test"
+            if env.is_main:
+                log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        meta["selection_split"] = sel_split
+        run_logger = RunLogger(run_dir, enabled=env.is_main)
+        if sel_split == "test":
+            run_logger.log({"note": "no val split: model selection on the test split"})
+        x_train = head_input(train)
+        y_train = make_targets(train.labels, task)
+        x_val, y_val = head_input(val), truth_for_metrics(val.labels, task)
+
+        def evaluate(m: nn.Module) -> dict[str, Any]:
+            return selection_metrics(y_val, predict_scores(m, x_val, task), task, names)
+
+        lr = args.lr * args.batch_size_per_gpu * env.world_size / 256.0
+        cfg = DecoderTrainConfig(epochs=args.epochs, lr=lr, batch_size=args.batch_size_per_gpu,
+                                 optimizer="adamw", weight_decay=0.05, scheduler="cosine",
+                                 val_freq=args.val_freq, seed=args.seed)
+        resume = args.load_from if args.load_from else None
+        result = train_decoder(model, x_train, y_train, make_loss(task), evaluate, "selection", True, run_dir, cfg,
+                               env, run_logger, meta, resume_from=resume)
+        best = run_dir / "checkpoint_best"
+        sd, info, _ = load_decoder_checkpoint(best)
+        model.load_state_dict(sd)
+        metrics = _final_report(args, run_dir, model, test, task, n_out, names, env, result.best_epoch,
+                                f"test (best epoch selected on {sel_split})")
+        if env.is_main:
+            info["test_metrics"] = {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}
+            save_json_atomic(info, best.with_suffix(".json"))
+            run_logger.log({"final_test": info["test_metrics"], "best_epoch": result.best_epoch,
+                            "selection_split": sel_split})
+            run_logger.close()
+        return 0
+    finally:
+        cleanup_distributed()
+
+
+def _final_report(args: Any, run_dir: Path, model: nn.Module, test: SplitFeatures, task: str, n_out: int,
+                  names: list[str], env: Any, epoch: Any, what: str) -> dict[str, Any]:
+    from visionfm.engine.features import pool_tokens
+    from visionfm.io import save_json_atomic
+    from visionfm.reports import evaluate_classification_run
+
+    x = pool_tokens(test.cls, test.patch_mean, args.n_last_blocks, args.avgpool_patchtokens)
+    scores = predict_scores(model, x, task)
+    y = truth_for_metrics(test.labels, task)
+    if not env.is_main:
+        return {}
+    meta = {"name": args.name, "modality": args.modality, "evaluated": what, "checkpoint_epoch": epoch,
+            "task": task, "head": args.head, "n_test": len(test)}
+    metrics = evaluate_classification_run(run_dir / "report", y, scores, task, names, paths=test.paths,
+                                          n_boot=args.report_n_boot, seed=args.seed,
+                                          title=f"{args.name} ({args.modality}, {task})", meta=meta)
+    save_json_atomic(per_image_results(test.paths, y, scores, task, n_out),
+                     run_dir / f"{args.name}_{args.modality}_results.json")
+    log.info("test: %s", {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")})
+    return metrics
