@@ -73,6 +73,14 @@ def test_tiny_run_writes_official_layout_and_loads_as_encoder(data_root, tmp_pat
     torch.testing.assert_close(enc.state_dict()["cls_token"], ckpt["teacher"]["backbone.cls_token"])
     # the teacher moved away from the student's initial copy through the EMA only
     assert not torch.equal(ckpt["teacher"]["backbone.cls_token"], ckpt["student"]["module.backbone.cls_token"])
+    # visionfm export turns the teacher into a safetensors encoder that loads identically
+    assert cli_main(["export", "--weights", str(run / "checkpoint.pth"), "--checkpoint_key", "teacher",
+                     "--modality", "Fundus", "--out", str(tmp_path / "teacher.safetensors")]) == 0
+    exported = load_encoder(tmp_path / "teacher.safetensors", arch=None, patch_size=None, img_size=32)
+    assert exported.load_report.modality == "Fundus"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(exported.eval()(x), enc.eval()(x))
 
 
 def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
