@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),
     "extract": ("visionfm.cli.extract", "extract frozen-encoder features into feature stores"),
     "train-cls": ("visionfm.cli.train_cls", "train a classification decoder on a frozen encoder"),
+    "train-seg": ("visionfm.cli.train_seg", "train a segmentation decoder (UNETR or linear) on a frozen encoder"),
+    "train-landmark": ("visionfm.cli.train_landmark", "train a heatmap landmark decoder on a frozen encoder"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 

@@ -1,0 +1,22 @@
+"""``visionfm train-landmark``: heatmap landmark detection on a frozen encoder (reference §5.5)."""
+
+from __future__ import annotations
+
+from visionfm.cli.options import VFMArgumentParser
+
+
+def add_arguments(p: VFMArgumentParser) -> None:
+    from visionfm.tasks.dense_common import add_dense_arguments
+
+    add_dense_arguments(p, modality="UBM", num_labels=3, output_dir=".", data_path="",
+                        labels_help="number of landmarks K")
+    p.add_argument("--sigma", type=float, default=2.0,
+                   help="std of the Gaussian target heatmaps, in pixels at the input resolution")
+    p.add_argument("--affine_p", type=float, default=0.5,
+                   help="probability of the random affine jitter (degrees 5, translate 0.05) in training")
+
+
+def run(args) -> int:
+    from visionfm.tasks.landmark import run_train_landmark
+
+    return run_train_landmark(args)

@@ -1,0 +1,21 @@
+"""``visionfm train-seg``: a segmentation decoder (UNETR or linear) on a frozen encoder (reference §5.4)."""
+
+from __future__ import annotations
+
+from visionfm.cli.options import VFMArgumentParser
+
+
+def add_arguments(p: VFMArgumentParser) -> None:
+    from visionfm.tasks.dense_common import add_dense_arguments
+
+    add_dense_arguments(p, modality="Fundus", num_labels=4, output_dir="./results",
+                        data_path="./dataset/seg_random/VesselSegmentation",
+                        labels_help="classes including background; 1 = binary (sigmoid)")
+    p.add_argument("--class_names", nargs="+", default=None,
+                   help="names of the classes (background first; 2 names when --num_labels 1)")
+
+
+def run(args) -> int:
+    from visionfm.tasks.segmentation import run_train_seg
+
+    return run_train_seg(args)

@@ -1,0 +1,141 @@
+"""``visionfm train-landmark``: heatmap landmark detection on a frozen encoder (reference §5.5).
+
+* Labels: ``.npy`` heatmaps ``[H, W, K]`` or points ``[K, 2]``; the reader turns both into (x, y)
+  points, which move with the image through the joint transform and are rendered as Gaussian
+  target distributions (``--sigma`` pixels) at the training resolution. The original cast its
+  resized heatmaps to int64, losing soft targets and single-pixel points (item 15).
+* Model: a UNETR head with K output channels; loss :func:`~visionfm.tasks.losses.spatial_softmax_ce`
+  (``log_softmax`` over H·W, stable; the original could overflow).
+* Decoding: arg-max pixel refined by its 3×3 probability-weighted centroid.
+* Metrics (:class:`~visionfm.metrics.dense.LandmarkMeter`): mean radial error in pixels at the
+  input resolution (``mre_px``, the original's ``metric_landmarks``, the selection metric, lower is
+  better) and at the original image resolution (``mre_original_px``), per landmark, and the success
+  rates within 2/4/8 px.
+* Outputs: ``predictions.json`` (points at the original resolution per image), ``overlays/*.png``
+  (truth circles, predictions crosses), ``metrics.json``, ``report.html``, checkpoints, ``log.txt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from visionfm.data.paired import LandmarkTransform, decode_heatmaps, render_heatmaps, to_uint8_image
+from visionfm.errors import ConfigError
+from visionfm.tasks.dense_common import DenseSamples, run_dense
+from visionfm.tasks.losses import spatial_softmax_ce
+
+__all__ = ["LandmarkTask", "run_train_landmark"]
+
+
+class LandmarkTask:
+    """The landmark plug-in of :func:`visionfm.tasks.dense_common.fit`.
+
+    Args:
+        num_landmarks: K.
+        input_size: side S of the square input.
+        mean / std: normalisation statistics.
+        sigma: standard deviation of the target Gaussians, in pixels at the input resolution.
+        augment_affine_p: probability of the random affine jitter in training (0.5, the original).
+    """
+
+    name = "landmark"
+    selection_key = "mre_px"
+    higher_is_better = False
+
+    def __init__(self, num_landmarks: int, input_size: int, mean: Sequence[float], std: Sequence[float],
+                 sigma: float = 2.0, augment_affine_p: float = 0.5) -> None:
+        if num_landmarks < 1:
+            raise ConfigError(f"--num_labels (landmarks) must be >= 1, got {num_landmarks}")
+        if sigma <= 0:
+            raise ConfigError(f"--sigma must be positive, got {sigma}")
+        self.num_outputs = int(num_landmarks)
+        self.input_size = int(input_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.sigma = float(sigma)
+        self.affine_p = float(augment_affine_p)
+
+    def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
+        from visionfm.data.layouts import LandmarkDataset
+
+        base = LandmarkDataset(root, split, self.num_outputs)
+        tf = LandmarkTransform(self.input_size, self.mean, self.std, train=train, affine_p=self.affine_p)
+        return DenseSamples(base, tf)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h, w = logits.shape[-2:]
+        return spatial_softmax_ce(logits, render_heatmaps(target, h, w, self.sigma))
+
+    def new_meter(self) -> Any:
+        from visionfm.metrics.dense import LandmarkMeter
+
+        return LandmarkMeter(self.num_outputs, thresholds=(2, 4, 8))
+
+    def _scale(self, orig_hw: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per-image (x, y) factors from input to original pixels, ``[B, 2]``."""
+        h, w = logits.shape[-2:]
+        return torch.stack([orig_hw[:, 1].double() / w, orig_hw[:, 0].double() / h], 1)
+
+    def update(self, meter: Any, logits: torch.Tensor, target: torch.Tensor, orig_hw: torch.Tensor) -> None:
+        pred = decode_heatmaps(logits)
+        meter.update(pred.cpu().numpy(), target.cpu().numpy(), scale=self._scale(orig_hw, logits).numpy())
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        out = {k: metrics.get(k) for k in ("mre_px", "mre_original_px")}
+        for t, v in (metrics.get("success_rate_px") or {}).items():
+            out[f"success_{t}"] = v
+        return out
+
+    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> "_LandmarkWriter":
+        return _LandmarkWriter(self, Path(out_dir), names, n_overlays)
+
+
+class _LandmarkWriter:
+    """Collects predicted points (original resolution) and draws the first ``n_overlays`` overlays."""
+
+    def __init__(self, task: LandmarkTask, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
+        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
+        self.records: dict[str, Any] = {}
+        self.figures: list[tuple[str, Path]] = []
+
+    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
+            index: torch.Tensor) -> None:
+        from visionfm.reports import save_overlay
+
+        pred = decode_heatmaps(logits).cpu()
+        scale = self.task._scale(orig_hw, logits).float()
+        for i in range(len(pred)):
+            rel = self.names[int(index[i])]
+            # Pixel-index coordinates: the centre of pixel c maps to (c + 0.5)·s − 0.5.
+            full = (pred[i] + 0.5) * scale[i] - 0.5
+            truth = (targets[i].cpu() + 0.5) * scale[i] - 0.5
+            self.records[rel] = {"pred_xy": full.tolist(), "true_xy": [[None if v != v else v for v in p]
+                                                                        for p in truth.tolist()],
+                                 "input_pred_xy": pred[i].tolist(), "orig_hw": [int(v) for v in orig_hw[i]]}
+            if len(self.figures) < self.n_overlays:
+                path = self.out_dir / "overlays" / (Path(rel).parts[0] + "_" + Path(rel).stem + ".png")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
+                save_overlay(img, path, pred_points=pred[i].numpy(), true_points=targets[i].cpu().numpy(),
+                             title=Path(rel).name)
+                self.figures.append((f"{rel} — truth circles, prediction crosses (input resolution)", path))
+
+    def finish(self) -> list[tuple[str, Path]]:
+        from visionfm.io import save_json_atomic
+
+        if self.records:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_json_atomic({"coordinates": "(x, y) pixel indices at the original image resolution",
+                              "images": self.records}, self.out_dir / "predictions.json")
+        return self.figures
+
+
+def run_train_landmark(args: Any) -> int:
+    from visionfm.data.modalities import get_stats
+
+    mean, std = get_stats(args.modality)
+    return run_dense(args, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
+                                                  augment_affine_p=a.affine_p))
+

@@ -1,0 +1,141 @@
+"""``visionfm train-seg``: segmentation decoders on a frozen encoder (reference §5.4).
+
+* ``--num_labels 1``: binary, one sigmoid channel, masks {0, 1} (or {0, 255}); prediction
+  ``sigmoid > 0.5``. ``--num_labels C > 1``: softmax over C channels, prediction arg-max.
+* Loss: :class:`~visionfm.tasks.losses.DiceFocalLoss` (MONAI semantics, background included).
+* Metrics (:class:`~visionfm.metrics.dense.SegmentationMeter`, per image then averaged over the whole
+  split): Dice and IoU per class; ``dice_mean`` / ``iou_mean`` **exclude the background** (the
+  selection metric); the original's multi-class value (all classes incl. background) is
+  ``dice_mean_all_classes_original``; binary runs add HD95 (pixels at the input resolution).
+  Masks are compared at the input resolution S, as the original.
+* Outputs in ``<output_dir>/<name>/``: ``predictions/<dataset>/<stem>.png`` (palette PNG of class
+  ids at the image's original size, readable back by the segmentation reader), ``overlays/*.png``
+  (ground truth solid, prediction dashed), ``metrics.json``, ``report.html``, checkpoints, ``log.txt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from visionfm.data.paired import SegTransform, to_uint8_image
+from visionfm.errors import ConfigError
+from visionfm.tasks.dense_common import DenseSamples, run_dense
+from visionfm.tasks.losses import DiceFocalLoss
+
+__all__ = ["SegmentationTask", "predict_labels", "run_train_seg", "PALETTE"]
+
+# Palette of the saved prediction PNGs: index = class id.
+PALETTE = [0, 0, 0, 255, 255, 255, 255, 64, 64, 64, 160, 255, 64, 200, 64, 255, 200, 0, 200, 0, 200, 0, 200, 200]
+
+
+def predict_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids ``[B, H, W]``: ``logit > 0`` (sigmoid > 0.5) for one channel, else arg-max."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
+class SegmentationTask:
+    """The segmentation plug-in of :func:`visionfm.tasks.dense_common.fit`.
+
+    Args:
+        num_labels: 1 (binary) or the number of classes including background.
+        input_size: side S of the square input.
+        mean / std: normalisation statistics.
+        class_names: names of the ``max(2, num_labels)`` classes.
+    """
+
+    name = "segmentation"
+    selection_key = "dice_mean"
+    higher_is_better = True
+
+    def __init__(self, num_labels: int, input_size: int, mean: Sequence[float], std: Sequence[float],
+                 class_names: Sequence[str] | None = None) -> None:
+        if num_labels < 1:
+            raise ConfigError(f"--num_labels must be >= 1 (1 = binary), got {num_labels}")
+        self.num_labels = int(num_labels)
+        self.num_outputs = self.num_labels
+        self.num_classes = max(2, self.num_labels)
+        self.input_size = int(input_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        if class_names is None:
+            class_names = ["background", "foreground"] if self.num_labels == 1 else (
+                ["background"] + [f"class {c}" for c in range(1, self.num_classes)])
+        if len(class_names) != self.num_classes:
+            raise ConfigError(f"{len(class_names)} class names given for {self.num_classes} classes")
+        self.class_names = list(class_names)
+        self.criterion = DiceFocalLoss()
+
+    def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
+        from visionfm.data.layouts import SegmentationDataset
+
+        base = SegmentationDataset(root, split, self.num_labels)
+        return DenseSamples(base, SegTransform(self.input_size, self.mean, self.std, train=train))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.criterion(logits, target)
+
+    def new_meter(self) -> Any:
+        from visionfm.metrics.dense import SegmentationMeter
+
+        return SegmentationMeter(self.num_classes, include_background=False, class_names=self.class_names,
+                                 hd95=self.num_labels == 1)
+
+    def update(self, meter: Any, logits: torch.Tensor, target: torch.Tensor, orig_hw: torch.Tensor) -> None:
+        meter.update(predict_labels(logits).cpu().numpy(), target.cpu().numpy())
+
+    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        out = {k: metrics.get(k) for k in ("dice_mean", "iou_mean", "dice_mean_all_classes_original")}
+        if "hd95_mean" in metrics:
+            out["hd95_mean"] = metrics["hd95_mean"]
+        return out
+
+    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> "_SegWriter":
+        return _SegWriter(self, Path(out_dir), names, n_overlays)
+
+
+class _SegWriter:
+    """Saves predicted masks (original size, palette PNG) and the first ``n_overlays`` overlays."""
+
+    def __init__(self, task: SegmentationTask, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
+        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
+        self.figures: list[tuple[str, Path]] = []
+
+    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
+            index: torch.Tensor) -> None:
+        from visionfm.reports import save_overlay
+
+        labels = predict_labels(logits)
+        for i in range(len(labels)):
+            rel = Path(self.names[int(index[i])])
+            h, w = (int(v) for v in orig_hw[i])
+            full = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            dst = self.out_dir / "predictions" / rel.parts[0] / (rel.stem + ".png")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            png = Image.fromarray(full.cpu().numpy().astype(np.uint8), mode="P")
+            png.putpalette(PALETTE + [0] * (768 - len(PALETTE)))
+            png.save(dst)
+            if len(self.figures) < self.n_overlays:
+                path = self.out_dir / "overlays" / f"{rel.parts[0]}_{rel.stem}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
+                save_overlay(img, path, pred_mask=labels[i].cpu().numpy(), true_mask=targets[i].cpu().numpy(),
+                             class_names=self.task.class_names, title=str(rel.name))
+                self.figures.append((f"{rel} — ground truth solid, prediction dashed", path))
+
+    def finish(self) -> list[tuple[str, Path]]:
+        return self.figures
+
+
+def run_train_seg(args: Any) -> int:
+    from visionfm.data.modalities import get_stats
+
+    mean, std = get_stats(args.modality)
+    names = args.class_names if getattr(args, "class_names", None) else None
+    return run_dense(args, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
