@@ -1,0 +1,193 @@
+"""Biomarker regression on frozen-encoder feature stores (``visionfm train-reg``; reference §5.6).
+
+Differences from the original ``train_metric_reg_multi_decoder.py``:
+
+* targets are standardised per target with the training split's mean and standard deviation
+  (stored as ``target_mean``/``target_std`` in the checkpoint JSON); the head is trained with
+  SmoothL1 (β = 1) on the standardised values, NaN (unmeasured) entries left out;
+* model selection uses the mean MAE of the standardised targets on ``val`` (lower is better) — every
+  target counts equally whatever its unit, and the first validation is always saved (the original
+  started from a "best" relative MAE of 1.0 and saved nothing above 100 % error);
+* predictions are mapped back to the original units and reported with
+  :func:`~visionfm.reports.evaluate_regression_run`: MAE, RMSE, R², Pearson r per target and the
+  original's relative MAE (``relative_mae_original``), computed once over the whole test set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from visionfm.errors import ConfigError, DataFormatError
+
+__all__ = ["standardisation", "masked_smooth_l1", "standardised_mae", "read_target_names", "RegressionSpec",
+           "run_train_reg"]
+
+log = logging.getLogger("visionfm.reg")
+
+
+def standardisation(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target ``(mean, std)`` over finite values; a constant or unmeasured target gets std 1."""
+    y = labels.double()
+    finite = torch.isfinite(y)
+    n = finite.sum(dim=0)
+    if bool((n == 0).any()):
+        bad = int(torch.nonzero(n == 0).flatten()[0])
+        raise DataFormatError(f"target {bad} has no measured value in the training split")
+    y0 = torch.where(finite, y, torch.zeros_like(y))
+    mean = y0.sum(dim=0) / n
+    var = (torch.where(finite, y - mean, torch.zeros_like(y)) ** 2).sum(dim=0) / n
+    std = var.sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """SmoothL1 (mean) over the finite entries of ``target``."""
+    finite = torch.isfinite(target)
+    if not bool(finite.any()):
+        return pred.sum() * 0.0
+    return torch.nn.functional.smooth_l1_loss(pred[finite].float(), target[finite].float(), beta=beta)
+
+
+def standardised_mae(pred_z: torch.Tensor, target_z: torch.Tensor) -> tuple[float | None, list[float | None]]:
+    """Mean over targets of the per-target MAE on standardised values (finite entries only)."""
+    finite = torch.isfinite(target_z)
+    err = torch.where(finite, (pred_z - target_z).abs(), torch.zeros_like(pred_z)).double()
+    n = finite.sum(dim=0)
+    per = [float(e / k) if k > 0 else None for e, k in zip(err.sum(dim=0).tolist(), n.tolist())]
+    defined = [v for v in per if v is not None]
+    return (float(np.mean(defined)) if defined else None), per
+
+
+def _targets_files(paths: Sequence[str], search_roots: Sequence[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        q = Path(p)
+        if q.is_file():
+            found.append(q)
+        elif q.is_dir():
+            hits = sorted(q.rglob("targets.json"))
+            if not hits:
+                raise ConfigError(f"--targets_json {q}: no targets.json under this folder")
+            found.extend(hits)
+        else:
+            raise ConfigError(f"--targets_json {q}: not found")
+    if not paths:
+        for root in search_roots:
+            if root.is_dir():
+                found.extend(sorted(root.glob("targets.json")) + sorted(root.glob("*/targets.json")))
+    return found
+
+
+def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[Path] = ()) -> tuple[list[str], list[str]]:
+    """Target names from ``targets.json`` files (``{"targets": [{"index", "name", "unit"}, ...]}``).
+
+    Files come from ``--targets_json`` (files, or folders searched for ``targets.json``, e.g. the
+    data folders next to the label files) or else the store folders. When pooled data sets name a
+    target differently, the names are joined with ``/``. Returns ``(names, sources)``;
+    ``target <j>`` when no file is found.
+    """
+    files = _targets_files(paths, search_roots)
+    per_index: list[list[str]] = [[] for _ in range(n)]
+    for f in files:
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+            targets = doc["targets"] if isinstance(doc, dict) else doc
+            for i, t in enumerate(targets):
+                idx = int(t.get("index", i))
+                name = str(t["name"]) + (f" [{t['unit']}]" if t.get("unit") else "")
+                if not 0 <= idx < n:
+                    raise DataFormatError(f"target index {idx} is out of range for {n} targets", f)
+                if name not in per_index[idx]:
+                    per_index[idx].append(name)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, DataFormatError):
+                raise
+            raise DataFormatError(f"not a targets file ({exc.__class__.__name__}: {exc})", f) from None
+    names = ["/".join(v) if v else f"target {j}" for j, v in enumerate(per_index)]
+    return names, [str(f) for f in files]
+
+
+class RegressionSpec:
+    """:class:`~visionfm.tasks.multimodal.TaskSpec` of ``visionfm train-reg``."""
+
+    kind = "reg"
+    selection_key = "mae_std_mean"
+    higher_is_better = False
+
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self.mean = torch.zeros(1)
+        self.std = torch.ones(1)
+        self.names: list[str] = []
+
+    def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor, info: Any) -> dict[str, Any]:
+        n = int(test_labels.shape[1])
+        if n != int(self.args.num_labels):
+            raise ConfigError(f"--num_labels {self.args.num_labels} but the stores hold {n} targets per image")
+        if train_labels is not None:
+            self.mean, self.std = standardisation(train_labels)
+        elif info and info.get("target_mean") is not None:
+            self.mean = torch.tensor(info["target_mean"], dtype=torch.float32)
+            self.std = torch.tensor(info["target_std"], dtype=torch.float32)
+        else:
+            raise ConfigError("--load_from has no target_mean/target_std (not a train-reg checkpoint)")
+        if self.mean.numel() != n:
+            raise ConfigError(f"the checkpoint standardises {self.mean.numel()} targets, the stores hold {n}")
+        roots = [Path(self.args.data_path) / e for e in self.args.datasets]
+        self.names, sources = read_target_names(n, self.args.targets_json or (), roots)
+        if len(set(self.names)) != len(self.names):
+            self.names = [f"{j}:{nm}" for j, nm in enumerate(self.names)]
+        return {"task": "regression", "num_outputs": n, "target_names": self.names, "target_files": sources,
+                "target_mean": self.mean.tolist(), "target_std": self.std.tolist(),
+                "target_standardisation": "z = (y - target_mean) / target_std, training split"}
+
+    def train_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return (labels.float() - self.mean) / self.std
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return masked_smooth_l1(outputs, targets)
+
+    def to_units(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float() * self.std + self.mean
+
+    def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        zmae, _ = standardised_mae(outputs.float(), self.train_targets(labels))
+        pred = self.to_units(outputs)
+        finite = torch.isfinite(labels)
+        err = torch.where(finite, (pred - labels).abs(), torch.zeros_like(pred)).sum(0) / finite.sum(0).clamp(min=1)
+        return {"mae_std_mean": zmae, "mae_mean": float(err.mean())}
+
+    def report(self, run_dir: Path, outputs: torch.Tensor, inputs: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        from visionfm.io import save_json_atomic
+        from visionfm.reports import evaluate_regression_run
+        from visionfm.tasks.multimodal import write_members
+
+        a = self.args
+        pred = self.to_units(outputs).double().numpy()
+        y = inputs.labels.double().numpy()
+        zmae, _ = standardised_mae(outputs.float(), self.train_targets(inputs.labels))
+        title = f"{a.name} ({', '.join(meta.get('modalities', []))}; regression, fusion {a.fusion})"
+        show = {k: v for k, v in meta.items() if k not in ("data", "target_mean", "target_std", "target_names")}
+        m = evaluate_regression_run(run_dir / "report", y, pred, self.names, paths=list(inputs.ids),
+                                    n_boot=a.report_n_boot, seed=a.seed, title=title, meta={"name": a.name, **show})
+        save_json_atomic({i: {"gt": [float(v) for v in y[r]], "pred": [float(v) for v in pred[r]]}
+                          for r, i in enumerate(inputs.ids)}, run_dir / f"{a.name}_results.json")
+        write_members(run_dir, inputs)
+        head = {k: m.get(k) for k in ("mae_mean", "rmse_mean", "r2_mean", "pearson_r_mean", "relative_mae_original")}
+        head["mae_std_mean"] = zmae
+        log.info("test: %s", head)
+        return head
+
+
+def run_train_reg(args: Any) -> int:
+    """``visionfm train-reg``: see docs/multimodal-and-regression.md."""
+    from visionfm.tasks.multimodal import run_multi_store_command
+
+    return run_multi_store_command(args, RegressionSpec(args))
