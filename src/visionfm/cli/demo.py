@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, default=192, help="classification images per split")
     parser.add_argument("--pretrain_epochs", type=int, default=4)
     parser.add_argument("--decoder_epochs", type=int, default=40)
+    parser.add_argument("--seg_epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -40,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"demo: {what} failed (exit code {code})")
 
     size = str(args.img_size)
-    mark("1/4 writing synthetic data: 8 pretraining modalities + 5-grade fundus DR classification")
+    mark("1/5 writing synthetic data: 8 pretraining modalities, 5-grade fundus DR classification, vessel masks")
     generate("pretrain", data / "pretrain", num=args.num, img_size=args.img_size, seed=args.seed)
     generate("single_cls", data, num=args.num, img_size=args.img_size, seed=args.seed + 1)
+    generate("segmentation", data, num=32, img_size=args.img_size, seed=args.seed + 2, num_classes=2)
 
-    mark("2/4 iBOT pretraining of a vit_tiny encoder on the synthetic fundus images")
+    mark("2/5 iBOT pretraining of a vit_tiny encoder on the synthetic fundus images")
     run_name = "pretrain_fundus"
     step(["pretrain", "--data_path", str(data / "pretrain"), "--modality", "Fundus", "--arch", "vit_tiny",
           "--input_size", size, "--batch_size_per_gpu", "32", "--epochs", str(args.pretrain_epochs),
@@ -53,18 +55,26 @@ def run(args: argparse.Namespace) -> int:
           "--output_dir", str(out), "--seed", str(args.seed), "--no_progress"], "pretraining")
     ckpt = out / run_name / "checkpoint.pth"
 
-    mark("3/4 extracting frozen features (CLS of the last 4 blocks) with the pretrained teacher")
+    mark("3/5 extracting frozen features (CLS of the last 4 blocks) with the pretrained teacher")
     stores = out / "features"
     step(["extract", "--pretrained_weights", str(ckpt), "--checkpoint_key", "teacher", "--arch", "vit_tiny",
           "--modality", "Fundus", "--data_path", str(data / "FundusClassification"), "--dst_root", str(stores),
           "--input_size", size, "--batch_size_per_gpu", "64", "--epochs", "2", "--num_workers", "0",
           "--seed", str(args.seed)], "feature extraction")
 
-    mark("4/4 training the classification decoder on the stored features, then evaluating on test")
+    mark("4/5 training the classification decoder on the stored features, then evaluating on test")
     cls_name = "dr_grading"
     step(["train-cls", "--name", cls_name, "--features", str(stores), "--num_labels", "5", "--modality", "Fundus",
           "--epochs", str(args.decoder_epochs), "--batch_size_per_gpu", "64", "--lr", "0.004",
           "--output_dir", str(out), "--report_n_boot", "200", "--seed", str(args.seed)], "decoder training")
+
+    mark("5/5 training a UNETR vessel-segmentation decoder on the same frozen encoder")
+    seg_name = "vessel_segmentation"
+    step(["train-seg", "--name", seg_name, "--data_path", str(data / "VesselSegmentation"), "--num_labels", "1",
+          "--pretrained_weights", str(ckpt), "--checkpoint_key", "teacher", "--arch", "vit_tiny", "--input_size", size,
+          "--epochs", str(args.seg_epochs), "--lr", "3e-3", "--batch_size_per_gpu", "8", "--no_augment",
+          "--num_workers", "0", "--output_dir", str(out), "--seed", str(args.seed)], "segmentation training")
+    seg_metrics = json.loads((out / seg_name / "metrics.json").read_text())
 
     run_dir = out / cls_name
     report = run_dir / "report" / "report.html"
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         "test_metrics": pick,
         "chance_accuracy": 0.2,
         "report": str(report),
+        "segmentation": {"vessel_dice": seg_metrics.get("dice_mean"), "vessel_iou": seg_metrics.get("iou_mean"),
+                         "report": str(out / seg_name / "report.html")},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     save_json_atomic(summary, out / "summary.json")
@@ -86,5 +98,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"test {key:<22}: {shown}")
     print("(5-grade DR task; chance accuracy 0.200)")
     print(f"report                     : {report}")
+    seg = summary["segmentation"]
+    print(f"vessel Dice / IoU (test)   : {seg['vessel_dice']:.3f} / {seg['vessel_iou']:.3f}")
+    print(f"segmentation report        : {seg['report']} (overlays of prediction and ground truth)")
     print(f"total time                 : {summary['seconds']} s")
     return 0
