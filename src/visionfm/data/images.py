@@ -8,6 +8,8 @@ file, and skipping a bad file is an explicit, logged choice (``on_error="skip"``
 
 from __future__ import annotations
 
+import abc
+
 import logging
 import operator
 import os
@@ -243,7 +245,7 @@ def check_on_error(on_error: str) -> OnErrorPolicy:
     return on_error  # type: ignore[return-value]
 
 
-class SampleDataset(Dataset):  # type: ignore[type-arg]
+class SampleDataset(Dataset, abc.ABC):  # type: ignore[type-arg]
     """Base class of every reader: bounds checking plus the ``on_error`` policy, implemented once.
 
     Subclasses implement ``__len__`` and ``_load(index)``. With ``on_error="fail"`` a bad file raises
@@ -260,11 +262,11 @@ class SampleDataset(Dataset):  # type: ignore[type-arg]
         self.skipped_paths: set[str] = set()
         self._bad_indices: set[int] = set()
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
-    def _load(self, index: int) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _load(self, index: int) -> Any: ...
 
     def __getitem__(self, index: int) -> Any:
         n = len(self)

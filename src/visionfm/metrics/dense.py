@@ -28,6 +28,8 @@ Samples duplicated by a padding ``DistributedSampler`` are counted twice; drop t
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -198,16 +200,16 @@ def radial_errors(pred_points: Any, true_points: Any, scale: Any = None) -> np.n
 # --------------------------------------------------------------------------------------------
 
 
-class _PerImageMeter:
+class _PerImageMeter(abc.ABC):
     """Per-image arrays concatenated along axis 0; subclasses list them in ``_STATE``."""
 
     _STATE: tuple[str, ...] = ()
 
-    def _config(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _config(self) -> dict[str, Any]: ...
 
-    def _empty_state(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _empty_state(self) -> dict[str, np.ndarray]: ...
 
     def reset(self) -> None:
         """Forget every image seen so far."""
