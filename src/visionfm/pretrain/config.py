@@ -26,7 +26,7 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--shared_head_teacher", type=bool_flag, default=True)
     g.add_argument("--norm_last_layer", type=bool_flag, default=True)
     g.add_argument("--momentum_teacher", type=float, default=0.996)
-    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "ln"], help="norm inside the head MLP")
+    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "syncbn", "ln"], help="norm inside the head MLP")
     g.add_argument("--act_in_head", default="gelu", choices=["gelu", "relu"])
     g.add_argument("--use_masked_im_modeling", type=bool_flag, default=True)
     g.add_argument("--drop_path", type=float, default=0.1, help="student stochastic depth (teacher: 0)")

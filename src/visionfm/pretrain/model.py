@@ -68,14 +68,17 @@ def build_student_teacher(args) -> tuple[MultiCropNetwork, MultiCropNetwork]:
     )
     teacher_backbone = VisionFMEncoder(args.arch, args.input_size, args.patch_size, 0.0, masked_im_modeling=False)
     dim = student_backbone.embed_dim
+    # BatchNorm becomes SyncBatchNorm in the trainer when several processes run (reference §4.4);
+    # a single process uses plain BatchNorm either way.
+    norm = "bn" if args.norm_in_head == "syncbn" else args.norm_in_head
     student = MultiCropNetwork(
         student_backbone,
-        IBOTHead(dim, args.out_dim, args.patch_out_dim, norm=args.norm_in_head, act=args.act_in_head,
+        IBOTHead(dim, args.out_dim, args.patch_out_dim, norm=norm, act=args.act_in_head,
                  norm_last_layer=args.norm_last_layer, shared_head=args.shared_head),
     )
     teacher = MultiCropNetwork(
         teacher_backbone,
-        IBOTHead(dim, args.out_dim, args.patch_out_dim, norm=args.norm_in_head, act=args.act_in_head,
+        IBOTHead(dim, args.out_dim, args.patch_out_dim, norm=norm, act=args.act_in_head,
                  norm_last_layer=True, shared_head=args.shared_head_teacher),
     )
     return student, teacher

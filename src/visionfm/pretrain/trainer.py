@@ -178,7 +178,7 @@ class IBOTTrainer:
             p.requires_grad_(False)
         student.to(self.device)
         teacher.to(self.device).eval()
-        if self.env.distributed and args.norm_in_head == "bn":
+        if self.env.distributed and args.norm_in_head in ("bn", "syncbn"):
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student: MultiCropNetwork = student
         self.teacher: MultiCropNetwork = teacher
