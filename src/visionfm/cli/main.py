@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-reg": ("visionfm.cli.train_reg", "biomarker regression on several feature stores (pooled or fused)"),
     "train-seg": ("visionfm.cli.train_seg", "train a segmentation decoder (UNETR or linear) on a frozen encoder"),
     "train-landmark": ("visionfm.cli.train_landmark", "train a heatmap landmark decoder on a frozen encoder"),
+    "prepare": ("visionfm.cli.prepare", "store down-sized copies of a pretraining image tree (faster input pipeline)"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 
