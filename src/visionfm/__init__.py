@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_encoder", "build_encoder", "VisionFMEncoder"]
+__all__ = ["__version__", "load_encoder", "build_encoder", "VisionFMEncoder", "from_pretrained", "VisionFMModel"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from visionfm import models
 
         return getattr(models, name)
+    if name in {"from_pretrained", "VisionFMModel"}:
+        from visionfm import packaging
+
+        return getattr(packaging, name)
     raise AttributeError(f"module 'visionfm' has no attribute {name!r}")

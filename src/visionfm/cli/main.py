@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-seg": ("visionfm.cli.train_seg", "train a segmentation decoder (UNETR or linear) on a frozen encoder"),
     "train-landmark": ("visionfm.cli.train_landmark", "train a heatmap landmark decoder on a frozen encoder"),
     "prepare": ("visionfm.cli.prepare", "store down-sized copies of a pretraining image tree (faster input pipeline)"),
+    "predict": ("visionfm.cli.predict", "apply a model folder to images or DICOM files (predictions, overlays, attention)"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 

@@ -357,6 +357,10 @@ def run_train_cls(args: Any) -> int:
         if env.is_main:
             info["test_metrics"] = {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}
             save_json_atomic(info, best.with_suffix(".json"))
+            # -- model package folder (issue 6): <run>/model/ from the selected (best) checkpoint --
+            from visionfm.packaging import package_cls_run
+
+            package_cls_run(args, run_dir, model, task, names, metrics)
             run_logger.log({"final_test": info["test_metrics"], "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()

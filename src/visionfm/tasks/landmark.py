@@ -136,6 +136,12 @@ def run_train_landmark(args: Any) -> int:
     from visionfm.data.modalities import get_stats
 
     mean, std = get_stats(args.modality)
-    return run_dense(args, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
-                                                  augment_affine_p=a.affine_p))
+    rc = run_dense(args, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
+                                                augment_affine_p=a.affine_p))
+    # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
+    if rc == 0:
+        from visionfm.packaging import package_dense_run
+
+        package_dense_run(args, "landmark")
+    return rc
 

@@ -138,4 +138,11 @@ def run_train_seg(args: Any) -> int:
 
     mean, std = get_stats(args.modality)
     names = args.class_names if getattr(args, "class_names", None) else None
-    return run_dense(args, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
+    rc = run_dense(args, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
+    # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
+    if rc == 0:
+        from visionfm.packaging import package_dense_run
+
+        package_dense_run(args, "segmentation", SegmentationTask(args.num_labels, args.input_size, mean, std,
+                                                                 names).class_names)
+    return rc

@@ -1,0 +1,1 @@
+"""Inference on files: image/DICOM readers and the ``visionfm predict`` pipeline."""

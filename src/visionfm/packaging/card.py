@@ -1,0 +1,158 @@
+"""The ``README.md`` model card of a model folder (task, modality, data, metrics, intended use, licence).
+
+The card starts with Hugging Face front matter (``license``, ``library_name``, ``tags``) so a pushed
+folder is listed correctly on the Hub, followed by sections in the spirit of the MONAI bundle
+specification: what goes in, what comes out, how it was trained and evaluated, and the terms of use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+__all__ = ["render_model_card", "LICENCE_NOTE", "DEFAULT_LICENSE"]
+
+DEFAULT_LICENSE = "cc-by-nc-4.0"
+LICENCE_NOTE = (
+    "The official VisionFM encoder weights are released under the Creative Commons Attribution-NonCommercial "
+    "4.0 International licence (CC BY-NC 4.0). A model whose encoder was initialised from them is a derivative "
+    "work: it may be shared and adapted with attribution, **for non-commercial purposes only**. Models trained "
+    "from a randomly initialised encoder or from other weights carry the terms of those weights and of their "
+    "training data; check both before redistributing."
+)
+
+_KIND_TEXT = {
+    "binary": "binary classification (one sigmoid output)",
+    "multiclass": "multi-class classification (softmax)",
+    "multilabel": "multi-label classification (one sigmoid per label)",
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.4f}"
+    return str(v)
+
+
+def _task_line(cfg: Mapping[str, Any]) -> str:
+    task = cfg.get("task")
+    kind = cfg.get("task_kind")
+    if task == "classification":
+        return _KIND_TEXT.get(str(kind), "classification")
+    if task == "forecasting":
+        return f"forecasting ({_KIND_TEXT.get(str(kind), kind)} of the state after `days` days, " \
+               f"0 to {cfg.get('max_days')})"
+    if task == "regression":
+        return "regression (values reported in the original units)"
+    if task == "segmentation":
+        n = int(cfg.get("head", {}).get("args", {}).get("num_classes", 1))
+        return "binary segmentation (sigmoid > 0.5)" if n == 1 else f"semantic segmentation ({n} classes, arg-max)"
+    if task == "landmark":
+        return "landmark detection (heatmap arg-max refined by a 3x3 centroid)"
+    return str(task)
+
+
+def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str | None = None) -> str:
+    """Markdown model card for ``config``; ``extra`` adds text (a string) or sections (``{title: text}``)."""
+    cfg = dict(config)
+    enc = cfg.get("encoder", {})
+    pre = cfg.get("preprocess", {})
+    feats = cfg.get("features", {})
+    head = cfg.get("head", {})
+    licence = str(cfg.get("license") or DEFAULT_LICENSE)
+    name = cfg.get("name") or f"visionfm-{cfg.get('task')}-{str(cfg.get('modality', '')).lower()}"
+    lines = [
+        "---",
+        f"license: {licence}",
+        "library_name: visionfm",
+        "tags:",
+        "- ophthalmology",
+        "- medical-imaging",
+        "- vision-transformer",
+        f"- {cfg.get('task')}",
+        f"- {str(cfg.get('modality', 'unknown')).lower()}",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A VisionFM decoder on a frozen {enc.get('arch')} encoder: **{_task_line(cfg)}** on "
+        f"**{cfg.get('modality')}** images.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Task | {_task_line(cfg)} |",
+        f"| Modality | {cfg.get('modality')} |",
+        f"| Encoder | {enc.get('arch')}, patch {enc.get('patch_size')}, frozen; weights from "
+        f"`{enc.get('weights_source') or 'unknown'}` |",
+        f"| Input | RGB resized to {pre.get('input_size')}x{pre.get('input_size')} ({pre.get('interpolation')}), "
+        f"normalised with mean {pre.get('mean')} and std {pre.get('std')} |",
+    ]
+    if feats.get("type") == "dense":
+        lines.append(f"| Features | patch tokens of blocks {feats.get('block_ids')} (after the final norm) |")
+    elif int(feats.get("avgpool", 0)) == 1:
+        lines.append("| Features | mean patch token of the last block |")
+    else:
+        lines.append(f"| Features | CLS tokens of the last {feats.get('n_last_blocks')} blocks, concatenated |")
+    lines.append(f"| Head | `{head.get('type')}` {head.get('args')} |")
+    names = cfg.get("class_names") or cfg.get("target_names") or cfg.get("landmark_names")
+    if names:
+        lines.append(f"| Outputs | {', '.join(str(n) for n in names)} |")
+    if cfg.get("thresholds") is not None:
+        lines.append(f"| Thresholds | {cfg.get('thresholds')} |")
+    if cfg.get("target_mean") is not None:
+        lines.append("| Target units | outputs are de-standardised with the training split's mean and std |")
+    lines.append(f"| Software | visionfm {cfg.get('visionfm_version')}, torch {cfg.get('torch_version')}, "
+                 f"format_version {cfg.get('format_version')} |")
+    lines += ["", "## Training data", ""]
+    data = cfg.get("data") or {}
+    if data:
+        for k, v in data.items():
+            lines.append(f"- **{k}**: {v}")
+    else:
+        lines.append("Not recorded.")
+    lines += ["", "## Evaluation", ""]
+    metrics = cfg.get("metrics") or {}
+    if metrics:
+        split = data.get("evaluated_on") if isinstance(data, dict) else None
+        if split:
+            lines += [f"Evaluated on: {split}.", ""]
+        lines += ["| Metric | Value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    else:
+        lines.append("No metrics recorded.")
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Research on ophthalmic image analysis: benchmarking, feature studies and as a starting point for "
+        "further training. It is **not a medical device**: it has not been validated for diagnosis, screening "
+        "or treatment decisions, and its outputs must not be used for patient care. Performance outside the "
+        "training distribution (other cameras, sites, populations, image quality) is unknown.",
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        "visionfm predict --model path/to/this/folder --input image_or_folder --output predictions/",
+        "```",
+        "",
+        "```python",
+        "import visionfm",
+        "model = visionfm.from_pretrained('path/to/this/folder')",
+        "from visionfm.inference.io import read_image",
+        "print(model.predict([read_image('image.png')]))",
+        "```",
+        "",
+        "## Licence",
+        "",
+        f"Declared licence: `{licence}`. {LICENCE_NOTE}",
+        "",
+    ]
+    if extra:
+        if isinstance(extra, str):
+            lines += [extra.rstrip(), ""]
+        else:
+            for title, text in extra.items():
+                lines += [f"## {title}", "", str(text).rstrip(), ""]
+    return "\n".join(lines)

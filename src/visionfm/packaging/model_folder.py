@@ -1,0 +1,851 @@
+"""One folder per trained model: ``config.json`` + ``model.safetensors`` + ``README.md`` (design §2.10).
+
+A :class:`VisionFMModel` is a frozen encoder, a decoder head and the ``config`` that says how to feed
+them (input size, interpolation, modality normalisation, which blocks' tokens and how they are pooled)
+and how to read their outputs (class names, thresholds, target standardisation, landmark scaling).
+``forward`` reproduces the training-time path exactly (the same blocks, the same final norm, the same
+pooling as :func:`visionfm.engine.features.pool_tokens` / ``FrozenFeatures``); :meth:`postprocess`
+turns raw outputs into predictions and is what ``evaluate``, ``predict`` and ``serve`` share (§2.6).
+
+Tensor names in ``model.safetensors``: encoder tensors ``encoder.<official name>`` (so the folder is
+also an encoder weights source for :func:`visionfm.load_encoder`), head tensors ``head.<name>``.
+
+Heads are built from a registry (:func:`register_head`): ``config["head"] = {"type": name,
+"args": {...}}`` calls the registered constructor with those keyword arguments. A registry entry may
+be a class or a lazy ``"module:Class"`` string, so a head module registers itself with one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionfm.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TASKS",
+    "TASK_KINDS",
+    "HEADS",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "CARD_FILE",
+    "VisionFMModel",
+    "register_head",
+    "get_head_constructor",
+    "from_pretrained",
+    "validate_config",
+    "read_config",
+    "build_model",
+    "encoder_config",
+    "model_folder_from_training",
+    "encoder_for_package",
+    "package_cls_run",
+    "package_dense_run",
+]
+
+log = logging.getLogger("visionfm.packaging")
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.json"
+TASKS = ("classification", "regression", "segmentation", "landmark", "forecasting")
+# classification and forecasting outputs are read as one of these (forecasting: the event at `days`).
+TASK_KINDS = ("binary", "multiclass", "multilabel")
+INTERPOLATIONS = ("bilinear", "bicubic")
+DENSE_TASKS = ("segmentation", "landmark")
+
+# -- head registry -------------------------------------------------------------------------------------
+
+HEADS: dict[str, Callable[..., nn.Module] | str] = {
+    "cls": "visionfm.models.heads.cls:ClsHead",
+    "linear": "visionfm.models.heads.cls:LinearHead",
+    "reg": "visionfm.models.heads.reg:RegHead",
+    "unetr": "visionfm.models.heads.unetr:UnetrHead",
+    "linear_seg": "visionfm.models.heads.linear_seg:LinearSegHead",
+    "forecast": "visionfm.models.heads.forecast:ForecastHead",
+}
+
+
+def register_head(name: str, constructor: Callable[..., nn.Module] | str) -> None:
+    """Make ``config["head"]["type"] == name`` build ``constructor(**config["head"]["args"])``.
+
+    ``constructor`` is a class/callable or a lazy ``"package.module:Class"`` string. Heads of the
+    ``classification``/``regression`` tasks take pooled features ``[B, E]``; ``segmentation``/``landmark``
+    heads take ``(list of 4 patch-token tensors [B, P, D], normalised image)``; ``forecasting`` heads take
+    ``(pooled features [B, E], days [B])``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("a head name must be a non-empty string")
+    HEADS[name] = constructor
+
+
+def get_head_constructor(name: str) -> Callable[..., nn.Module]:
+    if name not in HEADS:
+        raise ConfigError(f"unknown head type {name!r}; registered heads: {', '.join(sorted(HEADS))}")
+    entry = HEADS[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        try:
+            entry = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"head type {name!r} needs {module}.{attr}, which is not available ({exc})") from None
+        HEADS[name] = entry
+    return entry  # type: ignore[return-value]
+
+
+# -- configuration ----------------------------------------------------------------------------------------
+
+
+def _bad(where: str, msg: str) -> CheckpointError:
+    return CheckpointError(f"{where}: {msg}")
+
+
+def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
+    """Check a model config before anything is built; returns it. Errors name ``where`` (the folder)."""
+    if not isinstance(cfg, dict):
+        raise _bad(where, f"config.json must hold a JSON object, got {type(cfg).__name__}")
+    fv = cfg.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise _bad(where, f"format_version {fv!r} is not supported (this visionfm reads format_version "
+                          f"{FORMAT_VERSION}); was the folder written by another visionfm version?")
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise _bad(where, f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    for key in ("encoder", "preprocess", "features", "head"):
+        if not isinstance(cfg.get(key), dict):
+            raise _bad(where, f"config.json has no '{key}' section")
+    enc = cfg["encoder"]
+    from visionfm.models.archs import ARCHS
+
+    if enc.get("arch") not in ARCHS:
+        raise _bad(where, f"encoder arch {enc.get('arch')!r} is unknown; expected one of {', '.join(ARCHS)}")
+    pre = cfg["preprocess"]
+    size, ps = pre.get("input_size"), enc.get("patch_size")
+    if not isinstance(ps, int) or ps < 1:
+        raise _bad(where, f"encoder patch_size must be a positive integer, got {ps!r}")
+    if not isinstance(size, int) or size < ps or size % ps:
+        raise _bad(where, f"preprocess input_size {size!r} must be a positive multiple of the patch size {ps}")
+    if pre.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        raise _bad(where, f"preprocess interpolation {pre.get('interpolation')!r}; expected {' or '.join(INTERPOLATIONS)}")
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            raise _bad(where, f"preprocess {key} must be a list of 3 numbers, got {v!r}")
+    if any(s <= 0 for s in pre["std"]):
+        raise _bad(where, "preprocess std must be positive")
+    feats = cfg["features"]
+    ftype = feats.get("type")
+    if task in DENSE_TASKS:
+        ids = feats.get("block_ids")
+        if ftype != "dense" or not (isinstance(ids, list) and len(ids) == 4 and all(isinstance(i, int) for i in ids)):
+            raise _bad(where, f"task {task} needs features {{'type': 'dense', 'block_ids': [4 ints]}}, got {feats!r}")
+    else:
+        if ftype != "pooled":
+            raise _bad(where, f"task {task} needs features of type 'pooled', got {ftype!r}")
+        avg = feats.get("avgpool", 0)
+        if avg not in (0, 1):
+            raise _bad(where, f"features avgpool must be 0 or 1, got {avg!r}")
+        n = feats.get("n_last_blocks", 1)
+        if avg == 0 and not (isinstance(n, int) and n >= 1):
+            raise _bad(where, f"features n_last_blocks must be a positive integer, got {n!r}")
+    head = cfg["head"]
+    if head.get("type") not in HEADS:
+        raise _bad(where, f"unknown head type {head.get('type')!r}; registered heads: {', '.join(sorted(HEADS))}")
+    if not isinstance(head.get("args", {}), dict):
+        raise _bad(where, "head args must be a JSON object")
+    if task in ("classification", "forecasting"):
+        kind = cfg.get("task_kind")
+        if kind not in TASK_KINDS:
+            raise _bad(where, f"task {task} needs task_kind in {', '.join(TASK_KINDS)}, got {kind!r}")
+        names = cfg.get("class_names")
+        if not (isinstance(names, list) and names):
+            raise _bad(where, "a classification model needs a non-empty class_names list")
+    if task == "regression":
+        names = cfg.get("target_names")
+        mean, std = cfg.get("target_mean"), cfg.get("target_std")
+        if not (isinstance(names, list) and names):
+            raise _bad(where, "a regression model needs a non-empty target_names list")
+        for key, v in (("target_mean", mean), ("target_std", std)):
+            if v is not None and not (isinstance(v, list) and len(v) == len(names)):
+                raise _bad(where, f"{key} must list one number per target ({len(names)}), got {v!r}")
+    if task == "forecasting":
+        md = cfg.get("max_days")
+        if not (isinstance(md, (int, float)) and md > 0):
+            raise _bad(where, f"a forecasting model needs a positive max_days, got {md!r}")
+    return cfg
+
+
+def _thresholds(cfg: Mapping[str, Any], n: int) -> np.ndarray:
+    t = cfg.get("thresholds")
+    if t is None:
+        return np.full(n, 0.5)
+    arr = np.asarray(t, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        return np.full(n, float(arr[0]))
+    if arr.size != n:
+        raise ConfigError(f"{arr.size} thresholds for {n} outputs")
+    return arr
+
+
+# -- the model --------------------------------------------------------------------------------------------
+
+
+class VisionFMModel(nn.Module):
+    """A frozen :class:`~visionfm.models.VisionFMEncoder` + a decoder head + its ``config``.
+
+    Args:
+        encoder: the encoder (its tensors are saved as ``encoder.*``).
+        head: the decoder (``head.*``); for dense tasks the bare head (not the training adapter).
+        config: see :func:`validate_config` and ``docs/inference.md`` for the keys.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.config = validate_config(dict(config))
+        self.encoder = encoder
+        self.head = head
+        self.eval()
+
+    # -- properties ---------------------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return str(self.config["task"])
+
+    @property
+    def task_kind(self) -> str | None:
+        return self.config.get("task_kind")
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config["preprocess"]["input_size"])
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.config["preprocess"]["mean"])  # type: ignore[return-value]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.config["preprocess"]["std"])  # type: ignore[return-value]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Class names (classification/forecasting/segmentation), target names or landmark names."""
+        c = self.config
+        if self.task == "regression":
+            return list(c["target_names"])
+        if self.task == "landmark":
+            return list(c.get("landmark_names") or [f"landmark_{i}" for i in range(self._num_outputs())])
+        return list(c.get("class_names") or [])
+
+    def _num_outputs(self) -> int:
+        args = self.config["head"].get("args", {})
+        for key in ("num_classes", "num_targets", "num_outputs"):
+            if key in args:
+                return int(args[key])
+        return len(self.config.get("class_names") or self.config.get("target_names") or [])
+
+    # -- preprocessing ------------------------------------------------------------------------------------
+    def transform(self):
+        """``Resize((S, S), interpolation)`` → ``ToTensor`` → ``Normalize(mean, std)`` (PIL input)."""
+        from torchvision import transforms as T
+
+        interp = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[
+            self.config["preprocess"].get("interpolation", "bicubic")]
+        s = self.input_size
+        return T.Compose([T.Resize((s, s), interpolation=interp), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """PIL images (or ``[H, W, 3]`` uint8 arrays) → ``([B, 3, S, S], [(h, w), ...])`` original sizes."""
+        from PIL import Image
+
+        tf = self.transform()
+        batch, sizes = [], []
+        for im in images:
+            if isinstance(im, np.ndarray):
+                im = Image.fromarray(im)
+            if not isinstance(im, Image.Image):
+                raise TypeError(f"expected PIL images or uint8 arrays, got {type(im).__name__}")
+            im = im if im.mode == "RGB" else im.convert("RGB")
+            sizes.append((im.height, im.width))
+            batch.append(tf(im))
+        return torch.stack(batch), sizes
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> Any:
+        """The head input, computed exactly as at training time."""
+        feats = self.config["features"]
+        if feats["type"] == "dense":
+            outs = self.encoder.forward_intermediates_tokens(images, list(feats["block_ids"]), norm=True)
+            return [o[:, 1:] for o in outs]
+        if int(feats.get("avgpool", 0)) == 1:
+            last = self.encoder.forward_intermediates_tokens(images, 1, norm=True)[0]
+            return last[:, 1:].mean(dim=1)
+        ids = feats.get("block_ids")
+        outs = self.encoder.forward_intermediates_tokens(images, list(ids) if ids else int(feats["n_last_blocks"]),
+                                                         norm=True)
+        return torch.cat([o[:, 0] for o in outs], dim=-1)
+
+    def forward(self, images: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw head outputs: logits ``[B, C]`` / values ``[B, T]`` (standardised) / maps ``[B, C, S, S]``."""
+        x = self.features(images)
+        if self.task in DENSE_TASKS:
+            return self.head(x, images)
+        if self.task == "forecasting":
+            if days is None:
+                raise ConfigError("a forecasting model needs days (the horizon) for every image")
+            days = torch.as_tensor(days, device=images.device).reshape(-1)
+            if days.numel() == 1:
+                days = days.expand(images.shape[0])
+            max_days = float(self.config["max_days"])
+            if bool(((days < 0) | (days > max_days)).any()):
+                raise ConfigError(f"days must be within [0, {max_days:g}] for this model, got {days.tolist()}")
+            return self.head(x, days)
+        return self.head(x)
+
+    # -- post-processing (shared by evaluate / predict / serve) ---------------------------------------------
+    def postprocess(self, outputs: torch.Tensor, orig_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """Raw outputs → predictions (numpy / lists).
+
+        * classification / forecasting: ``probabilities`` (softmax ``[B, C]``; sigmoid ``[B]`` for binary,
+          ``[B, L]`` for multilabel), ``labels`` (index ``[B]``; 0/1 ``[B, L]`` for multilabel) and
+          ``label_names``;
+        * regression: ``values`` ``[B, T]`` in the original units (``z * target_std + target_mean``);
+        * segmentation: ``masks_input`` ``[B, S, S]`` and ``masks`` (a list, each at its original size);
+        * landmark: ``points_input`` ``[B, K, 2]`` and ``points`` (original pixel indices, (x, y)).
+        """
+        out = outputs.detach().float().cpu()
+        b = out.shape[0]
+        sizes = list(orig_sizes) if orig_sizes is not None else [(self.input_size, self.input_size)] * b
+        task, c = self.task, self.config
+        if task in ("classification", "forecasting"):
+            names = list(c["class_names"])
+            kind = c["task_kind"]
+            if kind == "multiclass":
+                probs = torch.softmax(out, dim=1).numpy()
+                idx = probs.argmax(1)
+                return {"probabilities": probs, "labels": idx, "label_names": [names[i] for i in idx]}
+            if kind == "binary":
+                p = torch.sigmoid(out.reshape(b, -1)[:, -1]).numpy()
+                idx = (p >= _thresholds(c, 1)[0]).astype(np.int64)
+                return {"probabilities": p, "labels": idx, "label_names": [names[i] if len(names) == 2 else str(i)
+                                                                           for i in idx]}
+            p = torch.sigmoid(out).numpy()
+            lab = (p >= _thresholds(c, p.shape[1])[None]).astype(np.int64)
+            return {"probabilities": p, "labels": lab,
+                    "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
+        if task == "regression":
+            v = out.numpy().astype(np.float64)
+            if c.get("target_std") is not None:
+                v = v * np.asarray(c["target_std"], dtype=np.float64)[None]
+            if c.get("target_mean") is not None:
+                v = v + np.asarray(c["target_mean"], dtype=np.float64)[None]
+            return {"values": v}
+        if task == "segmentation":
+            lab = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
+            masks = [F.interpolate(lab[i][None, None].float(), size=tuple(sizes[i]), mode="nearest")[0, 0]
+                     .numpy().astype(np.uint8) for i in range(b)]
+            return {"masks_input": lab.numpy().astype(np.uint8), "masks": masks}
+        # landmark
+        from visionfm.data.paired import decode_heatmaps
+
+        pts = decode_heatmaps(out).double()
+        h, w = out.shape[-2:]
+        full = []
+        for i in range(b):
+            oh, ow = sizes[i]
+            scale = torch.tensor([ow / w, oh / h], dtype=torch.float64)
+            full.append(((pts[i] + 0.5) * scale - 0.5).numpy())
+        return {"points_input": pts.numpy(), "points": np.stack(full) if full else np.zeros((0, 0, 2))}
+
+    @torch.no_grad()
+    def predict(self, images: Any, days: Any = None, orig_sizes: Sequence[tuple[int, int]] | None = None
+                ) -> dict[str, Any]:
+        """Predictions for PIL images / uint8 arrays (preprocessed here) or a normalised tensor batch."""
+        self.eval()
+        if isinstance(images, torch.Tensor):
+            x = images
+            if x.ndim == 3:
+                x = x[None]
+        else:
+            x, orig_sizes = self.preprocess(list(images))
+        dev = next(self.parameters()).device
+        x = x.to(dev)
+        if days is not None:
+            days = torch.as_tensor(days, dtype=torch.float32, device=dev)
+        return self.postprocess(self(x, days), orig_sizes)
+
+    @torch.no_grad()
+    def attention(self, images: torch.Tensor) -> torch.Tensor:
+        """Last-block CLS attention over the patches, averaged over heads, ``[B, gh, gw]`` in [0, 1]."""
+        attn = self.encoder.get_last_selfattention(images)  # [B, heads, 1+P, 1+P]
+        ps = int(self.config["encoder"]["patch_size"])
+        gh, gw = images.shape[-2] // ps, images.shape[-1] // ps
+        a = attn[:, :, 0, 1:].float().mean(1).reshape(-1, gh, gw)
+        lo = a.flatten(1).min(1).values[:, None, None]
+        hi = a.flatten(1).max(1).values[:, None, None]
+        return (a - lo) / (hi - lo).clamp_min(1e-12)
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+
+    def save_pretrained(self, folder: str | os.PathLike[str], model_card_extra: Mapping[str, Any] | str | None = None,
+                        metrics: Mapping[str, Any] | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors``, ``README.md`` (and ``metrics.json`` when there are
+        metrics) into ``folder`` atomically: everything goes to a temporary sibling folder first, which then
+        replaces ``folder`` (an existing folder of the same name is replaced only once the new one is complete).
+        """
+        from safetensors.torch import save_file
+
+        from visionfm.io import save_json_atomic, save_text_atomic
+        from visionfm.packaging.card import render_model_card
+
+        dest = Path(folder)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.config)
+        if metrics is not None:
+            cfg["metrics"] = _scalar_metrics(metrics)
+        cfg["torch_version"] = torch.__version__
+        from visionfm import __version__
+
+        cfg["visionfm_version"] = __version__
+        validate_config(cfg, str(dest))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            save_file(self.tensors(), str(tmp / WEIGHTS_FILE),
+                      metadata={"format": f"visionfm-model/{FORMAT_VERSION}", "task": self.task})
+            save_json_atomic(cfg, tmp / CONFIG_FILE)
+            if metrics is not None:
+                save_json_atomic(dict(metrics), tmp / METRICS_FILE)
+            save_text_atomic(render_model_card(cfg, model_card_extra), tmp / CARD_FILE)
+            os.chmod(tmp, 0o755)
+            old = None
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(dest, old)
+            os.replace(tmp, dest)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.config = cfg
+        log.info("model folder written: %s", dest)
+        return dest
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
+                        revision: str | None = None, token: str | None = None) -> "VisionFMModel":
+        return from_pretrained(path_or_hub_id, device=device, revision=revision, token=token)
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = True,
+                    commit_message: str = "Upload visionfm model") -> str:
+        """Upload the model folder to ``repo_id`` on the Hugging Face Hub; returns the commit URL.
+
+        Only runs when called; fails with a clear :class:`CheckpointError` offline or without access.
+        """
+        if _hub_offline():
+            raise CheckpointError(f"cannot push to the Hugging Face Hub repository {repo_id!r}: offline mode is on "
+                                  "(HF_HUB_OFFLINE=1); save_pretrained(folder) writes the same folder locally")
+        try:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            with tempfile.TemporaryDirectory(prefix="visionfm-push-") as d:
+                folder = self.save_pretrained(Path(d) / "model")
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # network, authentication, permissions: all reported the same way
+            raise CheckpointError(f"pushing to the Hugging Face Hub repository {repo_id!r} failed "
+                                  f"({type(exc).__name__}: {exc})") from None
+        return str(getattr(info, "commit_url", info))
+
+
+def _scalar_metrics(metrics: Mapping[str, Any], limit: int = 40) -> dict[str, Any]:
+    """The top-level numbers of a metrics dict (the card and config keep a summary, not curves)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            fv = float(v)
+            if math.isfinite(fv):
+                out[str(k)] = round(fv, 6) if isinstance(v, (float, np.floating)) else int(v)
+        if len(out) >= limit:
+            break
+    return out
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _resolve(path_or_hub_id: str | os.PathLike[str], revision: str | None, token: str | None) -> Path:
+    p = Path(path_or_hub_id).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise CheckpointError(f"{p}: expected a model folder (config.json + model.safetensors), found a file")
+        return p
+    s = str(path_or_hub_id)
+    if not _HUB_ID.match(s) or s.startswith((".", "/", "~")):
+        raise CheckpointError(f"model folder not found: {p}")
+    if _hub_offline():
+        raise CheckpointError(f"{s!r} is not a local folder and offline mode is on (HF_HUB_OFFLINE=1), so it was "
+                              "not looked up on the Hugging Face Hub; pass a local model folder or unset HF_HUB_OFFLINE")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=s, revision=revision, token=token,
+                                  allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, METRICS_FILE])
+    except Exception as exc:
+        raise CheckpointError(f"{s!r} is not a local folder and could not be downloaded from the Hugging Face Hub "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return Path(local)
+
+
+def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of a model folder, validated (errors name the folder)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a visionfm model folder ({CONFIG_FILE} is missing)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{folder}: {CONFIG_FILE} is not valid JSON ({exc})") from None
+    return validate_config(cfg, str(folder))
+
+
+def build_model(config: Mapping[str, Any], where: str = "config") -> VisionFMModel:
+    """Encoder + head from a validated config (random weights)."""
+    from visionfm.models import build_encoder
+
+    cfg = validate_config(dict(config), where)
+    enc = cfg["encoder"]
+    encoder = build_encoder(enc["arch"], img_size=int(cfg["preprocess"]["input_size"]),
+                            patch_size=int(enc["patch_size"]),
+                            masked_im_modeling=bool(enc.get("masked_im_modeling", True)))
+    ctor = get_head_constructor(cfg["head"]["type"])
+    try:
+        head = ctor(**cfg["head"].get("args", {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: head {cfg['head']['type']!r} cannot be built from args "
+                              f"{cfg['head'].get('args')} ({exc})") from None
+    return VisionFMModel(encoder, head, cfg)
+
+
+def from_pretrained(path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
+                    revision: str | None = None, token: str | None = None) -> VisionFMModel:
+    """Load a model folder (or, only when the argument is not a local path, a Hugging Face Hub repository).
+
+    The config is validated and every tensor's name and shape is checked against the model it
+    describes before any weight is loaded; mismatches raise :class:`CheckpointError` naming the folder.
+    """
+    folder = _resolve(path_or_hub_id, revision, token)
+    cfg = read_config(folder)
+    wpath = folder / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise CheckpointError(f"{folder}: not a complete model folder ({WEIGHTS_FILE} is missing)")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(wpath), framework="pt", device="cpu") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} is not a readable safetensors file ({exc})") from None
+    # Built on the meta device: no initialisation cost, and nothing is allocated before the check.
+    with torch.device("meta"):
+        model = build_model(cfg, str(folder))
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in tensors)
+    unexpected = sorted(k for k in tensors if k not in expected)
+    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
+              for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:4])})")
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:4]))
+        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} does not match {CONFIG_FILE} "
+                              f"({cfg['task']}, {cfg['encoder']['arch']}, head {cfg['head']['type']}): "
+                              + "; ".join(parts))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:  # a head with non-persistent buffers: build it for real and load normally
+        model = build_model(cfg, str(folder))
+        model.load_state_dict(tensors, strict=True)
+    model.source = str(folder)  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+# -- writing a model folder at the end of a training command ---------------------------------------------------
+
+
+def encoder_config(encoder: nn.Module, source: str | None = None) -> dict[str, Any]:
+    """The ``encoder`` section of a config (also read by :func:`visionfm.load_encoder` as file metadata)."""
+    rep = getattr(encoder, "load_report", None)
+    rep = rep.to_dict() if rep is not None else {}
+    return {
+        "arch": getattr(encoder, "arch", None) or rep.get("arch"),
+        "patch_size": int(encoder.patch_size),  # type: ignore[arg-type]
+        "embed_dim": int(encoder.embed_dim),  # type: ignore[arg-type]
+        "depth": int(encoder.depth),  # type: ignore[arg-type]
+        "masked_im_modeling": getattr(encoder, "masked_embed", None) is not None,
+        "weights_source": source if source is not None else rep.get("source"),
+        "weights_sha256": rep.get("sha256"),
+        "checkpoint_key": rep.get("checkpoint_key"),
+        "frozen": True,
+    }
+
+
+def model_folder_from_training(
+    folder: str | os.PathLike[str],
+    *,
+    encoder: nn.Module,
+    head: nn.Module,
+    task: str,
+    modality: str,
+    input_size: int,
+    features: Mapping[str, Any],
+    head_type: str,
+    head_args: Mapping[str, Any],
+    interpolation: str = "bicubic",
+    task_kind: str | None = None,
+    class_names: Sequence[str] | None = None,
+    thresholds: Sequence[float] | float | None = None,
+    target_names: Sequence[str] | None = None,
+    target_mean: Sequence[float] | None = None,
+    target_std: Sequence[float] | None = None,
+    landmark_names: Sequence[str] | None = None,
+    max_days: float | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    license: str | None = None,
+    weights_source: str | None = None,
+    model_card_extra: Mapping[str, Any] | str | None = None,
+) -> Path:
+    """Write ``folder`` (``config.json``, ``model.safetensors``, ``README.md``) from what a training run has.
+
+    Args:
+        encoder: the frozen encoder the head was trained on (exactly those weights).
+        head: the trained head with the selected weights (the bare head; dense tasks: not the adapter).
+        task: one of :data:`TASKS`; ``task_kind`` (binary/multiclass/multilabel) for classification
+            and forecasting.
+        features: ``{"type": "pooled", "n_last_blocks": n, "avgpool": 0|1}`` (optionally ``block_ids``)
+            or ``{"type": "dense", "block_ids": [4 ids]}``.
+        head_type / head_args: a registered head name and its constructor keyword arguments.
+        interpolation: the resize used at training time (``bicubic`` for train-cls from images,
+            ``bilinear`` for extract stores and the dense tasks).
+        target_mean / target_std: regression standardisation, so predictions come out in original units.
+        metrics: the selected model's evaluation; its scalar entries go to the config and the card, the
+            whole dict to ``metrics.json``.
+        data: a short description of the training data (shown in the card).
+    """
+    import copy
+
+    from visionfm.data.modalities import canonical_modality, get_stats
+
+    mod = canonical_modality(modality)
+    mean, std = get_stats(mod)
+    enc_cfg = encoder_config(encoder, weights_source)
+    enc_cfg["modality"] = mod
+    cfg: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "task": task,
+        "task_kind": task_kind,
+        "modality": mod,
+        "encoder": enc_cfg,
+        "preprocess": {"input_size": int(input_size), "interpolation": interpolation,
+                       "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "features": dict(features),
+        "head": {"type": head_type, "args": dict(head_args)},
+    }
+    if class_names is not None:
+        cfg["class_names"] = [str(n) for n in class_names]
+    if thresholds is not None:
+        cfg["thresholds"] = [float(t) for t in np.asarray(thresholds, dtype=np.float64).reshape(-1)]
+    if target_names is not None:
+        cfg["target_names"] = [str(n) for n in target_names]
+    if target_mean is not None:
+        cfg["target_mean"] = [float(v) for v in np.asarray(target_mean, dtype=np.float64).reshape(-1)]
+    if target_std is not None:
+        cfg["target_std"] = [float(v) for v in np.asarray(target_std, dtype=np.float64).reshape(-1)]
+    if landmark_names is not None:
+        cfg["landmark_names"] = [str(n) for n in landmark_names]
+    if max_days is not None:
+        cfg["max_days"] = float(max_days)
+    if data:
+        cfg["data"] = {str(k): v for k, v in data.items()}
+    if license:
+        cfg["license"] = license
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    get_head_constructor(head_type)  # fail early on an unregistered head
+    model = VisionFMModel(encoder, copy.deepcopy(head), cfg)
+    # The saved config must rebuild exactly these tensors: check before writing.
+    with torch.device("meta"):
+        probe = build_model(model.config, str(folder))
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:4]
+        raise ConfigError(f"{folder}: head_args {dict(head_args)} do not rebuild the trained {head_type} head "
+                          f"(e.g. {diff})")
+    del probe
+    return model.save_pretrained(folder, model_card_extra=model_card_extra, metrics=metrics)
+
+
+def encoder_for_package(weights: str | os.PathLike[str] | None, arch: str, checkpoint_key: str | None,
+                        patch_size: int, input_size: int, seed: int | None = None) -> nn.Module:
+    """Re-load the frozen encoder a run used. ``random`` encoders are rebuilt from the run's seed (the
+    training commands build them right after ``seed_everything(seed)``)."""
+    from visionfm.models.loading import RANDOM, load_encoder
+
+    if weights is None or str(weights) == RANDOM:
+        if seed is None:
+            raise ConfigError("a random encoder can only be rebuilt from its seed")
+        from visionfm.engine.distributed import seed_everything
+
+        seed_everything(int(seed))
+        return load_encoder(RANDOM, arch, checkpoint_key, patch_size, input_size)
+    return load_encoder(weights, arch, checkpoint_key, patch_size, input_size)
+
+
+def _is_main_process() -> bool:
+    from visionfm.engine.distributed import get_rank
+
+    return get_rank() == 0 and int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _first_store_meta(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    from visionfm.data.features import FeatureStore
+
+    for meta_file in sorted(Path(root).glob("*/*/pass_*/meta.json")):
+        meta = FeatureStore.read_meta(meta_file.parent)
+        if meta:
+            return meta
+    return None
+
+
+def package_cls_run(args: Any, run_dir: str | os.PathLike[str], head: nn.Module, task_kind: str,
+                    class_names: Sequence[str], metrics: Mapping[str, Any] | None = None) -> Path | None:
+    """``train-cls``: write ``<run>/model/`` from the selected head and the run's encoder.
+
+    Returns the folder, or ``None`` (with a warning) when the encoder cannot be recovered (a feature
+    store trained without ``--pretrained_weights`` whose source is not a file, or whose weights no
+    longer match the store's fingerprint).
+    """
+    from visionfm.engine.features import weights_fingerprint
+
+    if not _is_main_process():
+        return None
+    folder = Path(run_dir) / "model"
+    weights = args.pretrained_weights
+    modality, input_size, interpolation = args.modality, int(args.input_size), "bicubic"
+    fingerprint = None
+    if getattr(args, "features", None):
+        meta = _first_store_meta(args.features) or {}
+        interpolation = "bilinear"  # visionfm extract resizes bilinearly
+        modality = meta.get("modality") or modality
+        input_size = int(meta.get("input_size") or input_size)
+        fingerprint = meta.get("weights_fingerprint")
+        if not weights:
+            src = meta.get("weights_source")
+            weights = src if src and (src == "random" or Path(src).exists()) else None
+            if weights is None:
+                log.warning("model folder not written: the feature store's encoder (%s) is not available; "
+                            "pass --pretrained_weights", src)
+                return None
+    encoder = encoder_for_package(weights, args.arch, args.checkpoint_key, args.patch_size, input_size, args.seed)
+    if fingerprint and weights_fingerprint(encoder) != fingerprint:
+        log.warning("model folder not written: the encoder rebuilt from %s does not match the feature store's "
+                    "fingerprint", weights)
+        return None
+    in_dim = int(head.embed_dim)  # type: ignore[arg-type]
+    n_out = int(head.num_classes)  # type: ignore[arg-type]
+    if args.head == "cls":
+        head_args: dict[str, Any] = {"embed_dim": in_dim, "num_classes": n_out, "layers": 3,
+                                     "bn_momentum": float(args.bn_momentum)}
+    else:
+        head_args = {"embed_dim": in_dim, "num_classes": n_out}
+    data = {"data_path": str(args.features or args.data_path),
+            "source": "feature store" if getattr(args, "features", None) else f"images ({args.dataset_format} layout)",
+            "evaluated_on": "the test split, with the epoch selected on val (or test when there is no val split)",
+            "run": str(run_dir)}
+    return model_folder_from_training(
+        folder, encoder=encoder, head=head, task="classification", task_kind=task_kind, modality=modality,
+        input_size=input_size, interpolation=interpolation, head_type=args.head, head_args=head_args,
+        features={"type": "pooled", "n_last_blocks": int(args.n_last_blocks),
+                  "avgpool": int(args.avgpool_patchtokens)},
+        class_names=class_names, metrics=metrics, data=data, name=f"{args.name} ({args.modality})",
+        weights_source=str(weights))
+
+
+def package_dense_run(args: Any, task: str, class_names: Sequence[str] | None = None) -> Path | None:
+    """``train-seg`` / ``train-landmark``: write ``<run>/model/`` from ``<run>/checkpoint_best`` after
+    :func:`visionfm.tasks.dense_common.run_dense` has finished."""
+    from visionfm.engine.decoder_trainer import load_decoder_checkpoint
+    from visionfm.tasks.dense_common import build_head
+
+    if not _is_main_process():
+        return None
+    run_dir = Path(args.output_dir) / args.name
+    sd, info, _ = load_decoder_checkpoint(run_dir / "checkpoint_best")
+    encoder = encoder_for_package(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
+                                  args.input_size, args.seed)
+    num_outputs = int(info.get("num_outputs") or args.num_labels)
+    head = build_head(args.head_type, int(encoder.embed_dim), num_outputs, args.patch_size)
+    head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+    block_ids = [int(i) for i in (info.get("block_ids") or [])]
+    if len(block_ids) != 4:
+        from visionfm.models import dense_block_ids
+
+        block_ids = list(args.block_ids) if args.block_ids else list(dense_block_ids(int(encoder.depth)))
+    metrics = None
+    mpath = run_dir / "metrics.json"
+    if mpath.is_file():
+        try:
+            metrics = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            metrics = None
+    head_type = "unetr" if args.head_type == "unetr" else "linear_seg"
+    head_args = {"embed_dim": int(encoder.embed_dim), "num_classes": num_outputs, "patch_size": int(args.patch_size)}
+    data = {"data_path": str(args.data_path), "selection_split": info.get("selection_split"),
+            "evaluated_on": "the test split", "run": str(run_dir)}
+    return model_folder_from_training(
+        run_dir / "model", encoder=encoder, head=head, task=task, modality=args.modality,
+        input_size=int(args.input_size), interpolation="bilinear", head_type=head_type, head_args=head_args,
+        features={"type": "dense", "block_ids": block_ids},
+        class_names=class_names if task == "segmentation" else None,
+        landmark_names=[f"landmark_{i}" for i in range(num_outputs)] if task == "landmark" else None,
+        metrics=metrics, data=data, name=f"{args.name} ({args.modality})",
+        weights_source=str(args.pretrained_weights))
