@@ -26,8 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-reg": ("visionfm.cli.train_reg", "biomarker regression on several feature stores (pooled or fused)"),
     "train-seg": ("visionfm.cli.train_seg", "train a segmentation decoder (UNETR or linear) on a frozen encoder"),
     "train-landmark": ("visionfm.cli.train_landmark", "train a heatmap landmark decoder on a frozen encoder"),
-    "prepare": ("visionfm.cli.prepare", "store down-sized copies of a pretraining image tree (faster input pipeline)"),
     "predict": ("visionfm.cli.predict", "apply a model folder to images or DICOM files (predictions, overlays, attention)"),
+    "train-forecast": ("visionfm.cli.train_forecast",
+                       "glaucoma-progression forecasting (image features + interval) on a frozen encoder"),
+    "finetune": ("visionfm.cli.finetune", "fine-tune encoder + classification head end to end (RETFound layout)"),
+    "evaluate": ("visionfm.cli.evaluate", "evaluate a fine-tuned checkpoint on the test split and write a report"),
+    "prepare": ("visionfm.cli.prepare", "store down-sized copies of a pretraining image tree (faster input pipeline)"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
 }
 

@@ -1,0 +1,56 @@
+"""``visionfm train-forecast``: glaucoma-progression forecasting on a frozen encoder (reference §5.7)."""
+
+from __future__ import annotations
+
+from visionfm.cli.options import VFMArgumentParser, bool_flag
+
+ARCH_CHOICES = ["vit_tiny", "vit_small", "vit_base", "vit_large"]
+
+
+def add_arguments(p: VFMArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
+    p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
+    p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1, 2],
+                   help="0: last-n CLS concat; 1: mean patch token; 2: both")
+    p.add_argument("--epochs", type=int, default=500)
+    p.add_argument("--lr", type=float, default=0.001, help="learning rate (not batch-scaled, as the original)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd (momentum 0.9) as the original")
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--batch_size_per_gpu", type=int, default=128)
+    p.add_argument("--data_path", required=True,
+                   help="folder with training.txt / test.txt (or *_labels.txt), optional val.txt; lines 'path, label, days'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=4, help="image-loading workers for the one feature pass")
+    p.add_argument("--val_freq", type=int, default=1)
+    p.add_argument("--output_dir", default=".")
+    p.add_argument("--num_labels", type=int, default=1, choices=[1], help="always 1 (one progression logit)")
+    p.add_argument("--load_from", default=None, help="forecast checkpoint to resume / initialise from")
+    p.add_argument("--embed_dim", type=int, default=None,
+                   help="ignored: the width is taken from the encoder (kept for the original's command lines)")
+    p.add_argument("--modality", default="Fundus")
+    p.add_argument("--pos_weight", type=float, default=10.0, help="BCE weight of the positive (progression) class")
+    p.add_argument("--max_len", type=int, default=6500, help="largest interval + 1, in days; longer intervals are rejected")
+    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--pretrained_weights", default=None, help="encoder weights file, or 'random'")
+    p.add_argument("--checkpoint_key", default="teacher")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for F1")
+    p.add_argument("--specificity", type=float, default=0.9, help="report sensitivity at this specificity")
+    p.add_argument("--interval_buckets", default="365,1095",
+                   help="day edges of the time-stratified results (default <1y, 1-3y, >=3y)")
+    p.add_argument("--selection", default="auroc", choices=["auroc", "aupr", "f1"],
+                   help="validation metric choosing the best epoch")
+    p.add_argument("--standardize", type=bool_flag, default=True,
+                   help="standardise features with training-set mean/std (stored in the checkpoint)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the final linear layer")
+    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_distributed_arguments()
+    p.add_config_argument()
+
+
+def run(args) -> int:
+    from visionfm.tasks.forecasting import run_train_forecast
+
+    return run_train_forecast(args)

@@ -1,0 +1,541 @@
+"""End-to-end fine-tuning on the RETFound benchmark layout (``visionfm finetune`` / ``evaluate``;
+reference §2.8, §5.8, §5.9).
+
+Encoder and :class:`~visionfm.models.heads.ClsHead` are trained together, wrapped in ONE DDP module
+(the original trained the encoder outside DDP, §8 item 27). What RETFound users expect is here:
+layer-wise lr decay, per-iteration warm-up + cosine, drop path, timm RandAugment / mixup / cutmix /
+label smoothing / random erasing, bf16 autocast on CUDA, gradient accumulation. The best epoch is
+chosen on validation AUROC (macro one-vs-rest over the classes present, binary AUROC for two
+classes) computed by :func:`visionfm.metrics.classification_metrics`, so binary tasks and classes
+absent from a split work (the original crashed, §8 item 10).
+
+Class order: alphabetical, ``--class_order a,b,c``, or ``--class_order_preset NAME`` (the original's
+hard-coded orders, :data:`~visionfm.data.layouts.RETFOUND_CLASS_ORDERS`); the order is fixed once for
+all splits, so a class missing from ``val`` keeps its index.
+
+Checkpoint ``<run>/checkpoint_best.safetensors`` (``model.encoder.*``, ``model.head.*``) +
+``checkpoint_best.json`` (architecture, pooling, classes, epoch, val and test metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionfm.errors import CheckpointError, ConfigError, DataFormatError
+
+__all__ = [
+    "FinetuneModel",
+    "resolve_classes",
+    "param_groups_lrd",
+    "lr_at",
+    "build_train_transform",
+    "predict_probs",
+    "metrics_for",
+    "load_finetuned",
+    "run_finetune",
+    "run_evaluate",
+]
+
+log = logging.getLogger("visionfm.finetune")
+
+
+class FinetuneModel(nn.Module):
+    """Encoder → pooled tokens (last-``n`` CLS concat, mean patch token, or both) → head logits."""
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, n_last_blocks: int = 4, avgpool: int = 0,
+                 head: str = "cls", bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        from visionfm.models.heads import build_cls_head
+
+        if avgpool not in (0, 1, 2):
+            raise ConfigError("--avgpool_patchtokens must be 0, 1 or 2")
+        depth, d = int(encoder.depth), int(encoder.embed_dim)  # type: ignore[arg-type]
+        if not 1 <= n_last_blocks <= depth:
+            raise ConfigError(f"--n_last_blocks must be in [1, {depth}], got {n_last_blocks}")
+        self.encoder = encoder
+        self.n_last_blocks = int(n_last_blocks)
+        self.avgpool = int(avgpool)
+        self.in_dim = {0: n_last_blocks * d, 1: d, 2: (n_last_blocks + 1) * d}[avgpool]
+        self.head = build_cls_head(head, self.in_dim, num_outputs, layers=3, bn_momentum=bn_momentum)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.n_last_blocks if self.avgpool != 1 else 1
+        outs = self.encoder.forward_intermediates_tokens(x, n, norm=True)  # type: ignore[operator]
+        if self.avgpool == 1:
+            return outs[-1][:, 1:].mean(dim=1)
+        cls = torch.cat([o[:, 0] for o in outs], dim=-1)
+        if self.avgpool == 2:
+            return torch.cat([cls, outs[-1][:, 1:].mean(dim=1)], dim=-1)
+        return cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).float())
+
+
+# -- classes, transforms, optimisation ----------------------------------------------------------------
+
+
+def resolve_classes(root: str | Path, class_order: str | None, preset: str | None) -> list[str]:
+    """The label order: preset, explicit list, or alphabetical over the class folders of every split."""
+    from visionfm.data.layouts import retfound_class_order
+    from visionfm.data.layouts.imagefolder import available_splits
+
+    if class_order and preset:
+        raise ConfigError("give --class_order or --class_order_preset, not both")
+    if preset:
+        return retfound_class_order(preset)
+    if class_order:
+        return [c.strip() for c in class_order.split(",") if c.strip()]
+    root = Path(root)
+    names: set[str] = set()
+    for split in available_splits(root):
+        names.update(d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise DataFormatError("no class folders found; expected <split>/<class>/<images>", root)
+    return sorted(names)
+
+
+def build_train_transform(args: Any):
+    """RandomResizedCrop → H/V flips → [RandAugment] → ToTensor → Normalize → [RandomErasing]."""
+    from torchvision import transforms as T
+
+    from visionfm.data.modalities import get_stats
+
+    mean, std = get_stats(args.modality)
+    steps: list[Any] = [
+        T.RandomResizedCrop(args.input_size, scale=(args.min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(),
+    ]
+    if args.randaug:
+        from timm.data.auto_augment import rand_augment_transform
+
+        hp = {"translate_const": int(args.input_size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
+        steps.append(rand_augment_transform(args.randaug, hp))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    if args.reprob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        steps.append(RandomErasing(args.reprob, mode="pixel", max_count=1, device="cpu"))
+    return T.Compose(steps)
+
+
+def _layer_id(name: str, depth: int) -> int:
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "masked_embed", "reg_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups_lrd(model: FinetuneModel, weight_decay: float, layer_decay: float,
+                     encoder_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW groups: encoder layer ``i`` gets ``encoder_lr_scale · layer_decay^(depth+1-i)``; the head
+    gets 1. No weight decay on biases, norms (1-d tensors), position embedding and tokens."""
+    depth = int(model.encoder.depth)  # type: ignore[arg-type]
+    no_decay_names = set(getattr(model.encoder, "no_weight_decay", lambda: set())())
+    groups: dict[str, dict[str, Any]] = {}
+    for prefix, module in (("encoder", model.encoder), ("head", model.head)):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim <= 1 or name in no_decay_names or name.endswith(".bias")
+            if prefix == "encoder":
+                lid = _layer_id(name, depth)
+                scale = encoder_lr_scale * layer_decay ** (depth + 1 - lid)
+            else:
+                lid, scale = depth + 2, 1.0
+            key = f"{prefix}_{lid}_{'no_decay' if no_decay else 'decay'}"
+            g = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                                        "lr_scale": scale, "name": key})
+            g["params"].append(p)
+    return list(groups.values())
+
+
+def lr_at(step: float, total: int, warmup: int, base: float, min_lr: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then half-cosine from ``base`` to ``min_lr`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return base * step / warmup
+    if total <= warmup:
+        return base
+    t = min(max((step - warmup) / (total - warmup), 0.0), 1.0)
+    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+# -- prediction and metrics ------------------------------------------------------------------------------
+
+
+def _collate(batch):
+    return torch.stack([b[0] for b in batch]), torch.tensor([int(b[1]) for b in batch]), [b[2] for b in batch]
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, dataset: Any, env: Any, batch_size: int, num_workers: int, binary_logit: bool,
+                  amp: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities ``[N, C]`` (softmax) or ``[N]`` (sigmoid of a single logit), labels and paths, in
+    dataset order; each rank computes a contiguous shard, gathered on every rank."""
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, Subset
+
+    from visionfm.engine.features import shard_indices
+
+    model.eval()
+    idx = shard_indices(len(dataset), env.rank, env.world_size)
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
+    probs, labels, paths = [], [], []
+    use_amp = amp and env.device.type == "cuda"
+    for x, y, extras in loader:
+        with torch.autocast(device_type=env.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x.to(env.device, non_blocking=True))
+        logits = logits.float().cpu()
+        probs.append(torch.sigmoid(logits.reshape(-1)) if binary_logit else torch.softmax(logits, dim=1))
+        labels.append(y)
+        paths += [e.get("rel_path", e.get("img_path", "")) for e in extras]
+    part = (torch.cat(probs).numpy() if probs else np.zeros((0,)), torch.cat(labels).numpy() if labels else
+            np.zeros(0, np.int64), paths)
+    if env.world_size == 1:
+        return part
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, part)
+    return (np.concatenate([p[0] for p in parts if len(p[0])]), np.concatenate([p[1] for p in parts]),
+            [q for p in parts for q in p[2]])
+
+
+def task_of(num_classes: int, binary_logit: bool) -> str:
+    return "binary" if num_classes == 2 else "multiclass"
+
+
+def binary_scores(probs: np.ndarray, binary_logit: bool) -> np.ndarray:
+    return probs if binary_logit else probs[:, 1]
+
+
+def metrics_for(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], binary_logit: bool) -> dict[str, Any]:
+    """``auroc`` (binary AUROC or macro OvR over the classes present), ``aupr``, ``accuracy``, ``f1_macro``."""
+    from visionfm.metrics import classification_metrics
+
+    task = task_of(len(classes), binary_logit)
+    s = binary_scores(probs, binary_logit) if task == "binary" else probs
+    m = classification_metrics(y, s, task, class_names=list(classes))
+    if task == "binary":
+        return {"auroc": m.get("auroc"), "aupr": m.get("aupr"), "accuracy": m.get("accuracy"),
+                "f1_macro": m.get("f1_macro")}
+    return {"auroc": m.get("auroc_macro"), "aupr": m.get("aupr_macro"), "accuracy": m.get("accuracy"),
+            "f1_macro": m.get("f1_macro")}
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def _save(stem: Path, model: FinetuneModel, info: dict[str, Any]) -> None:
+    from visionfm.engine.decoder_trainer import save_decoder_checkpoint
+
+    save_decoder_checkpoint(stem, model, info)
+
+
+def load_finetuned(path: str | Path, device: torch.device, args: Any | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
+    """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``) or the original's
+    ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``; needs
+    ``args.arch/patch_size/input_size`` and ``args.num_labels``, safe loader)."""
+    from visionfm.engine.decoder_trainer import load_decoder_checkpoint
+    from visionfm.models import build_encoder
+
+    p = Path(path)
+    if p.suffix in (".pth", ".pt"):
+        from visionfm import load_encoder
+        from visionfm.io import load_checkpoint_file
+
+        if args is None or not args.num_labels:
+            raise ConfigError("an original checkpoint_best_finetune.pth needs --num_labels (and --arch, --input_size)")
+        obj, _ = load_checkpoint_file(p)
+        head_sd = obj.get("classifier_state_dict") if isinstance(obj, dict) else None
+        if not isinstance(head_sd, dict):
+            raise CheckpointError(f"{p}: no 'classifier_state_dict' (not a finetune checkpoint)")
+        enc = load_encoder(p, args.arch, "visionfm_state_dict", args.patch_size, args.input_size)
+        model = FinetuneModel(enc, args.num_labels, 4, 0, "cls")
+        clean = {k[len("module."):] if k.startswith("module.") else k: v for k, v in head_sd.items()}
+        model.head.load_state_dict(clean)
+        info = {"format": "original-finetune-pth", "epoch": obj.get("epoch"), "arch": args.arch,
+                "patch_size": args.patch_size, "input_size": args.input_size, "binary_logit": args.num_labels == 1,
+                "modality": args.modality, "class_names": None, "num_outputs": args.num_labels}
+        return model.to(device), info
+    sd, info, _ = load_decoder_checkpoint(p)
+    if info.get("task") != "finetune":
+        raise CheckpointError(f"{p}: not a 'visionfm finetune' checkpoint (task={info.get('task')!r})")
+    enc = build_encoder(info["arch"], img_size=info["input_size"], patch_size=info["patch_size"])
+    model = FinetuneModel(enc, info["num_outputs"], info["n_last_blocks"], info["avgpool_patchtokens"], info["head"],
+                          info.get("bn_momentum", 0.1))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("masked_embed")]
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: weights do not fit the recorded model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    return model.to(device), info
+
+
+# -- the commands ---------------------------------------------------------------------------------------------
+
+
+def _datasets(args: Any, classes: list[str]):
+    from visionfm.data.layouts import ImageFolderDataset
+    from visionfm.data.layouts.imagefolder import available_splits
+    from visionfm.engine.features import eval_transform
+
+    present = available_splits(args.data_path)
+    if "train" not in present:
+        raise DataFormatError(f"no train/ folder (splits present: {', '.join(present) or 'none'})", args.data_path)
+    ev = eval_transform(args.input_size, args.modality, interpolation="bicubic")
+    train = ImageFolderDataset(args.data_path, "train", class_order=classes, transform=build_train_transform(args))
+    val = ImageFolderDataset(args.data_path, "val", class_order=classes, transform=ev) if "val" in present else None
+    test = ImageFolderDataset(args.data_path, "test", class_order=classes, transform=ev) if "test" in present else None
+    return train, val, test
+
+
+def _loss(args: Any, num_classes: int, binary_logit: bool, mixup_on: bool):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if binary_logit:
+        bce = nn.BCEWithLogitsLoss()
+        s = float(args.smoothing)
+        return lambda logits, y: bce(logits.reshape(-1), y.float() * (1.0 - s) + 0.5 * s)
+    if mixup_on:
+        return SoftTargetCrossEntropy()
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def run_finetune(args: Any) -> int:
+    """``visionfm finetune``: see the module docstring and docs/forecasting-and-finetuning.md."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from visionfm import load_encoder
+    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.io import save_json_atomic
+
+    if not args.pretrained_weights:
+        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
+    if args.accum_iter < 1:
+        raise ConfigError("--accum_iter must be >= 1")
+    env = init_distributed(getattr(args, "device", "auto"))
+    setup_logging(env.is_main)
+    try:
+        seed_everything(args.seed)
+        run_dir = Path(args.output_dir) / args.name
+        classes = resolve_classes(args.data_path, args.class_order, args.class_order_preset)
+        n_cls = len(classes)
+        if n_cls < 2:
+            raise DataFormatError(f"need at least 2 classes, found {classes}", args.data_path)
+        binary_logit = args.num_labels == 1
+        if binary_logit and n_cls != 2:
+            raise ConfigError(f"--num_labels 1 (one sigmoid logit) needs exactly 2 classes, found {n_cls}")
+        if args.num_labels not in (None, 1, n_cls):
+            raise ConfigError(f"--num_labels {args.num_labels} but the class order has {n_cls} classes "
+                              f"({', '.join(classes)})")
+        n_out = 1 if binary_logit else n_cls
+        mixup_on = args.mixup > 0 or args.cutmix > 0
+        if mixup_on and args.batch_size_per_gpu % 2:
+            raise ConfigError("--mixup/--cutmix need an even --batch_size_per_gpu")
+        if mixup_on and binary_logit:
+            raise ConfigError("--mixup/--cutmix need softmax outputs; use --num_labels 2 (the default) for binary tasks")
+        train_ds, val_ds, test_ds = _datasets(args, classes)
+        sel_ds, sel_split = (val_ds, "val") if val_ds is not None else (test_ds, "test")
+        if sel_ds is None:
+            raise DataFormatError("no val/ or test/ folder to select the best epoch on", args.data_path)
+        if val_ds is None and env.is_main:
+            log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+
+        encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
+                               args.input_size, drop_path_rate=args.drop_path)
+        model = FinetuneModel(encoder, n_out, args.n_last_blocks, args.avgpool_patchtokens, args.head,
+                              args.bn_momentum).to(env.device)
+        if args.load_from:
+            init, _ = load_finetuned(args.load_from, env.device, args)
+            model.load_state_dict(init.state_dict())
+            log.info("initialised encoder and head from %s", args.load_from)
+        net: nn.Module = model
+        if env.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+        eff_batch = args.batch_size_per_gpu * args.accum_iter * env.world_size
+        base_lr = args.lr * eff_batch / 256.0
+        groups = param_groups_lrd(model, args.weight_decay, args.layer_decay, args.encoder_lr_scale)
+        optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
+        sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                     seed=args.seed, drop_last=mixup_on) if env.world_size > 1 else None
+        g = torch.Generator().manual_seed(args.seed)
+        loader = DataLoader(train_ds, batch_size=args.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
+                            num_workers=args.num_workers, collate_fn=_collate,
+                            drop_last=len(train_ds) > args.batch_size_per_gpu, generator=g,
+                            pin_memory=env.device.type == "cuda")
+        if len(loader) == 0:
+            raise DataFormatError(f"train/ has {len(train_ds)} images, fewer than one batch of "
+                                  f"{args.batch_size_per_gpu}", args.data_path)
+        mixup_fn = None
+        if mixup_on:
+            from timm.data import Mixup
+
+            mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                             switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.smoothing,
+                             num_classes=n_cls)
+        loss_fn = _loss(args, n_cls, binary_logit, mixup_on)
+        steps_per_epoch = max(len(loader) // args.accum_iter, 1)
+        total_steps = args.epochs * steps_per_epoch
+        warmup_steps = args.warmup_epochs * steps_per_epoch
+        use_amp = args.amp and env.device.type == "cuda"
+        run_logger = RunLogger(run_dir, enabled=env.is_main)
+        meta = {"task": "finetune", "arch": model.encoder.load_report.arch if hasattr(model.encoder, "load_report")
+                else args.arch, "patch_size": int(model.encoder.patch_size), "input_size": args.input_size,
+                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
+                "head": args.head, "bn_momentum": args.bn_momentum, "num_outputs": n_out, "binary_logit": binary_logit,
+                "class_names": classes, "modality": args.modality, "selection_split": sel_split,
+                "selection_key": "auroc", "pretrained_weights": str(args.pretrained_weights)}
+        best_value: float | None = None
+        best_epoch = -1
+        step = 0
+        for epoch in range(args.epochs):
+            t0 = time.perf_counter()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
+            total, count = 0.0, 0
+            optimizer.zero_grad(set_to_none=True)
+            for i, (x, y, _) in enumerate(loader):
+                if i % args.accum_iter == 0:
+                    lr = lr_at(step, total_steps, warmup_steps, base_lr, args.min_lr)
+                    for grp in optimizer.param_groups:
+                        grp["lr"] = lr * grp["lr_scale"]
+                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                target: torch.Tensor = y
+                if mixup_fn is not None:
+                    x, target = mixup_fn(x, y)
+                with torch.autocast(device_type=env.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), target)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; stopping (lower --lr?)")
+                (loss / args.accum_iter).backward()
+                if (i + 1) % args.accum_iter == 0 or i + 1 == len(loader):
+                    if args.clip_grad > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                total += float(loss.detach()) * len(x)
+                count += len(x)
+            stats: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1),
+                                     "lr": optimizer.param_groups[-1]["lr"]}
+            if (epoch + 1) % max(args.val_freq, 1) == 0 or epoch == args.epochs - 1:
+                probs, yv, _ = predict_probs(model, sel_ds, env, args.batch_size_per_gpu, args.num_workers,
+                                             binary_logit, args.amp)
+                vm = metrics_for(yv, probs, classes, binary_logit)
+                stats.update({f"{sel_split}_{k}": v for k, v in vm.items()})
+                value = vm["auroc"]
+                improved = value is not None and (best_value is None or value >= best_value)
+                if improved:
+                    best_value, best_epoch = float(value), epoch
+                    if env.is_main:
+                        _save(run_dir / "checkpoint_best", model, {**meta, "epoch": epoch, "best_value": best_value,
+                                                                   "val_metrics": vm})
+                stats["improved"] = bool(improved)
+            stats.update({"best_epoch": best_epoch, "best_auroc": best_value,
+                          "epoch_time_s": round(time.perf_counter() - t0, 3)})
+            if env.is_main:
+                run_logger.log(stats, step=epoch)
+                log.info("epoch %d/%d loss %.4f %s auroc=%s", epoch + 1, args.epochs, stats["train_loss"], sel_split,
+                         stats.get(f"{sel_split}_auroc"))
+        if env.is_main:
+            _save(run_dir / "checkpoint_last", model, {**meta, "epoch": args.epochs - 1})
+            if best_epoch < 0:  # validation AUROC never defined (e.g. a single class in val)
+                log.warning("validation AUROC was never defined; the last epoch is kept as the best checkpoint")
+                _save(run_dir / "checkpoint_best", model, {**meta, "epoch": args.epochs - 1, "best_value": None,
+                                                           "val_metrics": {}})
+        from visionfm.engine.distributed import barrier
+
+        barrier()
+        best_model, info = load_finetuned(run_dir / "checkpoint_best.safetensors", env.device)
+        summary: dict[str, Any] = {"best_epoch": info.get("epoch"), "best_val_auroc": best_value,
+                                   "selection_split": sel_split}
+        if test_ds is not None:
+            metrics = evaluate_split(best_model, info, test_ds, args, env, run_dir / "report",
+                                     f"test (best epoch selected on {sel_split})")
+            if env.is_main:
+                summary["test_metrics"] = metrics
+                info["test_metrics"] = metrics
+                save_json_atomic(info, run_dir / "checkpoint_best.json")
+        if env.is_main:
+            run_logger.log({"final": summary})
+            run_logger.close()
+            print(json.dumps(summary))
+        return 0
+    finally:
+        cleanup_distributed()
+
+
+SUMMARY_KEYS = ("accuracy", "auroc", "auroc_macro", "aupr", "aupr_macro", "f1_macro")
+
+
+def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, args: Any, env: Any, out_dir: Path,
+                   what: str) -> dict[str, Any]:
+    """Predict ``dataset`` and write the standard report; returns the headline metrics (rank 0)."""
+    from visionfm.reports import evaluate_classification_run
+
+    binary_logit = bool(info.get("binary_logit"))
+    classes = list(dataset.classes)
+    probs, y, paths = predict_probs(model, dataset, env, args.batch_size_per_gpu, args.num_workers, binary_logit,
+                                    getattr(args, "amp", True))
+    if not env.is_main:
+        return {}
+    task = task_of(len(classes), binary_logit)
+    scores = binary_scores(probs, binary_logit) if task == "binary" else probs
+    meta = {"name": args.name, "modality": info.get("modality"), "evaluated": what,
+            "checkpoint_epoch": info.get("epoch"), "task": task, "n": len(y)}
+    m = evaluate_classification_run(out_dir, y, scores, task, classes, paths=paths, n_boot=args.report_n_boot,
+                                    seed=args.seed, title=f"{args.name} ({task}, fine-tuned)", meta=meta)
+    np.save(out_dir / "probs.npy", probs)
+    np.save(out_dir / "target.npy", y.reshape(-1, 1))
+    return {k: m[k] for k in SUMMARY_KEYS if k in m}
+
+
+def run_evaluate(args: Any) -> int:
+    """``visionfm evaluate``: a fine-tuned checkpoint on ``<data_path>/<split>``."""
+    from visionfm.data.layouts import ImageFolderDataset
+    from visionfm.engine.distributed import cleanup_distributed, init_distributed
+    from visionfm.engine.features import eval_transform
+    from visionfm.engine.logging import setup_logging
+    from visionfm.io import save_json_atomic
+
+    env = init_distributed(getattr(args, "device", "auto"))
+    setup_logging(env.is_main)
+    try:
+        model, info = load_finetuned(args.load_from, env.device, args)
+        classes = info.get("class_names")
+        if args.class_order or args.class_order_preset or not classes:
+            classes = resolve_classes(args.data_path, args.class_order, args.class_order_preset)
+        if len(classes) != max(int(info.get("num_outputs", 0)), 2):
+            raise ConfigError(f"the checkpoint has {info.get('num_outputs')} outputs but the class order has "
+                              f"{len(classes)} classes ({', '.join(classes)})")
+        size = int(info.get("input_size") or args.input_size)
+        modality = info.get("modality") or args.modality
+        ds = ImageFolderDataset(args.data_path, args.split, class_order=classes,
+                                transform=eval_transform(size, modality, interpolation="bicubic"))
+        run_dir = Path(args.output_dir) / args.name
+        metrics = evaluate_split(model, info, ds, args, env, run_dir / "report", f"{args.split} ({args.load_from})")
+        if env.is_main:
+            save_json_atomic({"checkpoint": str(args.load_from), "split": args.split, "metrics": metrics},
+                             run_dir / "evaluate.json")
+            print(json.dumps(metrics))
+        return 0
+    finally:
+        cleanup_distributed()

@@ -1,0 +1,400 @@
+"""Glaucoma-progression forecasting on a frozen encoder (``visionfm train-forecast``; reference §2.7, §5.7).
+
+The original script never ran (it did not parse, and had further fatal defects, §5.7). What it
+meant to do, working:
+
+* image features from the frozen encoder (last-``n`` CLS concat, mean patch token, or both),
+  computed ONCE per split and cached in ``<run>/features/<split>.safetensors`` (reused on a rerun
+  when the encoder, input size, modality and label file are unchanged);
+* :class:`~visionfm.models.heads.forecast.ForecastHead`: features (projected to ``D`` when wider)
+  plus a sinusoidal encoding of the interval in days → one logit, "progresses within the interval";
+  intervals outside ``[0, max_len)`` are rejected when the label file is read;
+* ``BCEWithLogits`` with a float ``pos_weight`` tensor, SGD (momentum 0.9) or AdamW, trained on the
+  cached features by :func:`~visionfm.engine.decoder_trainer.train_decoder`; the best epoch is chosen
+  on ``val`` (else ``test``, logged) by AUROC — never by F1 on logits, never with best = 1.0 at start;
+* test metrics over the whole set: AUROC, AUPR, F1 at ``--threshold`` on the probabilities,
+  sensitivity at ``--specificity``; the same per interval bucket (``--interval_buckets``, default
+  <1y, 1–3y, >3y); and an interval-only logistic-regression baseline, all in ``report/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionfm.errors import ConfigError, DataFormatError
+
+__all__ = [
+    "ForecastSplit",
+    "parse_buckets",
+    "bucket_labels",
+    "forecast_metrics",
+    "stratified_metrics",
+    "interval_baseline",
+    "predict_forecast",
+    "run_train_forecast",
+]
+
+log = logging.getLogger("visionfm.forecast")
+
+SPLIT_ROLES = {"train": "training", "val": "val", "test": "test"}
+
+
+@dataclass
+class ForecastSplit:
+    """One split's cached features, labels, intervals and image paths (file order)."""
+
+    name: str
+    cls: torch.Tensor  # [N, levels, D]
+    patch_mean: torch.Tensor  # [N, D]
+    labels: torch.Tensor  # [N] float 0/1
+    days: torch.Tensor  # [N] int64
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# -- metrics --------------------------------------------------------------------------------------------
+
+
+def parse_buckets(text: str | Sequence[int]) -> list[int]:
+    """``"365,1095"`` → ``[365, 1095]`` (strictly increasing positive day edges)."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            edges = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"--interval_buckets {text!r}: expected comma-separated whole days, e.g. 365,1095") from None
+    else:
+        edges = [int(v) for v in text]
+    if any(e <= 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ConfigError(f"--interval_buckets must be increasing positive day counts, got {edges}")
+    return edges
+
+
+def _fmt_days(d: int) -> str:
+    return f"{d // 365}y" if d % 365 == 0 else f"{d}d"
+
+
+def bucket_labels(days: np.ndarray, edges: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+    """Bucket index per sample and the bucket names (e.g. ``<1y``, ``1y-3y``, ``>=3y``)."""
+    names = []
+    bounds = [0, *edges, None]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if lo == 0:
+            names.append(f"<{_fmt_days(hi)}")  # type: ignore[arg-type]
+        elif hi is None:
+            names.append(f">={_fmt_days(lo)}")
+        else:
+            names.append(f"{_fmt_days(lo)}-{_fmt_days(hi)}")
+    idx = np.searchsorted(np.asarray(edges), np.asarray(days), side="right")
+    return idx, names
+
+
+def forecast_metrics(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5, specificity: float = 0.9) -> dict[str, Any]:
+    """AUROC, AUPR, F1 at ``threshold`` and sensitivity at ``specificity``, over the whole set."""
+    from visionfm.metrics import average_precision, binary_auroc, f1_at_threshold, sensitivity_at_specificity
+
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    op = sensitivity_at_specificity(y, p, specificity)
+    return {
+        "n": int(len(y)),
+        "n_positive": int(y.sum()),
+        "auroc": binary_auroc(y, p) if len(y) else None,
+        "aupr": average_precision(y, p) if len(y) else None,
+        "f1": f1_at_threshold(y, p, threshold) if len(y) else None,
+        "threshold": float(threshold),
+        f"sensitivity_at_specificity_{specificity:g}": op.sensitivity,
+        "operating_threshold": op.threshold,
+    }
+
+
+def stratified_metrics(y: np.ndarray, probs: np.ndarray, days: np.ndarray, edges: Sequence[int],
+                       threshold: float, specificity: float) -> dict[str, dict[str, Any]]:
+    """:func:`forecast_metrics` per interval bucket (``None`` where a bucket has a single class)."""
+    idx, names = bucket_labels(days, edges)
+    out = {}
+    for k, name in enumerate(names):
+        m = idx == k
+        out[name] = forecast_metrics(np.asarray(y)[m], np.asarray(probs)[m], threshold, specificity)
+    return out
+
+
+def interval_baseline(train_days: np.ndarray, train_y: np.ndarray, test_days: np.ndarray) -> np.ndarray | None:
+    """Interval-only baseline: logistic regression on ``log(1 + days)``; test probabilities (or ``None``
+    when the training labels have a single class)."""
+    from sklearn.linear_model import LogisticRegression
+
+    ytr = np.asarray(train_y).astype(np.int64)
+    if len(np.unique(ytr)) < 2:
+        return None
+    f = lambda d: np.log1p(np.asarray(d, dtype=np.float64)).reshape(-1, 1)  # noqa: E731
+    lr = LogisticRegression(max_iter=1000).fit(f(train_days), ytr)
+    return lr.predict_proba(f(test_days))[:, 1]
+
+
+# -- features ---------------------------------------------------------------------------------------------
+
+
+class _DropDays(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``(img, label, days, extras)`` → ``(img, label, extras)`` for the shared feature pass."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, label, _days, extras = self.base[i]
+        return img, label, extras
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cached_split(args: Any, encoder: nn.Module, ident: dict[str, Any], env: Any, role: str,
+                  cache_dir: Path) -> ForecastSplit | None:
+    """Features of one split from the cache, or computed once with the frozen encoder and cached."""
+    from safetensors.torch import load_file
+
+    from visionfm.data.layouts import ForecastingDataset
+    from visionfm.data.layouts.forecasting import forecasting_label_file
+    from visionfm.engine.features import eval_transform, features_in_memory
+    from visionfm.io import save_json_atomic, save_safetensors_atomic
+
+    split = SPLIT_ROLES[role]
+    try:
+        label_file = forecasting_label_file(args.data_path, split)
+    except DataFormatError:
+        if role == "val":
+            return None
+        raise
+    tf = eval_transform(args.input_size, args.modality)
+    ds = ForecastingDataset(args.data_path, split, transform=tf, max_days=args.max_len)
+    want = {**ident, "label_file_sha256": _file_sha(label_file), "n": len(ds)}
+    wpath, jpath = cache_dir / f"{split}.safetensors", cache_dir / f"{split}.json"
+    paths = [str(s.path) for s in ds.samples]
+    labels = torch.from_numpy(ds.labels).float()
+    days = torch.from_numpy(ds.days)
+    if wpath.is_file() and jpath.is_file():
+        try:
+            found = json.loads(jpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            found = None
+        if found == want:
+            t = load_file(str(wpath))
+            if env.is_main:
+                log.info("features %s: reusing the cache in %s", split, cache_dir)
+            return ForecastSplit(split, t["cls"], t["patch_mean"], labels, days, paths)
+    f = features_in_memory(encoder, _DropDays(ds), env, args.batch_size_per_gpu, args.num_workers,
+                           desc=f"features {split}" if env.is_main else None)
+    if env.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_safetensors_atomic({"cls": f["cls"].contiguous(), "patch_mean": f["patch_mean"].contiguous()}, wpath)
+        save_json_atomic(want, jpath)
+    return ForecastSplit(split, f["cls"], f["patch_mean"], labels, days, paths)
+
+
+def head_features(s: ForecastSplit, n_last_blocks: int, avgpool: int) -> torch.Tensor:
+    """0: last-n CLS concat ``[N, n·D]``; 1: mean patch token ``[N, D]``; 2: both ``[N, (n+1)·D]``."""
+    from visionfm.engine.features import pool_tokens
+
+    if avgpool == 2:
+        return torch.cat([pool_tokens(s.cls, None, n_last_blocks, 0), s.patch_mean.float()], dim=1)
+    return pool_tokens(s.cls, s.patch_mean, n_last_blocks, avgpool)
+
+
+@torch.no_grad()
+def predict_forecast(model: nn.Module, x: torch.Tensor, days: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """Sigmoid probabilities ``[N]``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = [model(x[i:i + batch].to(dev), days[i:i + batch].to(dev)).float().cpu() for i in range(0, len(x), batch)]
+    return torch.sigmoid(torch.cat(outs)).numpy() if outs else np.zeros(0)
+
+
+class _Standardize(nn.Module):
+    """Fixed per-feature standardisation (train-set statistics), stored as buffers."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clamp_min(1e-6).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ForecastModel(nn.Module):
+    """Standardisation + :class:`ForecastHead`; ``forward(x, days=None)`` as the head (packed form when
+    ``days`` is None)."""
+
+    def __init__(self, head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.norm = _Standardize(mean, std)
+        self.head = head
+
+    def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+        if days is None:
+            x, days = x[:, :-1], x[:, -1]
+        return self.head(self.norm(x), days)
+
+
+def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout: float = 0.0,
+                         mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> ForecastModel:
+    from visionfm.models.heads.forecast import ForecastHead
+
+    head = ForecastHead(embed_dim, max_len, in_features=in_features, dropout=dropout)
+    mean = torch.zeros(in_features) if mean is None else mean
+    std = torch.ones(in_features) if std is None else std
+    return ForecastModel(head, mean, std)
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def _load_encoder(args: Any):
+    from visionfm import load_encoder
+
+    if not args.pretrained_weights:
+        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
+    return load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size, args.input_size)
+
+
+def run_train_forecast(args: Any) -> int:
+    """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
+    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, train_decoder
+    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.features import encoder_identity
+    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.io import save_json_atomic
+
+    if args.max_len < 1:
+        raise ConfigError(f"--max_len must be positive, got {args.max_len}")
+    if args.pos_weight <= 0:
+        raise ConfigError(f"--pos_weight must be > 0, got {args.pos_weight}")
+    if not 0.0 < args.specificity < 1.0:
+        raise ConfigError(f"--specificity must be in (0, 1), got {args.specificity}")
+    if args.avgpool_patchtokens not in (0, 1, 2):
+        raise ConfigError("--avgpool_patchtokens must be 0, 1 or 2")
+    edges = parse_buckets(args.interval_buckets)
+    env = init_distributed(getattr(args, "device", "auto"))
+    setup_logging(env.is_main)
+    try:
+        seed_everything(args.seed)
+        run_dir = Path(args.output_dir) / args.name
+        encoder = _load_encoder(args).to(env.device)
+        ident = encoder_identity(encoder, args.modality, args.input_size, "cls")
+        ident.pop("visionfm_version", None)
+        cache_dir = run_dir / "features"
+        splits = {role: _cached_split(args, encoder, ident, env, role, cache_dir) for role in ("train", "val", "test")}
+        embed_dim = int(encoder.embed_dim)
+        del encoder
+        train, val, test = splits["train"], splits["val"], splits["test"]
+        assert train is not None and test is not None
+        sel_split = "val"
+        if val is None:
+            val, sel_split = test, "test"
+            if env.is_main:
+                log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        x_train = head_features(train, args.n_last_blocks, args.avgpool_patchtokens)
+        in_dim = int(x_train.shape[1])
+        mean, std = x_train.mean(0), x_train.std(0) if len(x_train) > 1 else torch.ones(in_dim)
+        model = build_forecast_model(embed_dim, in_dim, args.max_len, args.dropout,
+                                     mean if args.standardize else None, std if args.standardize else None)
+        meta = {"task": "forecasting", "embed_dim": embed_dim, "in_dim": in_dim, "max_len": args.max_len,
+                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
+                "standardize": bool(args.standardize), "dropout": args.dropout, "modality": args.modality,
+                "pos_weight": args.pos_weight, "threshold": args.threshold, "selection_split": sel_split,
+                "class_names": ["no progression", "progression"]}
+        run_logger = RunLogger(run_dir, enabled=env.is_main)
+        if sel_split == "test":
+            run_logger.log({"note": "no val split: model selection on the test split"})
+        packed = torch.cat([x_train, train.days.float().unsqueeze(1)], dim=1)
+        x_val = head_features(val, args.n_last_blocks, args.avgpool_patchtokens)
+        y_val = val.labels.numpy()
+
+        def evaluate(m: nn.Module) -> dict[str, Any]:
+            p = predict_forecast(m, x_val, val.days)
+            return forecast_metrics(y_val, p, args.threshold, args.specificity)
+
+        bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(args.pos_weight)], device=env.device))
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return bce(logits.reshape(-1), y.reshape(-1))
+
+        cfg = DecoderTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
+                                 optimizer=args.optimizer, weight_decay=args.weight_decay, scheduler="cosine",
+                                 val_freq=args.val_freq, seed=args.seed)
+        result = train_decoder(model, packed, train.labels.clone(), loss_fn, evaluate, args.selection, True, run_dir,
+                               cfg, env, run_logger, meta, resume_from=args.load_from or None)
+        best = run_dir / "checkpoint_best"
+        sd, info, _ = load_decoder_checkpoint(best)
+        model.load_state_dict(sd)
+        model.to(env.device)
+        x_test = head_features(test, args.n_last_blocks, args.avgpool_patchtokens)
+        probs = predict_forecast(model, x_test, test.days)
+        if env.is_main:
+            metrics = _report(args, run_dir, test, train, probs, edges, result.best_epoch, sel_split)
+            info["test_metrics"] = metrics["forecast"]
+            save_json_atomic(info, best.with_suffix(".json"))
+            run_logger.log({"final_test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"],
+                            "best_epoch": result.best_epoch, "selection_split": sel_split})
+            run_logger.close()
+            print(json.dumps({"test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"]}))
+        return 0
+    finally:
+        cleanup_distributed()
+
+
+def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit, probs: np.ndarray,
+            edges: Sequence[int], epoch: int, sel_split: str) -> dict[str, Any]:
+    from visionfm.io import save_json_atomic
+    from visionfm.reports import evaluate_classification_run, write_report
+
+    y = test.labels.numpy().astype(np.int64)
+    days = test.days.numpy()
+    report_dir = run_dir / "report"
+    meta = {"name": args.name, "modality": args.modality, "checkpoint_epoch": epoch,
+            "evaluated": f"test (best epoch selected on {sel_split})", "n_test": len(test),
+            "max_len": args.max_len, "pos_weight": args.pos_weight}
+    title = f"{args.name}: progression forecasting ({args.modality})"
+    metrics = evaluate_classification_run(report_dir, y, probs, "binary", ["no progression", "progression"],
+                                          paths=test.paths, threshold=args.threshold, n_boot=args.report_n_boot,
+                                          seed=args.seed, title=title, meta=meta)
+    fm = forecast_metrics(y, probs, args.threshold, args.specificity)
+    strat = stratified_metrics(y, probs, days, edges, args.threshold, args.specificity)
+    base_p = interval_baseline(train.days.numpy(), train.labels.numpy(), days)
+    base = (forecast_metrics(y, base_p, args.threshold, args.specificity) if base_p is not None
+            else {"auroc": None, "note": "training labels have a single class"})
+    metrics["forecast"] = fm
+    metrics["by_interval"] = strat
+    metrics["baseline_interval_only"] = base
+    images = [(cap, report_dir / f) for cap, f in (("ROC curve", "roc.png"), ("Precision–recall curve", "pr.png"),
+                                                   ("Confusion matrix", "confusion_matrix.png"),
+                                                   ("Calibration", "calibration.png")) if (report_dir / f).is_file()]
+    spec_key = f"sensitivity_at_specificity_{args.specificity:g}"
+    rows = [{"interval": name, "n": m["n"], "positives": m["n_positive"], "AUROC": m["auroc"], "AUPR": m["aupr"],
+             "F1": m["f1"], spec_key: m[spec_key]} for name, m in strat.items()]
+    rows.append({"interval": "all", "n": fm["n"], "positives": fm["n_positive"], "AUROC": fm["auroc"],
+                 "AUPR": fm["aupr"], "F1": fm["f1"], spec_key: fm[spec_key]})
+    brow = {"model": "interval-only logistic regression", "AUROC": base.get("auroc"), "AUPR": base.get("aupr")}
+    write_report(report_dir, title, metrics, images=images, meta=meta,
+                 tables={"Results by interval (time-stratified)": rows,
+                         "Baseline": [brow, {"model": "forecaster", "AUROC": fm["auroc"], "AUPR": fm["aupr"]}]})
+    # the per-image list the original would have produced, with the interval
+    per = {p: {"gt": int(t), "pred": float(s), "days": int(d)} for p, t, s, d in zip(test.paths, y, probs, days)}
+    save_json_atomic(per, run_dir / f"{args.name}_{args.modality}_results.json")
+    return metrics
