@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("visionfm.cli.evaluate", "evaluate a fine-tuned checkpoint on the test split and write a report"),
     "prepare": ("visionfm.cli.prepare", "store down-sized copies of a pretraining image tree (faster input pipeline)"),
     "demo": ("visionfm.cli.demo", "run the end-to-end pipeline on synthetic data and print a report"),
+    "serve": ("visionfm.cli.serve", "local web app and JSON API over trained model folders (loopback by default)"),
 }
 
 

@@ -1,0 +1,286 @@
+"""The models a ``visionfm serve`` instance offers: discovered once at start-up, addressed only by id.
+
+A client never names a path: :class:`ModelRegistry` scans the ``--models`` folder (the folder itself, or
+model folders up to three levels below it, e.g. ``<run>/model``), validates every ``config.json`` without
+loading weights, and gives each model a stable id derived from its relative path. Weights are loaded on
+first use, once per model (a per-model lock makes concurrent first requests wait for one load), and
+cached for the life of the server. Folders that fail validation are reported (``problems``), not served.
+
+When the folder holds no valid model, two in-memory demo models are offered (a ViT-Tiny classifier and a
+ViT-Tiny + UNETR segmenter with fixed random weights), clearly named as demos: they let the page be tried
+out and tested, and they predict nothing meaningful. Nothing is written to disk for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from visionfm.errors import ConfigError, VisionFMError
+
+__all__ = ["ModelEntry", "ModelRegistry", "UnknownModelError", "DEMO_LABEL", "demo_models", "split_unit"]
+
+log = logging.getLogger("visionfm.serve")
+
+DEMO_LABEL = "demo model (synthetic data, not for clinical use)"
+_MAX_DEPTH = 3
+_UNIT_RE = re.compile(r"^(.*?)\s*[\[(]([^\[\]()]+)[\])]\s*$")
+
+
+class UnknownModelError(VisionFMError, KeyError):
+    """A model id that this server does not offer."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+def split_unit(name: str) -> tuple[str, str | None]:
+    """``"cup-to-disc ratio [ratio]"`` → ``("cup-to-disc ratio", "ratio")``; no unit → ``(name, None)``."""
+    m = _UNIT_RE.match(str(name))
+    if m and m.group(1):
+        return m.group(1), m.group(2).strip()
+    return str(name), None
+
+
+@dataclass
+class ModelEntry:
+    """What the page and ``GET /api/models`` show about one model (no weights loaded)."""
+
+    id: str
+    name: str
+    task: str
+    task_kind: str | None
+    modality: str
+    output_names: list[str]
+    units: list[str | None]
+    arch: str
+    input_size: int
+    max_days: float | None = None
+    demo: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = field(default=None, repr=False)
+    factory: Callable[[], Any] | None = field(default=None, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id, "name": self.name, "task": self.task, "task_kind": self.task_kind,
+            "modality": self.modality, "output_names": self.output_names, "arch": self.arch,
+            "input_size": self.input_size, "demo": self.demo, "metrics": self.metrics,
+        }
+        if self.task == "regression":
+            out["units"] = self.units
+        if self.max_days is not None:
+            out["max_days"] = self.max_days
+        return out
+
+
+def _output_names(cfg: dict[str, Any]) -> list[str]:
+    task = cfg["task"]
+    if task == "regression":
+        return [str(n) for n in cfg["target_names"]]
+    if task == "landmark":
+        names = cfg.get("landmark_names")
+        if names:
+            return [str(n) for n in names]
+        n = int(cfg["head"].get("args", {}).get("num_classes", 0))
+        return [f"landmark_{i}" for i in range(n)]
+    return [str(n) for n in cfg.get("class_names") or []]
+
+
+def _entry_from_config(cfg: dict[str, Any], model_id: str, name: str, **extra: Any) -> ModelEntry:
+    names = _output_names(cfg)
+    units: list[str | None] = [None] * len(names)
+    if cfg["task"] == "regression":
+        given = cfg.get("target_units")
+        if isinstance(given, list) and len(given) == len(names):
+            units = [None if u in (None, "") else str(u) for u in given]
+        else:
+            split = [split_unit(n) for n in names]
+            names = [n for n, _ in split]
+            units = [u for _, u in split]
+    metrics = {k: v for k, v in (cfg.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    return ModelEntry(
+        id=model_id, name=name, task=str(cfg["task"]), task_kind=cfg.get("task_kind"),
+        modality=str(cfg.get("modality") or cfg["encoder"].get("modality") or "unknown"),
+        output_names=names, units=units, arch=str(cfg["encoder"]["arch"]),
+        input_size=int(cfg["preprocess"]["input_size"]),
+        max_days=float(cfg["max_days"]) if cfg.get("max_days") is not None else None, metrics=metrics, **extra)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
+
+
+def _candidate_folders(root: Path) -> list[Path]:
+    """Folders holding a ``config.json`` at ``root`` or up to ``_MAX_DEPTH`` levels below (hidden ones skipped)."""
+    if (root / "config.json").is_file():
+        return [root]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if len(rel.parts) >= _MAX_DEPTH:
+            dirnames[:] = []
+        if "config.json" in filenames and rel.parts:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a model folder's sub-folders are not models
+    return sorted(found)
+
+
+# -- demo models -----------------------------------------------------------------------------------------
+
+DEMO_CLASSES = ["normal", "diabetic retinopathy", "glaucoma", "age-related macular degeneration"]
+DEMO_SEG_CLASSES = ["background", "optic disc", "optic cup"]
+DEMO_SIZE = 224
+
+
+def _demo_config(task: str, head_type: str, head_args: dict[str, Any], features: dict[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+    from visionfm.data.modalities import get_stats
+
+    mean, std = get_stats("Fundus")
+    cfg = {
+        "format_version": 1, "name": f"Demo {task}: {DEMO_LABEL}", "task": task, "modality": "Fundus",
+        "encoder": {"arch": "vit_tiny", "patch_size": 16, "embed_dim": 192, "depth": 12,
+                    "masked_im_modeling": True, "weights_source": "random (seed 0)", "frozen": True},
+        "preprocess": {"input_size": DEMO_SIZE, "interpolation": "bilinear", "mean": list(mean), "std": list(std)},
+        "features": features, "head": {"type": head_type, "args": head_args},
+        "data": {"source": "none: fixed random weights, for trying out the app only"},
+        "license": "demo only; not a medical device",
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def _build_demo(cfg: dict[str, Any], seed: int) -> Any:
+    """The model a demo config describes, with weights drawn from ``seed`` (global RNG state untouched)."""
+    from visionfm.packaging import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg, "demo")
+    return model.eval()
+
+
+def demo_models() -> list[ModelEntry]:
+    """The two in-memory demo models (classification, segmentation); weights are built on first use."""
+    cls_cfg = _demo_config("classification", "cls",
+                           {"embed_dim": 192 * 4, "num_classes": len(DEMO_CLASSES)},
+                           {"type": "pooled", "n_last_blocks": 4, "avgpool": 0},
+                           task_kind="multiclass", class_names=list(DEMO_CLASSES))
+    seg_cfg = _demo_config("segmentation", "unetr",
+                           {"embed_dim": 192, "num_classes": len(DEMO_SEG_CLASSES), "patch_size": 16},
+                           {"type": "dense", "block_ids": [2, 5, 8, 11]},
+                           class_names=list(DEMO_SEG_CLASSES))
+    return [
+        _entry_from_config(cls_cfg, "demo-classification", cls_cfg["name"], demo=True,
+                           factory=lambda: _build_demo(cls_cfg, 0)),
+        _entry_from_config(seg_cfg, "demo-segmentation", seg_cfg["name"], demo=True,
+                           factory=lambda: _build_demo(seg_cfg, 1)),
+    ]
+
+
+# -- the registry ----------------------------------------------------------------------------------------
+
+
+class ModelRegistry:
+    """Model folders under ``models_dir`` by id, each loaded at most once.
+
+    Args:
+        models_dir: a model folder, or a folder of model folders; ``None`` (or a folder without a valid
+            model) offers the demo models.
+        device: ``cpu`` or ``cuda``.
+        demo_when_empty: offer the demo models when no valid model is found.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike[str] | None, device: str = "cpu",
+                 demo_when_empty: bool = True) -> None:
+        from visionfm.packaging import read_config
+
+        self.device = torch.device(device)
+        self.entries: dict[str, ModelEntry] = {}
+        self.problems: list[dict[str, str]] = []
+        self._models: dict[str, Any] = {}
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._run_locks: dict[str, threading.Lock] = {}
+        self.root = None if models_dir is None else Path(models_dir).expanduser()
+        if self.root is not None:
+            if not self.root.is_dir():
+                raise ConfigError(f"--models {self.root}: not a folder (expected a model folder or a folder of them)")
+            for folder in _candidate_folders(self.root):
+                rel = folder.relative_to(self.root).as_posix()
+                if rel == ".":
+                    rel = folder.resolve().name
+                elif rel.endswith("/model"):
+                    rel = rel[: -len("/model")]
+                try:
+                    cfg = read_config(folder)
+                    if not (folder / "model.safetensors").is_file():
+                        raise ConfigError("model.safetensors is missing")
+                except VisionFMError as exc:
+                    msg = str(exc).replace(f"{folder}: ", "")
+                    self.problems.append({"folder": rel, "error": msg})
+                    log.warning("skipping %s: %s", folder, msg)
+                    continue
+                model_id = base = _slug(rel)
+                n = 2
+                while model_id in self.entries:
+                    model_id, n = f"{base}-{n}", n + 1
+                name = str(cfg.get("name") or rel)
+                self._add(_entry_from_config(cfg, model_id, name, folder=folder))
+        if not self.entries and demo_when_empty:
+            for entry in demo_models():
+                self._add(entry)
+
+    def _add(self, entry: ModelEntry) -> None:
+        self.entries[entry.id] = entry
+        self._load_locks[entry.id] = threading.Lock()
+        self._run_locks[entry.id] = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [e.public() for e in self.entries.values()]
+
+    def entry(self, model_id: str) -> ModelEntry:
+        try:
+            return self.entries[model_id]
+        except KeyError:
+            offered = ", ".join(self.entries) or "none"
+            raise UnknownModelError(f"unknown model {model_id!r}; this server offers: {offered}") from None
+
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._models
+
+    def get(self, model_id: str) -> Any:
+        """The loaded :class:`~visionfm.packaging.VisionFMModel` (loaded on first call, then cached)."""
+        entry = self.entry(model_id)
+        model = self._models.get(model_id)
+        if model is not None:
+            return model
+        with self._load_locks[model_id]:
+            model = self._models.get(model_id)
+            if model is None:
+                if entry.factory is not None:
+                    model = entry.factory()
+                else:
+                    from visionfm.packaging import from_pretrained
+
+                    model = from_pretrained(entry.folder, device="cpu")  # type: ignore[arg-type]
+                model = model.to(self.device).eval()
+                self._models[model_id] = model
+                log.info("model %s loaded", model_id)
+        return model
+
+    def run_lock(self, model_id: str) -> threading.Lock:
+        """Held while one request runs a model: the model's modules are shared, requests take turns."""
+        self.entry(model_id)
+        return self._run_locks[model_id]
