@@ -47,6 +47,21 @@ def test_finetune_then_evaluate_reproduces_test_metrics_and_beats_probe(tmp_path
     ev = json.loads((out / "ev" / "evaluate.json").read_text())["metrics"]
     assert ev == ft_test
     assert (out / "ev" / "report" / "report.html").is_file()
+    # the selected model as a model folder: same test probabilities from the images, and evaluate --model
+    from visionfm.inference.io import read_image
+    from visionfm.packaging import from_pretrained
+
+    folder = run / "model"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["encoder"]["frozen"] is False and cfg["class_names"] == ["a_red", "b_green", "c_blue"]
+    probs = np.load(run / "report" / "probs.npy")
+    files = sorted((data / "test").glob("*/*.png"))  # ImageFolder order: class, then file name
+    pred = from_pretrained(folder).predict([read_image(f) for f in files])
+    assert np.abs(pred["probabilities"] - probs).max() < 1e-4
+    assert run_cli("evaluate", "--name", "evm", "--model", str(folder), "--data_path", str(data),
+                   "--output_dir", str(out), "--num_workers", "0", "--device", "cpu", "--report_n_boot", "0") == 0
+    evm = json.loads((out / "evm" / "evaluate.json").read_text())["metrics"]
+    assert evm.keys() == ft_test.keys() and all(abs(evm[k] - ft_test[k]) < 1e-6 for k in ft_test)
     # the frozen linear probe on the same data and (random) encoder
     assert run_cli("train-cls", "--name", "probe", "--dataset_format", "ImageNet", "--head", "linear",
                    "--data_path", str(data), "--num_labels", "3", "--output_dir", str(out), "--epochs", "30",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -37,33 +36,6 @@ def test_forecast_head_shapes_projection_and_range():
         ForecastHead(16, 100)(x, days)
 
 
-def _cup_encoder(path, size):
-    """A frozen vit_tiny that sees the optic cup: identity blocks and a patch embedding whose first
-    channels average the (normalised) blue and green values of a patch — the white cup is the only
-    bright-blue structure of the synthetic fundus. Saved in the official checkpoint format."""
-    from visionfm import build_encoder
-
-    torch.manual_seed(0)
-    enc = build_encoder("vit_tiny", img_size=size, patch_size=16)
-    with torch.no_grad():
-        for b in enc.blocks:
-            for m in (b.attn.proj, b.mlp.fc2):
-                m.weight.zero_()
-                m.bias.zero_()
-        w, bias = enc.patch_embed.proj.weight, enc.patch_embed.proj.bias
-        w.zero_()
-        bias.zero_()
-        w[0, 2] = 1.0 / 256
-        w[1, 1] = 1.0 / 256
-        bias[2::2] = 1.0
-        bias[3::2] = -1.0
-        enc.pos_embed.zero_()
-        enc.cls_token.zero_()
-    torch.save({"teacher": {"backbone." + k: v for k, v in enc.state_dict().items()},
-                "args": argparse.Namespace(arch="vit_tiny", patch_size=16)}, path)
-    return path
-
-
 def test_train_forecast_beats_interval_only_baseline(tmp_path):
     from visionfm.data.synth import generate
     from visionfm.metrics import binary_auroc
@@ -72,9 +44,9 @@ def test_train_forecast_beats_interval_only_baseline(tmp_path):
     size = 64
     generate("forecasting", tmp_path / "data", num=200, img_size=size, seed=0)
     root = tmp_path / "data" / "GlaucomaForecasting"
-    weights = _cup_encoder(tmp_path / "cup.pth", size)
     out = tmp_path / "out"
-    common = ["--data_path", str(root), "--pretrained_weights", str(weights), "--arch", "vit_tiny",
+    # a RANDOM frozen vit_tiny: the enlarged synthetic cup is visible in its mean patch token
+    common = ["--data_path", str(root), "--pretrained_weights", "random", "--arch", "vit_tiny",
               "--input_size", str(size), "--patch_size", "16", "--avgpool_patchtokens", "1", "--epochs", "60",
               "--optimizer", "adamw", "--lr", "0.003", "--weight_decay", "0.05", "--batch_size_per_gpu", "64",
               "--num_workers", "0", "--pos_weight", "1", "--output_dir", str(out), "--device", "cpu",
@@ -91,9 +63,8 @@ def test_train_forecast_beats_interval_only_baseline(tmp_path):
                           np.array([int(v[2]) for v in lines]))
     assert abs(binary_auroc(y, p) - base["auroc"]) < 1e-9
     print("forecaster AUROC", fc["auroc"], "interval-only AUROC", base["auroc"])
-    # With this tiny frozen encoder and 200 training images the head does not clearly beat the
-    # interval-only model (≈0.86–0.88 vs 0.87); it must be far above chance and close to it.
-    assert fc["auroc"] >= 0.8 and fc["auroc"] >= base["auroc"] - 0.03, (fc["auroc"], base["auroc"])
+    # image + interval must clearly beat the interval alone (seed 0: ≈0.934 vs 0.872)
+    assert fc["auroc"] >= base["auroc"] + 0.03, (fc["auroc"], base["auroc"])
     for key in ("aupr", "f1", "sensitivity_at_specificity_0.9"):
         assert fc[key] is not None
     assert set(m["by_interval"]) == {"<1y", "1y-3y", ">=3y"}
@@ -103,6 +74,27 @@ def test_train_forecast_beats_interval_only_baseline(tmp_path):
     assert (run / "features" / "training.safetensors").is_file()
     best = json.loads((run / "checkpoint_best.json").read_text())
     assert best["test_metrics"]["auroc"] == fc["auroc"] and best["selection_key"] == "auroc"
+    # the selected model as a model folder: it reproduces the run's own test probabilities from the images
+    from visionfm.inference.io import read_image
+    from visionfm.packaging import from_pretrained
+
+    folder = run / "model"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["task"] == "forecasting" and cfg["head"]["type"] == "forecast_std" and cfg["max_days"] == 6499
+    per = json.loads((run / "fc_Fundus_results.json").read_text())
+    model = from_pretrained(folder)
+    paths = sorted(per)[:48]
+    pred = model.predict([read_image(p) for p in paths], days=[per[p]["days"] for p in paths])
+    assert np.abs(pred["probabilities"] - np.array([per[p]["pred"] for p in paths])).max() < 1e-4
+    # visionfm predict --days on that folder
+    assert run_cli("predict", "--model", str(folder), "--input", paths[0], "--days", "90", "2000",
+                   "--output", str(tmp_path / "pred"), "--device", "cpu", "--no_attention") == 0
+    recs = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    recs = recs["predictions"] if isinstance(recs, dict) else recs
+    assert sorted(r["days"] for r in recs) == [90.0, 2000.0]
+    p90, p2000 = (model.predict([read_image(paths[0])], days=[d])["probabilities"][0] for d in (90, 2000))
+    got = {r["days"]: r["probabilities"]["progression"] for r in recs}
+    assert abs(got[90.0] - p90) < 1e-5 and abs(got[2000.0] - p2000) < 1e-5
     # a rerun under another name reuses nothing of the first; the same name reuses the feature cache
     before = (run / "features" / "test.safetensors").stat().st_mtime_ns
     assert run_cli("train-forecast", "--name", "fc", *common[:-6], "--epochs", "61", *common[-6:]) == 0

@@ -89,6 +89,27 @@ def test_pooled_visionfm13_beats_chance(multi_stores):
     assert len(res) == 192 and len(next(iter(res.values()))["pred"]) == 13  # 96 Fundus + 96 OCT test images
     best = json.loads((run / "checkpoint_best.json").read_text())
     assert best["fusion"] == "pooled" and best["modalities"] == ["Fundus", "OCT"]
+    assert not (run / "model").exists()  # two modalities (two normalisations): no single-image model folder
+
+
+def test_pooled_single_encoder_run_writes_a_model_folder(multi_stores):
+    from visionfm.inference.io import read_image
+    from visionfm.packaging import from_pretrained
+
+    out = multi_stores / "out"
+    assert run_cli("train-multi-cls", "--name", "fundus", "--data_path", str(multi_stores / "feats"),
+                   "--datasets", "FundusClassificationMulti", "--embed_dim", "192", "--epochs", "3", "--lr", "0.1",
+                   "--output_dir", str(out), *FAST) == 0
+    run = out / "fundus"
+    model = from_pretrained(run / "model")
+    assert model.config["task_kind"] == "visionfm13" and model.config["preprocess"]["interpolation"] == "bilinear"
+    res = json.loads((run / "fundus_results.json").read_text())
+    data = multi_stores / "data" / "FundusClassificationMulti"
+    ids = sorted(res)[:16]
+    imgs = [read_image(next(data.rglob(i.split("/", 1)[1]))) for i in ids]
+    pred = model.predict(imgs)["probabilities"]
+    assert np.abs(pred - np.array([res[i]["pred"] for i in ids])).max() < 1e-4
+    assert np.allclose(pred[:, :5].sum(1), 1.0, atol=1e-5)
 
 
 def test_embed_dim_mismatch_is_one_clear_error(multi_stores, capsys):

@@ -1,4 +1,4 @@
-"""``visionfm evaluate``: a fine-tuned checkpoint on the test split, with the standard report (reference §5.9)."""
+"""``visionfm evaluate``: a fine-tuned checkpoint or model folder on the test split, with the standard report (reference §5.9)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from visionfm.cli.options import VFMArgumentParser, bool_flag
 
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name; the report goes to <output_dir>/<name>/report")
-    p.add_argument("--load_from", required=True,
-                   help="checkpoint_best.safetensors from 'visionfm finetune', or the original's "
+    p.add_argument("--load_from", default=None,
+                   help="checkpoint_best.safetensors from 'visionfm finetune', a model folder, or the original's "
                         "checkpoint_best_finetune.pth (then give --arch, --input_size, --num_labels)")
+    p.add_argument("--model", default=None,
+                   help="a classification model folder (e.g. <finetune run>/model); alternative to --load_from")
     p.add_argument("--data_path", required=True, help="folder with <split>/<class>/ images")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES, help="original .pth checkpoints only")

@@ -23,7 +23,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--patch_size", type=int, default=16)
-    p.add_argument("--pretrained_weights", default=None, help="encoder weights file, or 'random'")
+    p.add_argument("--pretrained_weights", default=None,
+                   help="encoder weights file, a model folder (its encoder.* tensors), or 'random'")
     p.add_argument("--checkpoint_key", default="teacher")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.001,
@@ -57,7 +58,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--output_dir", default=".")
     p.add_argument("--num_labels", type=int, default=None,
                    help="outputs; default = number of classes. 1 with two classes: one sigmoid logit (BCE)")
-    p.add_argument("--load_from", default=None, help="initialise encoder + head from a finetune checkpoint")
+    p.add_argument("--load_from", default=None,
+                   help="initialise encoder + head from a finetune checkpoint or a finetune model folder")
     add_class_order_arguments(p)
     p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

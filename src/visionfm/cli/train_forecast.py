@@ -33,7 +33,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--input_size", type=int, default=224)
-    p.add_argument("--pretrained_weights", default=None, help="encoder weights file, or 'random'")
+    p.add_argument("--pretrained_weights", default=None,
+                   help="encoder weights file, a model folder (its encoder.* tensors), or 'random'")
     p.add_argument("--checkpoint_key", default="teacher")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for F1")
     p.add_argument("--specificity", type=float, default=0.9, help="report sensitivity at this specificity")

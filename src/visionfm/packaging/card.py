@@ -25,6 +25,7 @@ _KIND_TEXT = {
     "binary": "binary classification (one sigmoid output)",
     "multiclass": "multi-class classification (softmax)",
     "multilabel": "multi-label classification (one sigmoid per label)",
+    "visionfm13": "VisionFM 13-output classification (softmax DR grade over outputs 0-4, a sigmoid per finding)",
 }
 
 
@@ -60,6 +61,8 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
     feats = cfg.get("features", {})
     head = cfg.get("head", {})
     licence = str(cfg.get("license") or DEFAULT_LICENSE)
+    frozen = bool(enc.get("frozen", True))
+    enc_state = "frozen" if frozen else "fine-tuned"
     name = cfg.get("name") or f"visionfm-{cfg.get('task')}-{str(cfg.get('modality', '')).lower()}"
     lines = [
         "---",
@@ -75,7 +78,7 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
         "",
         f"# {name}",
         "",
-        f"A VisionFM decoder on a frozen {enc.get('arch')} encoder: **{_task_line(cfg)}** on "
+        f"A VisionFM decoder on a {enc_state} {enc.get('arch')} encoder: **{_task_line(cfg)}** on "
         f"**{cfg.get('modality')}** images.",
         "",
         "## Model",
@@ -84,7 +87,8 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
         "|---|---|",
         f"| Task | {_task_line(cfg)} |",
         f"| Modality | {cfg.get('modality')} |",
-        f"| Encoder | {enc.get('arch')}, patch {enc.get('patch_size')}, frozen; weights from "
+        f"| Encoder | {enc.get('arch')}, patch {enc.get('patch_size')}, {enc_state}; "
+        f"{'weights' if frozen else 'initialised'} from "
         f"`{enc.get('weights_source') or 'unknown'}` |",
         f"| Input | RGB resized to {pre.get('input_size')}x{pre.get('input_size')} ({pre.get('interpolation')}), "
         f"normalised with mean {pre.get('mean')} and std {pre.get('std')} |",
@@ -93,6 +97,9 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
         lines.append(f"| Features | patch tokens of blocks {feats.get('block_ids')} (after the final norm) |")
     elif int(feats.get("avgpool", 0)) == 1:
         lines.append("| Features | mean patch token of the last block |")
+    elif int(feats.get("avgpool", 0)) == 2:
+        lines.append(f"| Features | CLS tokens of the last {feats.get('n_last_blocks')} blocks and the mean patch "
+                     "token of the last block, concatenated |")
     else:
         lines.append(f"| Features | CLS tokens of the last {feats.get('n_last_blocks')} blocks, concatenated |")
     lines.append(f"| Head | `{head.get('type')}` {head.get('args')} |")

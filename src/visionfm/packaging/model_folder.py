@@ -66,7 +66,10 @@ CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
 TASKS = ("classification", "regression", "segmentation", "landmark", "forecasting")
 # classification and forecasting outputs are read as one of these (forecasting: the event at `days`).
-TASK_KINDS = ("binary", "multiclass", "multilabel")
+# ``visionfm13``: the 13-output layout of ``train-multi-cls`` — softmax over outputs 0-4 (DR grade),
+# a sigmoid per output 5-12 (findings); labels are the arg-max grade (one-hot) and the thresholded findings.
+TASK_KINDS = ("binary", "multiclass", "multilabel", "visionfm13")
+VISIONFM13_GRADES = 5
 INTERPOLATIONS = ("bilinear", "bicubic")
 DENSE_TASKS = ("segmentation", "landmark")
 
@@ -79,6 +82,7 @@ HEADS: dict[str, Callable[..., nn.Module] | str] = {
     "unetr": "visionfm.models.heads.unetr:UnetrHead",
     "linear_seg": "visionfm.models.heads.linear_seg:LinearSegHead",
     "forecast": "visionfm.models.heads.forecast:ForecastHead",
+    "forecast_std": "visionfm.models.heads.forecast:StandardizedForecastHead",
 }
 
 
@@ -159,10 +163,10 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         if ftype != "pooled":
             raise _bad(where, f"task {task} needs features of type 'pooled', got {ftype!r}")
         avg = feats.get("avgpool", 0)
-        if avg not in (0, 1):
-            raise _bad(where, f"features avgpool must be 0 or 1, got {avg!r}")
+        if avg not in (0, 1, 2):
+            raise _bad(where, f"features avgpool must be 0, 1 or 2, got {avg!r}")
         n = feats.get("n_last_blocks", 1)
-        if avg == 0 and not (isinstance(n, int) and n >= 1):
+        if avg != 1 and not (isinstance(n, int) and n >= 1):
             raise _bad(where, f"features n_last_blocks must be a positive integer, got {n!r}")
     head = cfg["head"]
     if head.get("type") not in HEADS:
@@ -176,6 +180,8 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
         names = cfg.get("class_names")
         if not (isinstance(names, list) and names):
             raise _bad(where, "a classification model needs a non-empty class_names list")
+        if kind == "visionfm13" and len(names) <= VISIONFM13_GRADES:
+            raise _bad(where, f"task_kind visionfm13 needs more than {VISIONFM13_GRADES} class_names, got {len(names)}")
     if task == "regression":
         names = cfg.get("target_names")
         mean, std = cfg.get("target_mean"), cfg.get("target_std")
@@ -299,7 +305,10 @@ class VisionFMModel(nn.Module):
         ids = feats.get("block_ids")
         outs = self.encoder.forward_intermediates_tokens(images, list(ids) if ids else int(feats["n_last_blocks"]),
                                                          norm=True)
-        return torch.cat([o[:, 0] for o in outs], dim=-1)
+        cls = torch.cat([o[:, 0] for o in outs], dim=-1)
+        if int(feats.get("avgpool", 0)) == 2:  # both: the CLS concat, then the last block's mean patch token
+            return torch.cat([cls, outs[-1][:, 1:].mean(dim=1)], dim=-1)
+        return cls
 
     def forward(self, images: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head outputs: logits ``[B, C]`` / values ``[B, T]`` (standardised) / maps ``[B, C, S, S]``."""
@@ -345,6 +354,15 @@ class VisionFMModel(nn.Module):
                 idx = (p >= _thresholds(c, 1)[0]).astype(np.int64)
                 return {"probabilities": p, "labels": idx, "label_names": [names[i] if len(names) == 2 else str(i)
                                                                            for i in idx]}
+            if kind == "visionfm13":
+                g = VISIONFM13_GRADES
+                grade = torch.softmax(out[:, :g], dim=1)
+                p = torch.cat([grade, torch.sigmoid(out[:, g:])], dim=1).numpy()
+                lab = np.zeros(p.shape, np.int64)
+                lab[np.arange(b), grade.argmax(1).numpy()] = 1
+                lab[:, g:] = (p[:, g:] >= _thresholds(c, p.shape[1] - g)[None]).astype(np.int64)
+                return {"probabilities": p, "labels": lab,
+                        "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
             p = torch.sigmoid(out).numpy()
             lab = (p >= _thresholds(c, p.shape[1])[None]).astype(np.int64)
             return {"probabilities": p, "labels": lab,
@@ -609,7 +627,7 @@ def from_pretrained(path_or_hub_id: str | os.PathLike[str], device: str | torch.
 # -- writing a model folder at the end of a training command ---------------------------------------------------
 
 
-def encoder_config(encoder: nn.Module, source: str | None = None) -> dict[str, Any]:
+def encoder_config(encoder: nn.Module, source: str | None = None, frozen: bool = True) -> dict[str, Any]:
     """The ``encoder`` section of a config (also read by :func:`visionfm.load_encoder` as file metadata)."""
     rep = getattr(encoder, "load_report", None)
     rep = rep.to_dict() if rep is not None else {}
@@ -622,7 +640,7 @@ def encoder_config(encoder: nn.Module, source: str | None = None) -> dict[str, A
         "weights_source": source if source is not None else rep.get("source"),
         "weights_sha256": rep.get("sha256"),
         "checkpoint_key": rep.get("checkpoint_key"),
-        "frozen": True,
+        "frozen": bool(frozen),
     }
 
 
@@ -652,6 +670,7 @@ def model_folder_from_training(
     license: str | None = None,
     weights_source: str | None = None,
     model_card_extra: Mapping[str, Any] | str | None = None,
+    encoder_frozen: bool = True,
 ) -> Path:
     """Write ``folder`` (``config.json``, ``model.safetensors``, ``README.md``) from what a training run has.
 
@@ -669,6 +688,7 @@ def model_folder_from_training(
         metrics: the selected model's evaluation; its scalar entries go to the config and the card, the
             whole dict to ``metrics.json``.
         data: a short description of the training data (shown in the card).
+        encoder_frozen: ``False`` when the encoder was trained with the head (``finetune``).
     """
     import copy
 
@@ -676,7 +696,7 @@ def model_folder_from_training(
 
     mod = canonical_modality(modality)
     mean, std = get_stats(mod)
-    enc_cfg = encoder_config(encoder, weights_source)
+    enc_cfg = encoder_config(encoder, weights_source, encoder_frozen)
     enc_cfg["modality"] = mod
     cfg: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -14,7 +14,9 @@ hard-coded orders, :data:`~visionfm.data.layouts.RETFOUND_CLASS_ORDERS`); the or
 all splits, so a class missing from ``val`` keeps its index.
 
 Checkpoint ``<run>/checkpoint_best.safetensors`` (``model.encoder.*``, ``model.head.*``) +
-``checkpoint_best.json`` (architecture, pooling, classes, epoch, val and test metrics).
+``checkpoint_best.json`` (architecture, pooling, classes, epoch, val and test metrics); the same
+selected model as a model folder ``<run>/model/`` (fine-tuned encoder + head, see docs/inference.md),
+which ``evaluate --model``, ``finetune --load_from`` and ``visionfm predict`` read.
 """
 
 from __future__ import annotations
@@ -242,14 +244,65 @@ def _save(stem: Path, model: FinetuneModel, info: dict[str, Any]) -> None:
     save_decoder_checkpoint(stem, model, info)
 
 
+def _from_model_folder(folder: Path, device: torch.device) -> tuple[FinetuneModel, dict[str, Any]]:
+    """A :class:`FinetuneModel` from a classification model folder (``finetune``'s ``<run>/model`` or any
+    pooled single-label classification folder with a ``cls``/``linear`` head)."""
+    from visionfm.models import build_encoder
+    from visionfm.packaging import from_pretrained
+
+    vm = from_pretrained(folder)
+    cfg = vm.config
+    head_cfg = cfg["head"]
+    if cfg["task"] != "classification" or cfg.get("task_kind") not in ("binary", "multiclass"):
+        raise CheckpointError(f"{folder}: a {cfg['task']} ({cfg.get('task_kind')}) model folder; finetune/evaluate "
+                              "need a single-label classification model")
+    if head_cfg["type"] not in ("cls", "linear") or int(head_cfg["args"].get("layers", 3)) != 3:
+        raise CheckpointError(f"{folder}: head {head_cfg['type']} {head_cfg['args']} is not a finetune head "
+                              "(cls with 3 layers, or linear)")
+    feats = cfg["features"]
+    if feats.get("block_ids"):
+        raise CheckpointError(f"{folder}: features from explicit block ids {feats['block_ids']} are not supported here")
+    enc = cfg["encoder"]
+    size = int(cfg["preprocess"]["input_size"])
+    n_out = int(head_cfg["args"]["num_classes"])
+    avg = int(feats.get("avgpool", 0))
+    n_last = int(feats.get("n_last_blocks", 1))
+    model = FinetuneModel(build_encoder(enc["arch"], img_size=size, patch_size=int(enc["patch_size"])), n_out,
+                          n_last, avg, head_cfg["type"], float(head_cfg["args"].get("bn_momentum", 0.1)))
+    sd = vm.state_dict()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("masked_embed")]
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: weights do not fit a finetune model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+    info = {"format": "model-folder", "task": "finetune", "source": str(folder), "epoch": None, "arch": enc["arch"],
+            "patch_size": int(enc["patch_size"]), "input_size": size, "n_last_blocks": n_last,
+            "avgpool_patchtokens": avg, "head": head_cfg["type"],
+            "bn_momentum": float(head_cfg["args"].get("bn_momentum", 0.1)), "num_outputs": n_out,
+            "binary_logit": n_out == 1, "class_names": list(cfg["class_names"]), "modality": cfg["modality"],
+            "interpolation": cfg["preprocess"].get("interpolation", "bicubic")}
+    return model.to(device), info
+
+
+def is_model_folder(path: str | Path | None) -> bool:
+    """Whether ``path`` is a directory with a model folder's ``config.json``."""
+    from visionfm.packaging.model_folder import CONFIG_FILE
+
+    return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
+
+
 def load_finetuned(path: str | Path, device: torch.device, args: Any | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
-    """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``) or the original's
-    ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``; needs
-    ``args.arch/patch_size/input_size`` and ``args.num_labels``, safe loader)."""
+    """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``), a model folder (``<run>/model``)
+    or the original's ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``;
+    needs ``args.arch/patch_size/input_size`` and ``args.num_labels``, safe loader)."""
     from visionfm.engine.decoder_trainer import load_decoder_checkpoint
     from visionfm.models import build_encoder
 
     p = Path(path)
+    if p.is_dir():
+        if not is_model_folder(p):
+            raise CheckpointError(f"{p}: a folder without config.json (expected a model folder such as <run>/model)")
+        return _from_model_folder(p, device)
     if p.suffix in (".pth", ".pt"):
         from visionfm import load_encoder
         from visionfm.io import load_checkpoint_file
@@ -467,6 +520,7 @@ def run_finetune(args: Any) -> int:
         best_model, info = load_finetuned(run_dir / "checkpoint_best.safetensors", env.device)
         summary: dict[str, Any] = {"best_epoch": info.get("epoch"), "best_val_auroc": best_value,
                                    "selection_split": sel_split}
+        metrics = None
         if test_ds is not None:
             metrics = evaluate_split(best_model, info, test_ds, args, env, run_dir / "report",
                                      f"test (best epoch selected on {sel_split})")
@@ -475,12 +529,40 @@ def run_finetune(args: Any) -> int:
                 info["test_metrics"] = metrics
                 save_json_atomic(info, run_dir / "checkpoint_best.json")
         if env.is_main:
+            _package(args, run_dir, best_model, info, metrics, sel_split)
+        if env.is_main:
             run_logger.log({"final": summary})
             run_logger.close()
             print(json.dumps(summary))
         return 0
     finally:
         cleanup_distributed()
+
+
+def _package(args: Any, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str, Any] | None,
+             sel_split: str) -> Path:
+    """``<run>/model/``: the selected epoch's fine-tuned encoder + head as a model folder."""
+    from visionfm.packaging import model_folder_from_training
+
+    n_out = int(info["num_outputs"])
+    if info["head"] == "cls":
+        head_args: dict[str, Any] = {"embed_dim": int(model.in_dim), "num_classes": n_out, "layers": 3,
+                                     "bn_momentum": float(info.get("bn_momentum", 0.1))}
+    else:
+        head_args = {"embed_dim": int(model.in_dim), "num_classes": n_out}
+    data = {"data_path": str(args.data_path), "source": "images (ImageNet layout: train/val/test/<class>/)",
+            "selection_split": sel_split, "best_epoch": info.get("epoch"),
+            "evaluated_on": f"the test split, with the epoch selected on {sel_split}" if metrics else "not evaluated",
+            "run": str(run_dir)}
+    return model_folder_from_training(
+        run_dir / "model", encoder=model.encoder, head=model.head, task="classification",
+        task_kind="binary" if info.get("binary_logit") else "multiclass", modality=str(info["modality"]),
+        input_size=int(info["input_size"]), interpolation="bicubic",
+        features={"type": "pooled", "n_last_blocks": int(info["n_last_blocks"]),
+                  "avgpool": int(info["avgpool_patchtokens"])},
+        head_type=str(info["head"]), head_args=head_args, class_names=list(info["class_names"]), metrics=metrics,
+        data=data, name=f"{args.name} ({info['modality']}, fine-tuned)", weights_source=str(args.pretrained_weights),
+        encoder_frozen=False)
 
 
 SUMMARY_KEYS = ("accuracy", "auroc", "auroc_macro", "aupr", "aupr_macro", "f1_macro")
@@ -519,7 +601,15 @@ def run_evaluate(args: Any) -> int:
     env = init_distributed(getattr(args, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        model, info = load_finetuned(args.load_from, env.device, args)
+        source = getattr(args, "model", None) or args.load_from
+        if getattr(args, "model", None) and args.load_from:
+            raise ConfigError("give --model (a model folder) or --load_from (a checkpoint), not both")
+        if not source:
+            raise ConfigError("--model FOLDER or --load_from CHECKPOINT is required")
+        if getattr(args, "model", None) and not is_model_folder(source):
+            raise ConfigError(f"--model {source}: not a model folder (config.json + model.safetensors); "
+                              "use --load_from for checkpoint files")
+        model, info = load_finetuned(source, env.device, args)
         classes = info.get("class_names")
         if args.class_order or args.class_order_preset or not classes:
             classes = resolve_classes(args.data_path, args.class_order, args.class_order_preset)
@@ -529,11 +619,11 @@ def run_evaluate(args: Any) -> int:
         size = int(info.get("input_size") or args.input_size)
         modality = info.get("modality") or args.modality
         ds = ImageFolderDataset(args.data_path, args.split, class_order=classes,
-                                transform=eval_transform(size, modality, interpolation="bicubic"))
+                                transform=eval_transform(size, modality, interpolation=info.get("interpolation", "bicubic")))
         run_dir = Path(args.output_dir) / args.name
-        metrics = evaluate_split(model, info, ds, args, env, run_dir / "report", f"{args.split} ({args.load_from})")
+        metrics = evaluate_split(model, info, ds, args, env, run_dir / "report", f"{args.split} ({source})")
         if env.is_main:
-            save_json_atomic({"checkpoint": str(args.load_from), "split": args.split, "metrics": metrics},
+            save_json_atomic({"checkpoint": str(source), "split": args.split, "metrics": metrics},
                              run_dir / "evaluate.json")
             print(json.dumps(metrics))
         return 0

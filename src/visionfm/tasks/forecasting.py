@@ -14,7 +14,9 @@ meant to do, working:
   on ``val`` (else ``test``, logged) by AUROC — never by F1 on logits, never with best = 1.0 at start;
 * test metrics over the whole set: AUROC, AUPR, F1 at ``--threshold`` on the probabilities,
   sensitivity at ``--specificity``; the same per interval bucket (``--interval_buckets``, default
-  <1y, 1–3y, >3y); and an interval-only logistic-regression baseline, all in ``report/``.
+  <1y, 1–3y, >3y); and an interval-only logistic-regression baseline, all in ``report/``;
+* the selected model as a model folder ``<run>/model/`` (encoder + ``forecast_std`` head), which
+  ``visionfm predict --days`` applies to images.
 """
 
 from __future__ import annotations
@@ -225,41 +227,12 @@ def predict_forecast(model: nn.Module, x: torch.Tensor, days: torch.Tensor, batc
     return torch.sigmoid(torch.cat(outs)).numpy() if outs else np.zeros(0)
 
 
-class _Standardize(nn.Module):
-    """Fixed per-feature standardisation (train-set statistics), stored as buffers."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.float().clone())
-        self.register_buffer("std", std.float().clamp_min(1e-6).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class ForecastModel(nn.Module):
-    """Standardisation + :class:`ForecastHead`; ``forward(x, days=None)`` as the head (packed form when
-    ``days`` is None)."""
-
-    def __init__(self, head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.norm = _Standardize(mean, std)
-        self.head = head
-
-    def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
-        if days is None:
-            x, days = x[:, :-1], x[:, -1]
-        return self.head(self.norm(x), days)
-
-
 def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout: float = 0.0,
-                         mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> ForecastModel:
-    from visionfm.models.heads.forecast import ForecastHead
+                         mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> nn.Module:
+    """Standardisation + :class:`~visionfm.models.heads.forecast.ForecastHead` (the ``forecast_std`` head)."""
+    from visionfm.models.heads.forecast import StandardizedForecastHead
 
-    head = ForecastHead(embed_dim, max_len, in_features=in_features, dropout=dropout)
-    mean = torch.zeros(in_features) if mean is None else mean
-    std = torch.ones(in_features) if std is None else std
-    return ForecastModel(head, mean, std)
+    return StandardizedForecastHead(embed_dim, max_len, in_features=in_features, dropout=dropout, mean=mean, std=std)
 
 
 # -- the command ----------------------------------------------------------------------------------------
@@ -301,7 +274,6 @@ def run_train_forecast(args: Any) -> int:
         cache_dir = run_dir / "features"
         splits = {role: _cached_split(args, encoder, ident, env, role, cache_dir) for role in ("train", "val", "test")}
         embed_dim = int(encoder.embed_dim)
-        del encoder
         train, val, test = splits["train"], splits["val"], splits["test"]
         assert train is not None and test is not None
         sel_split = "val"
@@ -350,6 +322,7 @@ def run_train_forecast(args: Any) -> int:
             metrics = _report(args, run_dir, test, train, probs, edges, result.best_epoch, sel_split)
             info["test_metrics"] = metrics["forecast"]
             save_json_atomic(info, best.with_suffix(".json"))
+            _package(args, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
             run_logger.log({"final_test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"],
                             "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
@@ -357,6 +330,29 @@ def run_train_forecast(args: Any) -> int:
         return 0
     finally:
         cleanup_distributed()
+
+
+def _package(args: Any, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int, in_dim: int,
+             metrics: dict[str, Any], sel_split: str) -> Path:
+    """``<run>/model/``: the frozen encoder + the selected ``forecast_std`` head, usable by ``visionfm predict
+    --days``. Its features are computed exactly as the cached ones (bilinear resize, final norm)."""
+    from visionfm.packaging import model_folder_from_training
+
+    fm = metrics["forecast"]
+    summary = {k: fm.get(k) for k in ("auroc", "aupr", "f1")}
+    summary["baseline_interval_only_auroc"] = metrics["baseline_interval_only"].get("auroc")
+    data = {"data_path": str(args.data_path), "selection_split": sel_split,
+            "evaluated_on": f"the test split, with the epoch selected on {sel_split}", "run": str(run_dir)}
+    return model_folder_from_training(
+        run_dir / "model", encoder=encoder, head=model, task="forecasting", task_kind="binary",
+        modality=args.modality, input_size=int(args.input_size), interpolation="bilinear",
+        features={"type": "pooled", "n_last_blocks": int(args.n_last_blocks), "avgpool": int(args.avgpool_patchtokens)},
+        head_type="forecast_std",
+        head_args={"embed_dim": int(embed_dim), "max_len": int(args.max_len), "in_features": int(in_dim),
+                   "dropout": float(args.dropout)},
+        class_names=["no progression", "progression"], thresholds=[float(args.threshold)],
+        max_days=float(args.max_len - 1), metrics=summary, data=data, name=f"{args.name} ({args.modality})",
+        weights_source=str(args.pretrained_weights))
 
 
 def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit, probs: np.ndarray,

@@ -12,6 +12,12 @@ modalities and encoders of the same width. Every store of one entry must come fr
   mean over its images of that modality) and a presence flag, packed as ``[N, M, 4·D + 1]`` (see
   :mod:`visionfm.models.heads.fusion`). Every image of a subject must carry the same labels.
   Training pass ``k`` groups pass ``k mod passes`` of every store, so augmented views are paired.
+
+After training, a ``pooled`` run whose stores all come from ONE encoder (same weights fingerprint),
+one modality and one input size is also written as a model folder ``<run>/model/`` (that encoder +
+the selected head; see docs/inference.md). Fused runs and runs over several encoders, modalities or
+input sizes write none and log why: a fused model predicts from several images of a subject, and a
+model folder is a single-image model with one preprocessing.
 """
 
 from __future__ import annotations
@@ -379,6 +385,7 @@ def read_fused_inputs(args: Any, roles: Sequence[str], modalities: Sequence[str]
     for r in roles:
         out[r] = build_inputs(loaded[r], args.fusion, slots, subject_map) if loaded[r] else None
     info = {
+        "encoder": shared_encoder(found),
         "entries": {p.entry: {"modality": p.modality, "arch": p.meta.get("arch"),
                               "weights_fingerprint": str(p.meta.get("weights_fingerprint") or "")[:16],
                               "input_size": p.meta.get("input_size")} for p in found},
@@ -386,6 +393,72 @@ def read_fused_inputs(args: Any, roles: Sequence[str], modalities: Sequence[str]
         "n_images": {r: sum(len(p) for p in loaded[r]) for r in roles},
     }
     return out, slots, info
+
+
+def shared_encoder(parts: Sequence[EntrySplit]) -> dict[str, Any]:
+    """The one encoder (source, fingerprint, arch, sizes, modality, seed) behind every store of ``parts``,
+    or ``{"mismatch": reason}`` when the stores differ in encoder weights, modality or input size."""
+    keys = ("weights_fingerprint", "modality", "input_size", "arch", "patch_size")
+    first = parts[0].meta if parts else {}
+    for p in parts[1:]:
+        for k in keys:
+            if p.meta.get(k) != first.get(k):
+                what = {"weights_fingerprint": "encoder weights"}.get(k, k.replace("_", " "))
+                return {"mismatch": f"the stores differ in {what} ({parts[0].entry}: {first.get(k)!s:.16}, "
+                                    f"{p.entry}: {p.meta.get(k)!s:.16})"}
+    out = {k: first.get(k) for k in (*keys, "weights_source", "checkpoint_key", "seed")}
+    return out
+
+
+def package_multi_store_run(args: Any, spec: Any, run_dir: Path, model: nn.Module, meta: Mapping[str, Any],
+                            metrics: Mapping[str, Any] | None) -> Path | None:
+    """``<run>/model/`` for a pooled single-encoder run (see the module docstring); ``None`` with a warning
+    saying why when no single-image model can be written."""
+    from visionfm.engine.features import weights_fingerprint
+    from visionfm.packaging import encoder_for_package, model_folder_from_training
+
+    if args.fusion != "pooled":
+        log.warning("model folder not written: --fusion %s combines the images of a subject (per modality) into "
+                    "one prediction, and a model folder is a single-image model", args.fusion)
+        return None
+    enc = dict((meta.get("data") or {}).get("encoder") or {})
+    if "mismatch" in enc:
+        log.warning("model folder not written: %s; a model folder holds one encoder and one preprocessing",
+                    enc["mismatch"])
+        return None
+    src = enc.get("weights_source")
+    if not src or not (str(src) == "random" or Path(str(src)).exists()):
+        log.warning("model folder not written: the stores' encoder weights (%s) are not available here", src)
+        return None
+    seed = enc.get("seed")
+    encoder = encoder_for_package(str(src), str(enc.get("arch")), enc.get("checkpoint_key"), int(enc["patch_size"]),
+                                  int(enc["input_size"]), None if seed is None else int(seed))
+    if enc.get("weights_fingerprint") and weights_fingerprint(encoder) != enc["weights_fingerprint"]:
+        log.warning("model folder not written: the encoder rebuilt from %s does not match the stores' weights "
+                    "fingerprint", src)
+        return None
+    data = {"data_path": str(args.data_path), "datasets": ", ".join(args.datasets), "source": "feature stores",
+            "selection_split": meta.get("selection_split"),
+            "evaluated_on": f"the test split, with the epoch selected on {meta.get('selection_split')}",
+            "run": str(run_dir)}
+    common: dict[str, Any] = dict(
+        encoder=encoder, head=model, modality=str(enc["modality"]), input_size=int(enc["input_size"]),
+        interpolation="bilinear", features={"type": "pooled", "n_last_blocks": N_LAST_BLOCKS, "avgpool": 0},
+        metrics=metrics, data=data, name=f"{args.name} ({enc['modality']})", weights_source=str(src))
+    n_out = int(meta["num_outputs"])
+    bn = float(meta.get("bn_momentum", 0.1))
+    feat_dim = int(meta["feat_dim"])
+    if spec.kind == "cls":
+        layout = str(meta.get("label_layout", "multilabel"))
+        return model_folder_from_training(
+            run_dir / "model", task="classification", task_kind="visionfm13" if layout == "visionfm13" else "multilabel",
+            head_type="cls", head_args={"embed_dim": feat_dim, "num_classes": n_out, "layers": 3, "bn_momentum": bn},
+            class_names=list(meta["label_names"]), **common)
+    return model_folder_from_training(
+        run_dir / "model", task="regression", head_type="reg",
+        head_args={"embed_dim": feat_dim, "num_targets": n_out, "bn_momentum": bn},
+        target_names=list(meta["target_names"]), target_mean=list(meta["target_mean"]),
+        target_std=list(meta["target_std"]), **common)
 
 
 # -- the shared command driver ------------------------------------------------------------------------
@@ -501,6 +574,7 @@ def run_multi_store_command(args: Any, spec: TaskSpec) -> int:
                                                            "evaluated": f"test (best epoch selected on {sel_split})"})
             info["test_metrics"] = metrics
             save_json_atomic(info, best.with_suffix(".json"))
+            package_multi_store_run(args, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
         return 0

@@ -98,12 +98,13 @@ def _mirror(angle: float, curl: float, side: int) -> tuple[float, float]:
     return angle, curl
 
 
-def sample_geometry(rng: np.random.Generator, size: int, findings: Findings, cup_ratio: float | None = None) -> FundusGeometry:
+def sample_geometry(rng: np.random.Generator, size: int, findings: Findings, cup_ratio: float | None = None,
+                    disc_scale: float = 1.0) -> FundusGeometry:
     S = float(size)
     c = S / 2.0 + rng.uniform(-0.01, 0.01, 2) * S
     side = 1 if rng.random() < 0.5 else -1
     disc = (c[0] + side * rng.uniform(0.17, 0.22) * S, c[1] + rng.uniform(-0.04, 0.04) * S)
-    disc_r = rng.uniform(0.06, 0.08) * S
+    disc_r = rng.uniform(0.06, 0.08) * S * float(disc_scale)
     if cup_ratio is None:
         cup_ratio = rng.uniform(0.65, 0.85) if findings.glaucoma else rng.uniform(0.2, 0.45)
     macula = (disc[0] - side * rng.uniform(0.26, 0.30) * S, disc[1] + rng.uniform(0.0, 0.03) * S)
@@ -184,11 +185,16 @@ def render_fundus(
     *,
     cup_ratio: float | None = None,
     noise: float = 0.012,
+    disc_scale: float = 1.0,
 ) -> FundusResult:
-    """Render one colour fundus photograph showing ``findings``; returns the image and its masks."""
+    """Render one colour fundus photograph showing ``findings``; returns the image and its masks.
+
+    ``disc_scale`` enlarges the optic disc (and with it the cup) beyond its natural 6-8 % of the image
+    width; only the forecasting task uses it, so the cup-to-disc ratio is visible at small sizes.
+    """
     f = findings or Findings()
     S = int(size)
-    g = sample_geometry(rng, S, f, cup_ratio)
+    g = sample_geometry(rng, S, f, cup_ratio, disc_scale)
     xs, ys = grid(S)
     cx, cy = g.centre
     R = g.radius

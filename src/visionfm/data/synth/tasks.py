@@ -51,6 +51,7 @@ P_NO_DR = 0.4  # DR grade 0; grades 1..4 share the rest equally (multi_cls, metr
 LANDMARK_FORMATS = ("map", "points")
 MIN_SIZE, MAX_SIZE = 32, 4096
 FORECAST_DAYS = (30, 3650)
+FORECAST_DISC_SCALE = 2.0  # forecasting: an optic disc twice the natural size, so the cup is visible at 64 px
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _r_forecast(rng, size, group, opts):
     cdr = float(rng.uniform(0.2, 0.85))
     lo, hi = FORECAST_DAYS
     days = int(min(max(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))), lo), hi))
-    img = render_fundus(rng, size, Findings(), cup_ratio=cdr).image
+    img = render_fundus(rng, size, Findings(), cup_ratio=cdr, disc_scale=FORECAST_DISC_SCALE).image
     label = int(forecast_score(cdr, days) > 0.0)
     return img, (label, days, cdr), None
 

@@ -11,6 +11,10 @@ while expecting ``D``. Here:
   (``proj``), so any ``n_last_blocks`` / pooling choice fits;
 * ``forward(x [B, F], days [B])`` returns a ``[B]`` logit for "progresses within the interval";
 * a day outside ``[0, max_len)`` raises a ``ValueError`` naming the offending value.
+
+:class:`StandardizedForecastHead` is what ``visionfm train-forecast`` trains and packages (head type
+``forecast_std`` of a model folder): a fixed per-feature standardisation with the training split's
+mean and std (saved buffers ``norm.mean`` / ``norm.std``) in front of a :class:`ForecastHead`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ForecastHead", "sinusoidal_table"]
+__all__ = ["ForecastHead", "StandardizedForecastHead", "Standardize", "sinusoidal_table"]
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -90,3 +94,34 @@ class ForecastHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, embed_dim={self.embed_dim}, max_len={self.max_len}"
+
+
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation ``(x - mean) / std`` (training-split statistics, saved buffers)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clamp_min(1e-6).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class StandardizedForecastHead(nn.Module):
+    """:class:`Standardize` (``norm``) + :class:`ForecastHead` (``head``); ``forward(x, days=None)`` as the
+    head (packed ``[B, F+1]`` form when ``days`` is None). Built with identity statistics (mean 0, std 1)
+    unless ``mean`` / ``std`` are given; a model folder loads the saved ones."""
+
+    def __init__(self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0,
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        width = int(in_features) if in_features is not None else int(embed_dim)
+        self.norm = Standardize(torch.zeros(width) if mean is None else mean,
+                                torch.ones(width) if std is None else std)
+        self.head = ForecastHead(embed_dim, max_len, in_features=width, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+        if days is None:
+            x, days = x[:, :-1], x[:, -1]
+        return self.head(self.norm(x), days)

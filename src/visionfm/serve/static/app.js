@@ -181,7 +181,7 @@
 
   // -- rendering -------------------------------------------------------------------------------------
   function renderBars(result) {
-    const multilabel = result.model.task_kind === "multilabel";
+    const multilabel = result.model.task_kind === "multilabel" || result.model.task_kind === "visionfm13";
     const wrap = el("div", {});
     const top = result.classes[0];
     const positives = result.classes.filter((c) => c.positive).map((c) => c.name);
