@@ -95,3 +95,15 @@ def test_test_without_load_from_is_an_error(tmp_path, capsys):
     rc = run_cli("train-cls", "--name", "x", "--pretrained_weights", "random", "--data_path", str(data), "--test",
                  "--output_dir", str(tmp_path), *COMMON)
     assert rc == 2 and "--load_from" in capsys.readouterr().err
+
+
+def test_store_run_packages_the_store_encoder_without_encoder_flags(tmp_path):
+    """train-cls --features takes arch/patch/input size from the store, not the vit_base defaults."""
+    data = write_vfm(tmp_path / "data", n_train=12, n_test=6, n_classes=3)
+    dst = tmp_path / "feats"
+    assert run_cli("extract", "--pretrained_weights", "random", "--data_path", str(data), "--dst_root", str(dst),
+                   *EXTRACT) == 0
+    assert run_cli("train-cls", "--name", "bare", "--features", str(dst), "--num_labels", "3", "--epochs", "2",
+                   "--batch_size_per_gpu", "8", "--report_n_boot", "0", "--output_dir", str(tmp_path / "out")) == 0
+    cfg = json.loads((tmp_path / "out" / "bare" / "model" / "config.json").read_text())
+    assert cfg["encoder"]["arch"] == "vit_tiny" and cfg["preprocess"]["input_size"] == 32

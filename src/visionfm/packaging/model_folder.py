@@ -792,6 +792,7 @@ def package_cls_run(args: Any, run_dir: str | os.PathLike[str], head: nn.Module,
     weights = args.pretrained_weights
     modality, input_size, interpolation = args.modality, int(args.input_size), "bicubic"
     fingerprint = None
+    meta: dict[str, Any] = {}
     if getattr(args, "features", None):
         meta = _first_store_meta(args.features) or {}
         interpolation = "bilinear"  # visionfm extract resizes bilinearly
@@ -805,7 +806,13 @@ def package_cls_run(args: Any, run_dir: str | os.PathLike[str], head: nn.Module,
                 log.warning("model folder not written: the feature store's encoder (%s) is not available; "
                             "pass --pretrained_weights", src)
                 return None
-    encoder = encoder_for_package(weights, args.arch, args.checkpoint_key, args.patch_size, input_size, args.seed)
+    arch, checkpoint_key, patch_size = args.arch, args.checkpoint_key, args.patch_size
+    if getattr(args, "features", None):
+        # The store records the encoder that made it; the train-cls defaults (vit_base, ...) do not apply.
+        arch = meta.get("arch") or arch
+        checkpoint_key = meta.get("checkpoint_key") or checkpoint_key
+        patch_size = int(meta.get("patch_size") or patch_size)
+    encoder = encoder_for_package(weights, arch, checkpoint_key, patch_size, input_size, args.seed)
     if fingerprint and weights_fingerprint(encoder) != fingerprint:
         log.warning("model folder not written: the encoder rebuilt from %s does not match the feature store's "
                     "fingerprint", weights)
