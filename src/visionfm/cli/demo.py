@@ -102,4 +102,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"vessel Dice / IoU (test)   : {seg['vessel_dice']:.3f} / {seg['vessel_iou']:.3f}")
     print(f"segmentation report        : {seg['report']} (overlays of prediction and ground truth)")
     print(f"total time                 : {summary['seconds']} s")
+    print(f"\nnext: visionfm predict --model {run_dir / 'model'} --input <image>   or   visionfm serve --models {out}")
     return 0
