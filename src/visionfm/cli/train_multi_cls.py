@@ -3,39 +3,16 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser
+from visionfm.cli.options import VFMArgumentParser, add_store_decoder_arguments
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.001, help="base LR, scaled by batch_size_per_gpu*world/256")
-    p.add_argument("--batch_size_per_gpu", type=int, default=128)
-    p.add_argument("--data_path", default="/path/to/data/", help="folder holding the feature-store folders")
-    p.add_argument("--datasets", nargs="+", required=True,
-                   help="feature-store folders under --data_path (each the --dst_root of one 'visionfm extract')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=4, help="kept for compatibility: features are in memory")
-    p.add_argument("--val_freq", type=int, default=1)
-    p.add_argument("--output_dir", default=".")
-    p.add_argument("--num_labels", type=int, default=13)
-    p.add_argument("--load_from", default=None,
-                   help="decoder checkpoint: with --test, evaluate it; without, resume/initialise from it")
-    p.add_argument("--test", action="store_true", help="only evaluate --load_from on the test split")
-    p.add_argument("--embed_dim", type=int, default=768, help="encoder width D (head input 4·D)")
+    add_store_decoder_arguments(p, epochs=100, output_dir=".", num_labels=13)
     p.add_argument("--label_layout", default="visionfm13", choices=["visionfm13", "multilabel"],
                    help="visionfm13: the original 13-label DR-grade + 8 findings layout and loss; "
                         "multilabel: any number of 0/1 labels with BCE")
-    p.add_argument("--fusion", default="pooled", choices=["pooled", "concat", "attention"],
-                   help="pooled: every image is a sample (the original); concat/attention: one sample per subject")
-    p.add_argument("--subject_map", default=None, help="CSV path,subject mapping images to subjects (for fusion)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                    help="sgd: momentum 0.9, no weight decay, constant LR (the original); adamw: wd 0.05, cosine")
-    p.add_argument("--bn_momentum", type=float, default=0.1, help="head BatchNorm momentum (0.99: the original)")
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
 
 
 def run(args) -> int:

@@ -31,6 +31,8 @@ from visionfm.errors import CheckpointError
 from visionfm.io import save_json_atomic, save_safetensors_atomic
 
 __all__ = [
+    "selection_split",
+    "epoch_mean_loss",
     "DecoderTrainConfig",
     "DecoderResult",
     "train_decoder",
@@ -40,6 +42,28 @@ __all__ = [
 ]
 
 log = logging.getLogger("visionfm.decoder")
+
+
+def epoch_mean_loss(total: torch.Tensor | float, count: int, epoch: int) -> float:
+    """Mean training loss of an epoch from a sum kept on the device (one host read per epoch, not two
+    per step); a non-finite epoch stops the run with a clear error."""
+    value = float(total) / max(count, 1)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"epoch {epoch}: training loss is {value}; stopping (lower --lr?)")
+    return value
+
+
+def selection_split(val: Any, test: Any, warn: bool = True) -> tuple[Any, str]:
+    """``(split, name)`` to select the best epoch on: ``val`` when the data has one, else ``test``.
+
+    Selecting on test makes the reported test metrics optimistic, so that case is logged once
+    (pass ``warn=is_main`` so only rank 0 says it).
+    """
+    if val is not None:
+        return val, "val"
+    if warn:
+        log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+    return test, "test"
 
 
 @dataclass
@@ -245,15 +269,13 @@ def train_decoder(
             idx = idx.to(device)
             out = net(inputs[idx])
             loss = loss_fn(out, targets[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; stopping (lower --lr?)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total = total + loss.detach() * len(idx)
             count += len(idx)
         scheduler.step()
-        stats: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
+        stats: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_mean_loss(total, count, epoch), "lr": lr}
         is_val = (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch == cfg.epochs - 1
         if is_val:
             model.eval()

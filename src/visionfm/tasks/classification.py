@@ -259,7 +259,7 @@ def _load_encoder(args: Any):
 
 def run_train_cls(args: Any) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, train_decoder
+    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity, pool_tokens
     from visionfm.engine.logging import RunLogger, setup_logging
@@ -325,12 +325,7 @@ def run_train_cls(args: Any) -> int:
         train = splits["train"]
         if train is None:
             raise DataFormatError(f"no training split found under {args.features or args.data_path}")
-        val = splits.get("val")
-        sel_split = "val"
-        if val is None:
-            val, sel_split = test, "test"
-            if env.is_main:
-                log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        val, sel_split = selection_split(splits.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         if sel_split == "test":

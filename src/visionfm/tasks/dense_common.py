@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from visionfm.engine.decoder_trainer import epoch_mean_loss, selection_split
 from visionfm.errors import ConfigError, DataFormatError
 
 __all__ = [
@@ -403,15 +404,13 @@ def fit(task: DenseTask, model: nn.Module, train: Any, val: Any, cfg: DenseConfi
             with _autocast(device):
                 logits = net(feats, img)
             loss = task.loss(logits.float(), tgt)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; stopping (lower --lr?)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(img)
+            total = total + loss.detach() * len(img)
             count += len(img)
         scheduler.step()
-        stats: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
+        stats: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_mean_loss(total, count, epoch), "lr": lr}
         if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch == cfg.epochs - 1:
             metrics = evaluate(task, model, val, cfg.batch_size, device)
             value = metrics.get(task.selection_key)
@@ -475,9 +474,7 @@ def run_dense(args: Any, make_task: Callable[[Any], DenseTask]) -> int:
         for split in ("training", "test"):
             if not has_split(root, split):
                 raise DataFormatError(f"no '{split}' split (<dataset>/{split}/images) under {root}")
-        sel_split = "val" if has_split(root, "val") else "test"
-        if sel_split == "test" and env.is_main:
-            log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        _, sel_split = selection_split("val" if has_split(root, "val") else None, "test", warn=env.is_main)
         augment = not args.no_augment
         train_data = task.dataset(root, "training", train=augment)
         val_data = task.dataset(root, sel_split, train=False)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionfm.engine.decoder_trainer import selection_split
 from visionfm.errors import CheckpointError, ConfigError, DataFormatError
 
 __all__ = [
@@ -402,11 +403,9 @@ def run_finetune(args: Any) -> int:
         if mixup_on and binary_logit:
             raise ConfigError("--mixup/--cutmix need softmax outputs; use --num_labels 2 (the default) for binary tasks")
         train_ds, val_ds, test_ds = _datasets(args, classes)
-        sel_ds, sel_split = (val_ds, "val") if val_ds is not None else (test_ds, "test")
+        sel_ds, sel_split = selection_split(val_ds, test_ds, warn=env.is_main and test_ds is not None)
         if sel_ds is None:
             raise DataFormatError("no val/ or test/ folder to select the best epoch on", args.data_path)
-        if val_ds is None and env.is_main:
-            log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
 
         encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
                                args.input_size, drop_path_rate=args.drop_path)

@@ -248,7 +248,7 @@ def _load_encoder(args: Any):
 
 def run_train_forecast(args: Any) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, train_decoder
+    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity
     from visionfm.engine.logging import RunLogger, setup_logging
@@ -276,11 +276,7 @@ def run_train_forecast(args: Any) -> int:
         embed_dim = int(encoder.embed_dim)
         train, val, test = splits["train"], splits["val"], splits["test"]
         assert train is not None and test is not None
-        sel_split = "val"
-        if val is None:
-            val, sel_split = test, "test"
-            if env.is_main:
-                log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        val, sel_split = selection_split(val, test, warn=env.is_main)
         x_train = head_features(train, args.n_last_blocks, args.avgpool_patchtokens)
         in_dim = int(x_train.shape[1])
         mean, std = x_train.mean(0), x_train.std(0) if len(x_train) > 1 else torch.ones(in_dim)

@@ -497,7 +497,7 @@ class TaskSpec(Protocol):
 def run_multi_store_command(args: Any, spec: TaskSpec) -> int:
     """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.decoder_trainer.train_decoder`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, train_decoder
+    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
@@ -541,12 +541,7 @@ def run_multi_store_command(args: Any, spec: TaskSpec) -> int:
                             {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(args.load_from),
                              "checkpoint_epoch": ckpt_info.get("epoch") if ckpt_info else None})
             return 0
-        val = inputs.get("val")
-        sel_split = "val"
-        if val is None:
-            val, sel_split = test, "test"
-            if env.is_main:
-                log.warning("no val split: model selection uses the TEST split (optimistic test metrics)")
+        val, sel_split = selection_split(inputs.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         run_logger.log({"run": args.name, "fusion": args.fusion, "modalities": slots, "samples": data_info["n_samples"],
