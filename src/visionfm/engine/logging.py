@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 __all__ = ["setup_logging", "RunLogger", "progress"]
 
@@ -74,18 +74,13 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterator:
-    """tqdm progress bar on rank 0 (ETA, rate); plain iteration elsewhere or when disabled."""
+def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
+    """tqdm progress bar on rank 0 (ETA, rate; callers may ``set_postfix``); the plain iterable elsewhere."""
     if not enabled:
-        yield from iterable
-        return
+        return iterable
     from tqdm.auto import tqdm
 
-    bar = tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, leave=True)
-    try:
-        yield from bar
-    finally:
-        bar.close()
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, leave=True)
 
 
 class Timer:

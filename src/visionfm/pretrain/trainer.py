@@ -412,7 +412,7 @@ class IBOTTrainer:
             loader = self._loader(epoch, start_iter)
             t0 = time.perf_counter()
             last_t, last_i = t0, start_iter
-            bar_items = progress(enumerate(loader, start=start_iter), total=self.iters_per_epoch,
+            bar_items = progress(enumerate(loader, start=start_iter), total=self.iters_per_epoch - start_iter,
                                  desc=f"epoch {epoch + 1}/{args.epochs}", enabled=self.env.is_main and not args.no_progress)
             i = start_iter
             for i, (crops, masks) in bar_items:
