@@ -55,8 +55,8 @@ def test_tiny_benchmark_reports_all_figures_and_baseline_uses_explicit_attention
     assert any("scaled_dot_product" in op for op in ours["attention_ops"])
     assert not any("scaled_dot_product" in op for op in base["attention_ops"])
     assert base["attention_ops"].get("_softmax", 0) >= n_attn
-    # Same model work either way: the FLOP counter (taught the CPU flash kernel) agrees within 5 %.
-    assert abs(base["flops_per_step"] - ours["flops_per_step"]) <= 0.05 * ours["flops_per_step"]
+    # Ours projects only the masked patch tokens through the head: less work than the full-token step.
+    assert 0.3 * base["flops_per_step"] < ours["flops_per_step"] < base["flops_per_step"]
     # The temporary JPEG folder was cleaned up.
     assert not any(p.name.startswith("vfm_bench_") for p in tmp_path.iterdir())
 

@@ -256,7 +256,7 @@ def _worker(rank: int, port: int, result_path: str) -> None:
         loss = IBOTLoss(2, 2)
         t_cls = torch.full((2, 2), float(rank + 1))  # rank 0 rows = 1, rank 1 rows = 2
         t_patch = torch.full((2, 3, 2), float(10 * (rank + 1)))
-        loss.update_center(t_cls, t_patch)
+        loss.update_center(t_cls, t_patch.mean(1))
         if rank == 0:
             torch.save({"c": loss.center.clone(), "c2": loss.center2.clone()}, result_path)
     finally:

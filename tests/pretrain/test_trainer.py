@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from visionfm import load_encoder
@@ -83,11 +84,15 @@ def test_tiny_run_writes_official_layout_and_loads_as_encoder(data_root, tmp_pat
         assert torch.equal(exported.eval()(x), enc.eval()(x))
 
 
-def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
-    base = _flags(data_root, tmp_path, "full", ["--saveckp_iters", "2"])
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path, augment_on):
+    """Both input paths (PIL in the workers; crops in the workers + photometry batched on the
+    device, here the CPU) resume a SIGKILLed run to the uninterrupted run's teacher."""
+    extra = ["--saveckp_iters", "2", "--augment_on", augment_on, "--device", "cpu"]
+    base = _flags(data_root, tmp_path, "full", extra)
     full = _run_subprocess(base)
     assert full.returncode == 0, full.stderr[-2000:]
-    killed_flags = _flags(data_root, tmp_path, "resumed", ["--saveckp_iters", "2", "--resume", "auto"])
+    killed_flags = _flags(data_root, tmp_path, "resumed", [*extra, "--resume", "auto"])
     # 4 iterations per epoch: die right after global iteration 5 (mid-epoch 1; last save after iteration 5)
     killed = _run_subprocess(killed_flags, {"VISIONFM_FAULT_KILL_AT_ITER": "5"})
     assert killed.returncode == -9
@@ -100,6 +105,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path):
     b = torch.load(tmp_path / "resumed" / "checkpoint.pth", weights_only=False)["teacher"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())["augment_on"] == augment_on
 
 
 def test_mix_scheme_uses_several_modalities(data_root, tmp_path):
@@ -110,28 +116,41 @@ def test_mix_scheme_uses_several_modalities(data_root, tmp_path):
     assert "scheme: mix" in cfg
 
 
-def test_nonfinite_losses_are_skipped_then_stop_cleanly(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_freq, optimizer", [("1", "adamw"), ("10", "adamw"), ("1", "lars")])
+def test_nonfinite_losses_are_skipped_then_stop_cleanly(data_root, tmp_path, monkeypatch, log_freq, optimizer):
+    """A non-finite loss must leave student, teacher and optimizer untouched. With fused AdamW the
+    skip happens on the device and the streak is read at the next log point (log_freq 1: exactly at
+    the limit; 10: at the epoch end, after the 4 iterations of epoch 0); LARS reads it every step."""
     from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
     from visionfm.cli.options import VFMArgumentParser
     from visionfm.pretrain import trainer as trainer_mod
 
     p = VFMArgumentParser()
     add_pretrain_arguments(p)
-    args = validate_pretrain_args(p.parse_args(_flags(data_root, tmp_path, "nan", ["--max_nonfinite_steps", "3"])[1:]))
+    flags = _flags(data_root, tmp_path, "nan", ["--max_nonfinite_steps", "3", "--log_freq", log_freq,
+                                                 "--optimizer", optimizer])[1:]
+    args = validate_pretrain_args(p.parse_args(flags))
     tr = trainer_mod.IBOTTrainer(args)
+    assert tr.device_skip is (optimizer == "adamw")
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
-    real = tr.loss_fn.forward
+    teacher_before = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
+    real = tr.loss_call
 
     def poisoned(*a, **k):
         out = real(*a, **k)
         return {key: v * float("nan") for key, v in out.items()}
 
-    monkeypatch.setattr(tr.loss_fn, "forward", poisoned)
-    with pytest.raises(trainer_mod.NonFiniteLossError, match="3 consecutive non-finite"):
+    tr.loss_call = poisoned
+    with pytest.raises(trainer_mod.NonFiniteLossError, match="consecutive non-finite"):
         tr.fit()
-    assert tr.skipped_steps == 3
+    assert tr.skipped_steps == (4 if log_freq == "10" else 3)
     after = tr.student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no step touched the weights
+    t_after = tr.teacher.state_dict()
+    assert all(torch.equal(teacher_before[k], t_after[k]) for k in teacher_before if "center" not in k)
+    steps = [st["step"] for st in tr.optimizer.state.values() if "step" in st]
+    assert all(float(x) == 0.0 for x in steps)  # the optimizer never counted a step
+    assert not (tmp_path / "nan" / "checkpoint.pth").exists()
 
 
 def test_bad_flags_fail_loudly(data_root, tmp_path, capsys):

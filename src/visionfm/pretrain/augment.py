@@ -32,6 +32,7 @@ from torchvision.transforms import InterpolationMode, v2
 from visionfm.data.modalities import canonical_modality, get_stats
 
 from .masking import PretrainMasker
+from .views import RECIPE
 
 __all__ = ["IBOTAugmentation", "PILGaussianBlur", "MaskFn"]
 
@@ -107,28 +108,31 @@ class IBOTAugmentation:
         bicubic = InterpolationMode.BICUBIC
 
         def jitter() -> list[Callable]:
-            flip: list[Callable] = [v2.RandomHorizontalFlip(p=0.5)]
+            r = RECIPE
+            flip: list[Callable] = [v2.RandomHorizontalFlip(p=r.flip_p)]
             if not photometric:
                 return flip
-            return flip + [
-                v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-                v2.RandomGrayscale(p=0.2),
-            ]
+            jitter = v2.ColorJitter(brightness=r.brightness, contrast=r.contrast, saturation=r.saturation, hue=r.hue)
+            return flip + [v2.RandomApply([jitter], p=r.jitter_p), v2.RandomGrayscale(p=r.grayscale_p)]
 
         def blur(p: float) -> list[Callable]:
-            return [PILGaussianBlur(p)] if photometric else []
+            return [PILGaussianBlur(p, *RECIPE.blur_radius)] if photometric else []
 
         global_crop = v2.RandomResizedCrop(
-            input_size, scale=global_crops_scale, ratio=(0.8, 1.2), interpolation=bicubic
+            input_size, scale=global_crops_scale, ratio=RECIPE.global_ratio, interpolation=bicubic
         )
-        self.global1 = v2.Compose([global_crop, *jitter(), *blur(1.0)])
-        solarize = [v2.RandomSolarize(threshold=128, p=0.2)] if photometric else []
-        self.global2 = v2.Compose([global_crop, *jitter(), *blur(0.1), *solarize])
+        self.global1 = v2.Compose([global_crop, *jitter(), *blur(RECIPE.blur_p_global1)])
+        solarize = (
+            [v2.RandomSolarize(threshold=RECIPE.solarize_threshold, p=RECIPE.solarize_p_global)] if photometric else []
+        )
+        self.global2 = v2.Compose([global_crop, *jitter(), *blur(RECIPE.blur_p_global), *solarize])
         self.local = v2.Compose(
             [
-                v2.RandomResizedCrop(local_crops_size, scale=local_crops_scale, interpolation=bicubic),
+                v2.RandomResizedCrop(
+                    local_crops_size, scale=local_crops_scale, ratio=RECIPE.local_ratio, interpolation=bicubic
+                ),
                 *jitter(),
-                *blur(0.5),
+                *blur(RECIPE.blur_p_local),
             ]
         )
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])

@@ -67,7 +67,10 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
     g.add_argument("--official_weight_decay", type=bool_flag, default=False,
                    help="decay cls_token/pos_embed/masked_embed/weight_g as the original did (default: no decay on them)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the student, the teacher, the loss and the device-side augmentation")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="activation checkpointing in the student's blocks (less memory, ~30%% more compute; for ViT-L)")
     g.add_argument("--max_nonfinite_steps", type=int, default=10,
                    help="stop cleanly after this many consecutive non-finite losses (each such step is skipped)")
 
@@ -87,6 +90,13 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--local_crops_size", type=int, default=96)
     g.add_argument("--num_workers", type=int, default=10)
     g.add_argument("--on_corrupt", default="fail", choices=["fail", "skip"], help="corrupt image policy")
+    g.add_argument("--augment_on", default="auto", choices=["auto", "cpu", "device"],
+                   help="where colour jitter, grayscale, blur, solarize and normalisation run: cpu = PIL in the "
+                        "DataLoader workers (the original's design), device = batched on the training device after "
+                        "the workers' decode + crop; auto = device when training on a GPU, cpu otherwise")
+    g.add_argument("--decode", default="reduced", choices=["reduced", "full"],
+                   help="reduced: JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) at which every crop the "
+                        "recipe can draw still spans its output size; full: always full size (the original)")
 
     g = p.add_argument_group("run")
     g.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")

@@ -8,14 +8,12 @@ worker served it, or on whether the run was interrupted and resumed — which is
 
 from __future__ import annotations
 
-import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from visionfm.pretrain.augment import IBOTAugmentation
 
 __all__ = ["ResumableSampler", "PretrainCropDataset", "collate_crops"]
 
@@ -76,9 +74,12 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 class PretrainCropDataset(Dataset):
-    """Wraps an image dataset returning ``(PIL image, modality)``; yields crops and masks."""
+    """Wraps an image dataset returning ``(PIL image, modality)``; yields what the views callable
+    returns: ``(crops, masks)`` for :class:`IBOTAugmentation` (the PIL path), a
+    :class:`~visionfm.pretrain.views.ViewSample` for :class:`~visionfm.pretrain.views.GeometricViews`
+    (the device path)."""
 
-    def __init__(self, images: Dataset, augmentation: IBOTAugmentation, seed: int) -> None:
+    def __init__(self, images: Dataset, augmentation: Any, seed: int) -> None:
         self.images = images
         self.aug = augmentation
         self.seed = seed
@@ -93,8 +94,7 @@ class PretrainCropDataset(Dataset):
         self.aug.epoch = epoch  # pred_start_epoch decides the mask ratio
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
-            crops, masks = self.aug(img, modality, rng=np.random.default_rng(sample_seed))
-        return crops, masks
+            return self.aug(img, modality, rng=np.random.default_rng(sample_seed))
 
 
 def collate_crops(batch):
@@ -104,6 +104,3 @@ def collate_crops(batch):
     masks = [torch.stack([b[1][i] for b in batch]) for i in range(n)]
     return crops, masks
 
-
-def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    return math.floor(num_samples / (batch_size * world_size))

@@ -214,6 +214,11 @@ class IBOTHead(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """BatchNorm statistics depend on which tokens pass, so such a head must see all of them."""
+        return any(isinstance(m, (nn.BatchNorm1d, nn.SyncBatchNorm)) for m in self.mlp.modules())
+
     def forward(self, x: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
         if x.dim() == 2:
             return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
@@ -221,3 +226,36 @@ class IBOTHead(nn.Module):
             raise ValueError(f"IBOTHead expects [N, D] or [N, 1+P, D] input, got shape {tuple(x.shape)}")
         z = F.normalize(self.mlp(x), dim=-1, p=2)
         return self.last_layer(z[:, 0]), self.last_layer2(z[:, 1:])
+
+    def forward_selected(
+        self, x: Tensor, select: Tensor, patch_mean: bool = False
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """CLS output plus the patch outputs of ``K`` chosen tokens per image only.
+
+        Args:
+            x: ``[N, 1+P, D]`` backbone tokens.
+            select: ``int64 [N, K]`` patch indices (0-based, CLS excluded) to project.
+            patch_mean: also return ``mean_P(last_layer2(z))`` over *all* patches, ``[N, K2]`` (the
+                teacher's centre statistic). The prototype layer is linear and bias-free, so it equals
+                ``last_layer2(mean_P(z))`` and the ``[N, P, K2]`` tensor is never formed.
+
+        Returns:
+            ``(cls [N, K], patch [N, K_sel, K2], mean [N, K2] or None)``. Without ``patch_mean`` the
+            MLP runs on the CLS token and the chosen tokens only; with it, on every token. For a head
+            with BatchNorm, pass every index (the statistics then match :meth:`forward`).
+        """
+        if x.dim() != 3 or select.dim() != 2 or select.shape[0] != x.shape[0]:
+            raise ValueError(f"need x [N, 1+P, D] and select [N, K]; got {tuple(x.shape)} and {tuple(select.shape)}")
+        idx = select.unsqueeze(-1)
+        mean = None
+        if patch_mean:
+            z = F.normalize(self.mlp(x), dim=-1, p=2)
+            zp = z[:, 1:]
+            z_sel = zp.gather(1, idx.expand(-1, -1, zp.shape[-1]))
+            mean = self.last_layer2(zp.mean(1))
+            cls_z = z[:, 0]
+        else:
+            picked = x[:, 1:].gather(1, idx.expand(-1, -1, x.shape[-1]))
+            z = F.normalize(self.mlp(torch.cat([x[:, :1], picked], dim=1)), dim=-1, p=2)
+            cls_z, z_sel = z[:, 0], z[:, 1:]
+        return self.last_layer(cls_z), self.last_layer2(z_sel), mean

@@ -174,55 +174,104 @@ class IBOTLoss(nn.Module):
 
         # float32 throughout: under autocast the einsum below would otherwise run in fp16/bf16.
         with torch.autocast(device_type=student_cls.device.type, enabled=False):
-            cls_loss, patch_loss = self._losses(student_cls, student_patch, teacher_cls, teacher_patch, masks, epoch)
-        self.update_center(teacher_cls, teacher_patch)
+            cls_loss = self._cls_loss(student_cls, teacher_cls, epoch)
+            patch_loss = self._patch_loss(student_patch, teacher_patch, masks.reshape(G * B, P), epoch)
+        self.update_center(teacher_cls, teacher_patch.float().mean(1))
         return {"cls": cls_loss, "patch": patch_loss, "loss": cls_loss + patch_loss}
 
-    def _losses(
+    def forward_selected(
         self,
         student_cls: Tensor,
         student_patch: Tensor,
         teacher_cls: Tensor,
         teacher_patch: Tensor,
-        masks: Tensor,
+        teacher_patch_mean: Tensor,
+        valid: Tensor,
         epoch: int,
-    ) -> tuple[Tensor, Tensor]:
-        """(cls, patch) loss terms in float32; ``masks`` is ``[G, B, P]``."""
+        student_local_cls: Optional[Tensor] = None,
+    ) -> dict[str, Tensor]:
+        """The same loss from the patch outputs of selected tokens only (the training path).
+
+        Only masked tokens enter the patch term, so the student and teacher patch outputs are needed
+        at those positions alone. The caller gathers ``K ≥`` (most masked tokens of any image)
+        positions per image, masked ones first, and marks which of them are masked in ``valid``.
+
+        Args:
+            student_cls, teacher_cls, student_local_cls, epoch: as in :meth:`forward`.
+            student_patch, teacher_patch: ``[G*B, K, K2]`` outputs at the selected positions (any
+                dtype, e.g. bf16: the loss runs in float32).
+            teacher_patch_mean: ``[G*B, K2]`` mean of the teacher's patch outputs over *all* patches
+                of each crop (for the centre), see :meth:`IBOTHead.forward_selected`.
+            valid: ``[G*B, K]`` bool, True where the selected token is masked; every masked token of
+                an image must be among its selected ones.
+
+        Returns:
+            the same dict as :meth:`forward`, equal to it up to float rounding.
+        """
+        G = self.global_crops
+        if student_local_cls is not None:
+            student_cls = torch.cat([student_cls, student_local_cls], dim=0)
+        rows = teacher_cls.shape[0]
+        if student_patch.shape != teacher_patch.shape or student_patch.shape[0] != rows or rows % G:
+            raise ValueError(
+                f"student_patch {tuple(student_patch.shape)} and teacher_patch {tuple(teacher_patch.shape)} "
+                f"must both be [G*B, K, K2] with G*B = {rows}"
+            )
+        if valid.shape != student_patch.shape[:2] or teacher_patch_mean.shape != (rows, student_patch.shape[-1]):
+            raise ValueError(
+                f"valid {tuple(valid.shape)} must be [G*B, K] = {tuple(student_patch.shape[:2])} and "
+                f"teacher_patch_mean {tuple(teacher_patch_mean.shape)} [G*B, K2]"
+            )
+        if student_cls.shape[0] != self.n_crops * (rows // G):
+            raise ValueError(f"student_cls has {student_cls.shape[0]} rows, expected C*B = {self.n_crops}*{rows // G}")
+        with torch.autocast(device_type=student_cls.device.type, enabled=False):
+            cls_loss = self._cls_loss(student_cls, teacher_cls, epoch)
+            patch_loss = self._patch_loss(student_patch, teacher_patch, valid, epoch)
+        self.update_center(teacher_cls, teacher_patch_mean)
+        return {"cls": cls_loss, "patch": patch_loss, "loss": cls_loss + patch_loss}
+
+    def _cls_loss(self, student_cls: Tensor, teacher_cls: Tensor, epoch: int) -> Tensor:
+        """λ1 · mean over the cross-view pairs of the batch-mean CLS cross-entropy (float32)."""
         G, C = self.global_crops, self.n_crops
         B = teacher_cls.shape[0] // G
-        P = student_patch.shape[1]
         temp = self.teacher_temperature(epoch)
-        temp2 = self.teacher_patch_temperature(epoch)
-
-        # CLS: every (teacher view q, student view v != q) pair. With T [G,B,K] and log S [C,B,K] the
-        # pair losses are one einsum; the diagonal q == v (global views only) is removed.
+        # Every (teacher view q, student view v != q) pair. With T [G,B,K] and log S [C,B,K] the pair
+        # losses are one einsum; the diagonal q == v (global views only) is removed.
         log_s_cls = F.log_softmax(student_cls.float() / self.student_temp, dim=-1).reshape(C, B, -1)
         t_cls = F.softmax((teacher_cls.float() - self.center) / temp, dim=-1).detach().reshape(G, B, -1)
         pair = -torch.einsum("qbk,vbk->qv", t_cls, log_s_cls) / B  # [G, C] batch-mean pair losses
         n1 = G * C - G
-        cls_loss = (pair.sum() - pair.diagonal().sum()) / n1 * self.lambda1
+        return (pair.sum() - pair.diagonal().sum()) / n1 * self.lambda1
 
-        # Patch: same view only (q == v), masked tokens averaged per image with max(Σmask, 1).
-        log_s_patch = F.log_softmax(student_patch.float() / self.student_temp, dim=-1).reshape(G, B, P, -1)
-        t_patch = F.softmax((teacher_patch.float() - self.center2) / temp2, dim=-1).detach().reshape(G, B, P, -1)
-        token = -torch.einsum("gbpk,gbpk->gbp", t_patch, log_s_patch)  # [G, B, P], no [G,B,P,K2] product buffer
-        m = masks.to(device=token.device, dtype=token.dtype, non_blocking=True)
-        per_image = (token * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [G, B]; empty mask -> 0
-        patch_loss = per_image.mean(-1).sum() / G * self.lambda2
-        return cls_loss, patch_loss
+    def _patch_loss(self, student_patch: Tensor, teacher_patch: Tensor, valid: Tensor, epoch: int) -> Tensor:
+        """λ2 · mean over global views of the batch mean of each image's masked-token cross-entropy.
+
+        ``student_patch``/``teacher_patch`` are ``[G*B, T, K2]`` (T = every patch, or the selected
+        ones); ``valid [G*B, T]`` marks the masked tokens. Same view only (q == v); each image's
+        tokens are averaged with ``max(Σ valid, 1)``, so an image without a mask contributes 0.
+        """
+        G = self.global_crops
+        temp2 = self.teacher_patch_temperature(epoch)
+        log_s = F.log_softmax(student_patch.float() / self.student_temp, dim=-1)
+        t = F.softmax((teacher_patch.float() - self.center2) / temp2, dim=-1).detach()
+        token = -torch.einsum("ntk,ntk->nt", t, log_s)  # [G*B, T], no [G*B,T,K2] product buffer
+        m = valid.to(device=token.device, dtype=token.dtype, non_blocking=True)
+        per_image = (token * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # [G*B]; empty mask -> 0
+        return per_image.reshape(G, -1).mean(-1).sum() / G * self.lambda2
 
     @torch.no_grad()
-    def update_center(self, teacher_cls: Tensor, teacher_patch: Tensor) -> None:
+    def update_center(self, teacher_cls: Tensor, teacher_patch_mean: Tensor) -> None:
         """EMA of the mean raw teacher outputs, averaged over all ranks.
 
         ``center <- m·center + (1−m)·mean_rows(teacher_cls)``;
-        ``center2 <- m2·center2 + (1−m2)·mean_rows(mean_P(teacher_patch))``. Means are a sum
+        ``center2 <- m2·center2 + (1−m2)·mean_rows(teacher_patch_mean)``, where
+        ``teacher_patch_mean [rows, K2]`` is each crop's mean patch output. Means are a sum
         all-reduced over ranks divided by ``rows·world``. Everything stays on the device (one fused
         all-reduce, no ``.item()``), so it never forces a host sync.
         """
         K = self.center.shape[-1]
         rows = teacher_cls.shape[0]
-        sums = torch.cat([teacher_cls.float().sum(0), teacher_patch.float().mean(1).sum(0)])
+        sums = torch.cat([teacher_cls.float().sum(0), teacher_patch_mean.float().sum(0)])
         world = 1
         if _dist_ready():
             dist.all_reduce(sums)

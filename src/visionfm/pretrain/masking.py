@@ -87,6 +87,11 @@ class MaskRatioSampler:
         self.variances = variances
         self.pred_start_epoch = int(pred_start_epoch)
 
+    @property
+    def max_ratio(self) -> float:
+        """The largest ratio any crop can draw (``max(m + v)``)."""
+        return max(m + v for m, v in zip(self.ratios, self.variances))
+
     def __call__(self, epoch: int, rng: np.random.Generator) -> float:
         """Draw one ratio in [0, 1] for a crop at ``epoch``."""
         if epoch < self.pred_start_epoch:
@@ -224,6 +229,16 @@ class PretrainMasker:
         if h < 1 or w < 1:
             raise ValueError(f"crop {ch}x{cw} is smaller than one {self.patch_size}px patch")
         return h, w
+
+    def max_masked(self, crop_size: CropSize) -> int:
+        """An upper bound on the masked patches of one crop of this size.
+
+        Both generators mask at most ``ratio · H · W`` patches (blocks are only added while they fit
+        in the remaining budget; ``rand`` masks ``int`` of it), so ``floor(max_ratio · H · W)`` bounds
+        every mask. The trainer uses it to gather a fixed number of tokens per image.
+        """
+        h, w = self.grid(crop_size)
+        return min(h * w, int(math.floor(self.sampler.max_ratio * h * w + 1e-9)))
 
     def _generator(self, hw: tuple[int, int]) -> BlockMaskGenerator | RandomMaskGenerator:
         gen = self._generators.get(hw)

@@ -34,30 +34,46 @@ class MultiCropNetwork(nn.Module):
             end = start + 1
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
-            x = torch.cat(list(crops[start:end]))
-            m = torch.cat(list(masks[start:end])) if masks is not None else None
+            x = torch.cat(list(crops[start:end])) if end - start > 1 else crops[start]
+            m = None
+            if masks is not None:
+                m = torch.cat(list(masks[start:end])) if end - start > 1 else masks[start]
             outs.append(self.backbone(x, mask=m))
             start = end
-        return torch.cat(outs)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def forward(
         self,
         global_crops: Sequence[Tensor],
         masks: Sequence[Tensor] | None = None,
         local_crops: Sequence[Tensor] = (),
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Returns ``(cls [G·B, K], patch [G·B, P, K2], local_cls [L·B, K] or None)``.
+        select: Tensor | None = None,
+        patch_mean: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """Encode the crops; all crops of one resolution go through the backbone as one batch.
+
+        Without ``select``: ``(cls [G·B, K], patch [G·B, P, K2], local_cls [L·B, K] or None)``.
+
+        With ``select`` (``int64 [G·B, K_sel]`` patch indices; the training path): the patch outputs
+        of the chosen tokens only, see :meth:`IBOTHead.forward_selected`:
+        ``(cls, patch [G·B, K_sel, K2], local_cls or None, patch_mean [G·B, K2] or None)``.
+        One ``forward`` for both keeps DDP's hooks on every call.
 
         Local crops are encoded without masks and only their CLS token goes through the head; with
         a head without BatchNorm this equals the original's full-token pass (it is cheaper).
         """
         tokens = self._backbone_groups(global_crops, masks)
-        cls, patch = self.head(tokens)
-        local_cls = None
-        if len(local_crops):
-            local_tokens = self._backbone_groups(local_crops, None)
-            local_cls = self.head(local_tokens[:, 0])
-        return cls, patch, local_cls
+        local_cls = self._local_cls(local_crops)
+        if select is None:
+            cls, patch = self.head(tokens)
+            return cls, patch, local_cls
+        cls, patch, mean = self.head.forward_selected(tokens, select, patch_mean=patch_mean)
+        return cls, patch, local_cls, mean
+
+    def _local_cls(self, local_crops: Sequence[Tensor]) -> Tensor | None:
+        if not len(local_crops):
+            return None
+        return self.head(self._backbone_groups(local_crops, None)[:, 0])
 
 
 def build_student_teacher(args) -> tuple[MultiCropNetwork, MultiCropNetwork]:

@@ -174,15 +174,18 @@ def cancel_last_layer_grads(model: nn.Module, epoch: int, freeze_last_layer: int
 
 
 @torch.no_grad()
-def ema_update_(teacher_params: Sequence[Tensor], student_params: Sequence[Tensor], momentum: float) -> None:
-    """``θ_t ← m·θ_t + (1−m)·θ_s`` for every pair, in two fused kernels."""
+def ema_update_(teacher_params: Sequence[Tensor], student_params: Sequence[Tensor], momentum: float | Tensor) -> None:
+    """``θ_t ← m·θ_t + (1−m)·θ_s`` for every pair, as one fused ``lerp`` kernel.
+
+    ``momentum`` may be a 0-d tensor on the parameters' device (the trainer passes 1 for a skipped
+    step, so the teacher stays put without a host read).
+    """
     if len(teacher_params) != len(student_params):
         raise ValueError(f"{len(teacher_params)} teacher vs {len(student_params)} student parameters")
     if not teacher_params:
         return
-    teacher = [t.detach() for t in teacher_params]
-    torch._foreach_mul_(teacher, momentum)
-    torch._foreach_add_(teacher, [s.detach() for s in student_params], alpha=1.0 - momentum)
+    weight = 1.0 - momentum
+    torch._foreach_lerp_([t.detach() for t in teacher_params], [s.detach() for s in student_params], weight)
 
 
 def common_params(teacher: nn.Module, student: nn.Module) -> tuple[list[Tensor], list[Tensor]]:

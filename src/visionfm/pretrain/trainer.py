@@ -1,9 +1,13 @@
 """The iBOT training loop (reference §4.5–§4.8), one code path for CPU, one GPU and torchrun DDP.
 
-Per iteration: schedules → teacher and student forward under autocast → iBOT loss (centres
-all-reduced) → non-finite guard → backward → clipping → last-layer freeze → optimizer step → fused
-EMA. Host reads of metrics happen only every ``--log_freq`` iterations and at epoch ends; the one
-per-step read is the finiteness flag of the loss, which decides whether the step is applied.
+Per iteration: schedules → (device path) batched photometric augmentation → teacher and student
+forward under autocast, the head's patch projection only on the masked tokens → iBOT loss (centres
+all-reduced) → backward → clipping → last-layer freeze → optimizer step → fused EMA.
+
+No host sync per step: with AdamW or SGD (fused kernels) a non-finite loss makes the optimizer skip
+its update on the device (``found_inf``) and the EMA weight 0, so weights, moments and teacher stay
+put; the skip counters live on the device and are read every ``--log_freq`` iterations, before
+each checkpoint and at epoch ends. LARS and fp16 (GradScaler) keep one host read per step.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from visionfm.errors import CheckpointError, ConfigError
 from visionfm.io.atomic import save_text_atomic
 from visionfm.pretrain.augment import IBOTAugmentation
 from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
+from visionfm.pretrain.views import BatchPhotometric, GeometricViews, ViewBatch, collate_views, min_decode_pixels, view_specs
 from visionfm.pretrain.loss import IBOTLoss
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.lars import LARS
@@ -98,6 +103,23 @@ def parse_modality_weights(spec: str) -> str | dict[str, float]:
     return out
 
 
+def resolve_augment_on(choice: str, device: torch.device) -> str:
+    """``auto``: photometry on the device when training on a GPU, in the workers (PIL) otherwise."""
+    if choice == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return choice
+
+
+def select_masked_tokens(masks: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` patch indices per row of ``masks [N, P]`` (bool), masked ones first, and which of them
+    are masked. Fixed shapes, no host sync; ``k`` must bound the masked count of every row."""
+    n, p = masks.shape
+    if k >= p:
+        return torch.arange(p, device=masks.device).expand(n, p), masks
+    order = torch.argsort((~masks).to(torch.uint8), dim=1, stable=True)[:, :k]
+    return order, masks.gather(1, order)
+
+
 @dataclass
 class EpochMeters:
     """Sums kept on the device; read on the host only when logging."""
@@ -113,12 +135,17 @@ class EpochMeters:
         z = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
         return cls(z(), z(), z(), z(), z())
 
-    def add(self, out: dict[str, torch.Tensor], acc: torch.Tensor) -> None:
-        self.loss += out["loss"].detach().double()
-        self.cls += out["cls"].detach().double()
-        self.patch += out["patch"].detach().double()
-        self.acc += acc.double()
-        self.steps += 1
+    def add(self, out: dict[str, torch.Tensor], acc: torch.Tensor, ok: torch.Tensor | None = None) -> None:
+        """Add one step's values; with ``ok`` (a device bool) a skipped step adds nothing."""
+        def v(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach().double()
+            return t if ok is None else torch.where(ok, t, torch.zeros_like(t))
+
+        self.loss += v(out["loss"])
+        self.cls += v(out["cls"])
+        self.patch += v(out["patch"])
+        self.acc += v(acc)
+        self.steps += 1 if ok is None else ok.double()
 
     def averages(self, all_reduce: bool) -> dict[str, float]:
         vec = torch.stack([self.loss, self.cls, self.patch, self.acc, self.steps])
@@ -145,19 +172,31 @@ class IBOTTrainer:
         # data
         self.modalities = resolve_modalities(args)
         normalize = True  # --scheme mix normalises each image with its own modality (the original did not normalise)
-        masker = PretrainMasker(args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch, args.pred_shape, args.patch_size)
-        self.augmentation = IBOTAugmentation(
-            input_size=args.input_size,
-            global_crops_scale=tuple(args.global_crops_scale),
-            local_crops_scale=tuple(args.local_crops_scale),
-            global_crops_number=args.global_crops_number,
-            local_crops_number=args.local_crops_number,
-            local_crops_size=args.local_crops_size,
-            normalize=normalize,
-            patch_size=args.patch_size,
-            mask_fn=masker.make_masks,
-        )
-        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt)
+        self.masker = PretrainMasker(args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch, args.pred_shape, args.patch_size)
+        specs = view_specs(args.input_size, args.global_crops_scale, args.local_crops_scale,
+                           args.global_crops_number, args.local_crops_number, args.local_crops_size)
+        self.augment_on = resolve_augment_on(args.augment_on, self.device)
+        min_pixels = min_decode_pixels(specs) if args.decode == "reduced" else 0
+        self.augmentation: IBOTAugmentation | GeometricViews
+        self.photometric: BatchPhotometric | None = None
+        if self.augment_on == "device":
+            self.augmentation = GeometricViews(specs, self.masker.make_masks)
+            self.photometric = BatchPhotometric(normalize=normalize).to(self.device)
+            self.collate = collate_views
+        else:
+            self.augmentation = IBOTAugmentation(
+                input_size=args.input_size,
+                global_crops_scale=tuple(args.global_crops_scale),
+                local_crops_scale=tuple(args.local_crops_scale),
+                global_crops_number=args.global_crops_number,
+                local_crops_number=args.local_crops_number,
+                local_crops_size=args.local_crops_size,
+                normalize=normalize,
+                patch_size=args.patch_size,
+                mask_fn=self.masker.make_masks,
+            )
+            self.collate = collate_crops
+        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt, min_pixels=min_pixels)
         weights = None
         if args.scheme == "mix" and len(self.modalities) > 1:
             spec = parse_modality_weights(args.modality_weights)
@@ -176,8 +215,15 @@ class IBOTTrainer:
         teacher.load_state_dict(student.state_dict(), strict=False)
         for p in teacher.parameters():
             p.requires_grad_(False)
+        if args.grad_checkpointing:
+            student.backbone.set_grad_checkpointing(True)
         student.to(self.device)
         teacher.to(self.device).eval()
+        # Patch outputs are needed at the masked positions only; a BatchNorm head must still see
+        # every token (its statistics), so it gets all of them.
+        n_patches = (args.input_size // args.patch_size) ** 2
+        bn_head = student.head.has_batchnorm or teacher.head.has_batchnorm
+        self.k_select = n_patches if bn_head else self.masker.max_masked(args.input_size)
         if self.env.distributed and args.norm_in_head in ("bn", "syncbn"):
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student: MultiCropNetwork = student
@@ -207,27 +253,40 @@ class IBOTTrainer:
             lambda2=args.lambda2,
             mim_start_epoch=args.pred_start_epoch,
         ).to(self.device)
+        self.loss_call = self.loss_fn.forward_selected
+        self.photometric_call = self.photometric
+        if args.compile:
+            self.loss_call = torch.compile(self.loss_fn.forward_selected)
+            if self.photometric is not None:
+                self.photometric_call = torch.compile(self.photometric)
 
         # optimisation
         groups = param_groups(student, args.weight_decay, official_decay=args.official_weight_decay)
         if args.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=0.0)
+            self.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True)
         elif args.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=0.9)
+            self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=0.9, fused=True)
         else:
             self.optimizer = LARS(groups, lr=0.0)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        # Fused AdamW/SGD skip their update on the device when found_inf is 1: no per-step host read.
+        self.device_skip = args.optimizer in ("adamw", "sgd") and self.scaler is None
         total_batch = args.batch_size_per_gpu * self.env.world_size
         ipe = self.iters_per_epoch
         self.lr_schedule = cosine_schedule(args.lr * total_batch / 256.0, args.min_lr, args.epochs, ipe, args.warmup_epochs)
         self.wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, ipe)
         self.momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, ipe)
+        self._momentum_dev = torch.as_tensor(self.momentum_schedule, dtype=torch.float32, device=self.device)
         self.student_params = [p for p in student.parameters() if p.requires_grad]
 
         self.start_epoch = 0
         self.start_iter = 0
         self.nonfinite_streak = 0
         self.skipped_steps = 0
+        # device-side counters of the fused path (skips since the last read, current streak),
+        # folded into the two above by _check_nonfinite()
+        self._streak_dev = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._skipped_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self.logger = RunLogger(self.run_dir, enabled=self.env.is_main)
         self.history: list[dict[str, Any]] = []
 
@@ -298,6 +357,9 @@ class IBOTTrainer:
         self.teacher.load_state_dict(ckpt["teacher"])
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.device_skip:  # a saved group may carry fused=False (an older or official file)
+                for group in self.optimizer.param_groups:
+                    group["fused"], group["foreach"] = True, False
         if self.scaler is not None and "fp16_scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["fp16_scaler"])
         if "ibot_loss" in ckpt:
@@ -324,7 +386,7 @@ class IBOTTrainer:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
-            collate_fn=collate_crops,
+            collate_fn=self.collate,
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
         )
@@ -335,35 +397,57 @@ class IBOTTrainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int, meters: EpochMeters) -> bool:
-        """One optimisation step; returns False when the loss was non-finite and the step was skipped."""
+    def prepare_batch(self, batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A loader batch → ``(crops, masks)`` on the device; the device path augments here."""
+        if isinstance(batch, ViewBatch):
+            assert self.photometric_call is not None
+            modality = batch.modality.to(self.device, non_blocking=True)
+            crops = [
+                self.photometric_call(c.to(self.device, non_blocking=True), p.to(self.device, non_blocking=True), modality)
+                for c, p in zip(batch.crops, batch.params)
+            ]
+            masks = batch.masks
+        else:
+            crops, masks = batch
+        g = self.args.global_crops_number
+        if self.k_select < masks[0][0].numel() and masks[0].device.type == "cpu":
+            # loader masks are still on the CPU: checking the token bound here costs no device sync
+            most = int(torch.cat(masks[:g]).flatten(1).sum(1).max())
+            if most > self.k_select:
+                raise RuntimeError(f"a mask has {most} masked patches, more than the bound {self.k_select}")
+        return crops, [m.to(self.device, non_blocking=True) for m in masks]
+
+    def train_step(self, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int, meters: EpochMeters) -> None:
+        """One optimisation step. A non-finite loss leaves weights, optimizer state and teacher as
+        they were (on the device with fused optimizers; see :meth:`_check_nonfinite`)."""
         args = self.args
         g = args.global_crops_number
         set_group_hparams(self.optimizer, float(self.lr_schedule[it]), float(self.wd_schedule[it]),
                           freeze_last_layer=epoch < args.freeze_last_layer)
         crops = [c.to(self.device, non_blocking=True) for c in crops]
         masks = [m.to(self.device, non_blocking=True) for m in masks]
+        global_masks = torch.cat(masks[:g]).flatten(1)  # [G*B, P], the rows of the global crops
+        select, valid = select_masked_tokens(global_masks, self.k_select)
         with self.autocast():
             with torch.no_grad():
-                t_cls, t_patch, _ = self.teacher_fwd(crops[:g])
-            s_cls, s_patch, s_local = self.student_fwd(
-                crops[:g], masks[:g] if args.use_masked_im_modeling else None, crops[g:]
+                t_cls, t_patch, _, t_mean = self.teacher_fwd(crops[:g], select=select, patch_mean=True)
+            s_cls, s_patch, s_local, _ = self.student_fwd(
+                crops[:g], masks[:g] if args.use_masked_im_modeling else None, crops[g:], select=select
             )
-            out = self.loss_fn(s_cls, s_patch, t_cls, t_patch, masks[:g], epoch, student_local_cls=s_local)
+            out = self.loss_call(s_cls, s_patch, t_cls, t_patch, t_mean, valid, epoch, student_local_cls=s_local)
         loss = out["loss"]
-        if not bool(torch.isfinite(loss)):  # the one per-step host read: a bad step must not touch weights
+        ok: torch.Tensor | None = None
+        if self.device_skip:
+            ok = torch.isfinite(loss)
+        elif not bool(torch.isfinite(loss)):  # LARS / fp16: the one per-step host read
             self.nonfinite_streak += 1
             self.skipped_steps += 1
             log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.nonfinite_streak >= args.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self.nonfinite_streak} consecutive non-finite losses (last at iteration {it}); stopping. "
-                    f"The last good checkpoint in {self.run_dir} is intact. Try a lower --lr, --clip_grad, "
-                    "or --precision bf16/fp32."
-                )
-            return False
-        self.nonfinite_streak = 0
+            self._raise_if_diverged(it)
+            return
+        else:
+            self.nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -377,17 +461,44 @@ class IBOTTrainer:
             else:
                 clip_gradients_per_param(self.student_params, args.clip_grad)
         cancel_last_layer_grads(self.student, epoch, args.freeze_last_layer)
+        momentum: float | torch.Tensor = float(self.momentum_schedule[it])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            if ok is not None:
+                bad = ~ok
+                self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused kernels skip on 1
+                momentum = torch.where(ok, self._momentum_dev[it], torch.ones_like(self._momentum_dev[it]))
+                self._skipped_dev += bad
+                self._streak_dev = torch.where(ok, torch.zeros_like(self._streak_dev), self._streak_dev + 1)
             self.optimizer.step()
-        ema_update_(self.ema_teacher, self.ema_student, float(self.momentum_schedule[it]))
+        ema_update_(self.ema_teacher, self.ema_student, momentum)
         with torch.no_grad():
             b = crops[0].shape[0]
             acc = (t_cls[:b].argmax(-1) == s_cls[b : 2 * b].argmax(-1)).float().mean() if g > 1 else torch.zeros((), device=self.device)
-        meters.add(out, acc)
-        return True
+        meters.add(out, acc, ok)
+
+    def _check_nonfinite(self, it: int) -> None:
+        """Read the device-side skip counters (at logging, saving and epoch ends) and stop a run that
+        produced ``--max_nonfinite_steps`` non-finite losses in a row."""
+        if not self.device_skip:
+            return
+        new, streak = (int(v) for v in torch.stack([self._skipped_dev, self._streak_dev]).tolist())
+        self._skipped_dev.zero_()
+        if new > 0:
+            log.warning("%d non-finite loss(es) up to iteration %d; those steps were skipped", new, it)
+        self.skipped_steps += new
+        self.nonfinite_streak = streak
+        self._raise_if_diverged(it)
+
+    def _raise_if_diverged(self, it: int) -> None:
+        if self.nonfinite_streak >= self.args.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_streak} consecutive non-finite losses (last at iteration {it}); stopping. "
+                f"The last good checkpoint in {self.run_dir} is intact. Try a lower --lr, --clip_grad, "
+                "or --precision bf16/fp32."
+            )
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
@@ -415,11 +526,13 @@ class IBOTTrainer:
             bar_items = progress(enumerate(loader, start=start_iter), total=self.iters_per_epoch - start_iter,
                                  desc=f"epoch {epoch + 1}/{args.epochs}", enabled=self.env.is_main and not args.no_progress)
             i = start_iter
-            for i, (crops, masks) in bar_items:
+            for i, batch in bar_items:
                 it = epoch * self.iters_per_epoch + i
+                crops, masks = self.prepare_batch(batch)
                 self.train_step(crops, masks, epoch, it, meters)
                 done = i + 1
                 if args.log_freq and done % args.log_freq == 0:
+                    self._check_nonfinite(it)
                     now = time.perf_counter()
                     rate = (done - last_i) * imgs_per_step / max(now - last_t, 1e-9)
                     last_t, last_i = now, done
@@ -433,12 +546,14 @@ class IBOTTrainer:
                     if hasattr(bar_items, "set_postfix"):
                         bar_items.set_postfix(loss=f"{avg['loss']:.4f}", img_s=f"{rate:.1f}")
                 if args.saveckp_iters and (it + 1) % args.saveckp_iters == 0 and done < self.iters_per_epoch:
+                    self._check_nonfinite(it)
                     self.save(epoch, done)
                 if it == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
+            it_last = epoch * self.iters_per_epoch + self.iters_per_epoch - 1
+            self._check_nonfinite(it_last)
             elapsed = time.perf_counter() - t0
             avg = meters.averages(all_reduce=True)
-            it_last = epoch * self.iters_per_epoch + self.iters_per_epoch - 1
             stats = {f"train_{k}": v for k, v in avg.items()}
             stats |= {"train_lr": float(self.lr_schedule[it_last]), "train_wd": float(self.wd_schedule[it_last]),
                       "train_momentum": float(self.momentum_schedule[it_last]),

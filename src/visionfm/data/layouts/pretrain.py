@@ -41,6 +41,7 @@ class PretrainImages(SampleDataset):
         transform: called as ``transform(image, modality)``; without it a sample is ``(image, modality)``.
         on_error: ``"fail"`` or ``"skip"`` (see :class:`SampleDataset`).
         recursive: also collect images in nested folders (hidden files and folders are ignored).
+        min_pixels: decode JPEGs at the smallest DCT scale that keeps this many pixels (0: full size).
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class PretrainImages(SampleDataset):
         transform: PretrainTransform | None = None,
         on_error: str = "fail",
         recursive: bool = True,
+        min_pixels: int = 0,
     ) -> None:
         super().__init__(on_error)
+        self.min_pixels = int(min_pixels)
         self.root = Path(root)
         self.transform = transform
         if isinstance(modalities, str):
@@ -95,7 +98,7 @@ class PretrainImages(SampleDataset):
 
     def _load(self, index: int) -> Any:
         path, modality = self.samples[index]
-        img = load_image(path)
+        img = load_image(path, self.min_pixels)
         return self.transform(img, modality) if self.transform is not None else (img, modality)
 
     def modality_counts(self) -> dict[str, int]:
