@@ -1,21 +1,30 @@
 #!/usr/bin/env python
-"""Throughput of the iBOT pretraining step and of its input pipeline, against the original's style.
+"""Throughput of iBOT pretraining, ours against the original VisionFM code, side by side in one run.
 
 What is measured (every figure in one run, on whatever device is present):
 
-* **ours** — :meth:`visionfm.pretrain.trainer.IBOTTrainer.train_step`, the real training step, on
-  synthetic crops already on the device (masks from the real masker): steady-state images/s, model
-  FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``) and the achieved TFLOP/s, and the
-  peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's maximum RSS).
-* **baseline** — the same models, loss and optimizer driven in the original ``main_pretrain.py``
-  execution style (reference §4.5): fp16 autocast with a GradScaler on GPU (fp32 on CPU), explicit
-  softmax attention (``fused_attn = False`` on every timm ``Attention``), per-parameter Python-loop
-  clipping and EMA, and host reads of the loss and logged statistics every step. ratio = ours / baseline.
-* **pipeline** — images/s delivered by the trainer's own DataLoader (``PretrainImages`` →
-  ``PretrainCropDataset`` → ``ResumableSampler`` → ``collate_crops``) from a temporary folder of
-  JPEG files, with ``--workers`` worker processes.
-* **end-to-end** — the same loader feeding the real step.
+* **ours, step** — :meth:`visionfm.pretrain.trainer.IBOTTrainer.train_step`, the real training step,
+  on synthetic crops already on the device (masks from the real masker): steady-state images/s,
+  model FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``), achieved TFLOP/s and peak
+  memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's maximum RSS).
+* **official, step** (``--official PATH``, a checkout of the original repository) — the original's
+  own ``train_one_epoch`` from ``PATH/main_pretrain.py`` with its own ViT, ``iBOTHead``,
+  ``iBOTLoss``, ``utils.clip_gradients``, ``utils.get_params_groups``, EMA loop, fp16 GradScaler
+  (on GPU) and DDP wrapper (a one-process group), fed the same synthetic crops and masks. Only the
+  original's optional imports that are not installed (wandb, munkres, miseval, einops) are stubbed;
+  on a CPU-only machine its unconditional ``.cuda()`` / ``torch.cuda.synchronize()`` calls become
+  no-ops (nothing else changes). ``--official_flash`` also times it with ``--use_flash``.
+* **baseline, step** — without ``--official``: the same step run in the original's execution
+  style on our modules (explicit softmax attention, fp16 + GradScaler, per-parameter loops, host
+  reads every step); kept for machines without the original checkout.
+* **pipeline** — per-image CPU cost (one process, ms per image) for each ``--jpeg_size``: the
+  original's ``PretrainMask`` + ``DataAugmentationiBOT``; our PIL path (``--augment_on cpu``); our
+  device path's worker half (reduced decode + crops + flips + masks) and its device half (batched
+  photometry, per image). Then images/s of each loader with ``--workers`` processes.
+* **end-to-end** — each loader feeding its own step (the original: ``train_one_epoch`` over its
+  DataLoader).
 
+Never a timed unit test. The original repository is never vendored: it is only imported from PATH.
 Run ``python benchmarks/pretrain_throughput.py --help`` for the flags; ``benchmarks/README.md``
 explains every figure.
 """
@@ -27,14 +36,18 @@ import collections
 import contextlib
 import datetime
 import gc
+import importlib.util
+import io
 import json
 import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,9 +58,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from visionfm.cli.options import VFMArgumentParser
+from visionfm.data.layouts.pretrain import PretrainImages
 from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
+from visionfm.pretrain.data import PretrainCropDataset
+from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.optim import cancel_last_layer_grads, set_group_hparams
 from visionfm.pretrain.trainer import EpochMeters, IBOTTrainer
+from visionfm.pretrain.views import collate_views
 
 __all__ = ["build_parser", "main", "run_benchmark", "set_fused_attention", "attention_modules"]
 
@@ -77,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours: auto = bf16 on GPUs that support it, fp32 on CPU (the baseline is always "
                         "fp16 on GPU, fp32 on CPU)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
-    p.add_argument("--jpeg_size", type=int, default=1024, help="side of the synthetic JPEG files")
-    p.add_argument("--num_jpegs", type=int, default=256, help="distinct JPEG files written")
-    p.add_argument("--skip_baseline", action="store_true")
-    p.add_argument("--skip_pipeline", action="store_true", help="also skips the end-to-end figure")
+    p.add_argument("--jpeg_size", type=int, nargs="+", default=[1024],
+                   help="side(s) of the synthetic JPEG files; per-image costs for each, loaders at the first")
+    p.add_argument("--num_jpegs", type=int, default=256, help="distinct JPEG files written (per size)")
+    p.add_argument("--cost_images", type=int, default=24, help="images timed for each per-image CPU cost")
+    p.add_argument("--official", default=None, metavar="PATH",
+                   help="a checkout of the original VisionFM repository: time its own step and pipeline too")
+    p.add_argument("--official_flash", action="store_true", help="also time the original's step with --use_flash")
+    p.add_argument("--skip_baseline", action="store_true", help="skip the emulated original-style step")
+    p.add_argument("--skip_pipeline", action="store_true", help="also skips the end-to-end figures")
+    p.add_argument("--skip_end_to_end", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the student and teacher (ours only)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -95,12 +118,15 @@ def _check_args(a: argparse.Namespace) -> None:
         raise SystemExit("--steps and --batch_size must be ≥ 1, --warmup and --workers ≥ 0")
     if a.global_crops < 1 or a.local_crops < 0 or (a.global_crops == 1 and a.local_crops == 0):
         raise SystemExit("need --global_crops ≥ 2, or ≥ 1 with --local_crops ≥ 1 (the CLS loss needs two views)")
-    if a.num_jpegs < 1 or a.jpeg_size < 8:
-        raise SystemExit("--num_jpegs must be ≥ 1 and --jpeg_size ≥ 8")
+    if a.num_jpegs < 1 or min(a.jpeg_size) < 8 or a.cost_images < 1:
+        raise SystemExit("--num_jpegs and --cost_images must be ≥ 1 and --jpeg_size ≥ 8")
+    if a.official and not (Path(a.official) / "main_pretrain.py").is_file():
+        raise SystemExit(f"--official {a.official}: no main_pretrain.py there (expected a checkout of the original "
+                         "VisionFM repository, e.g. git clone https://github.com/ABILab-CUHK/VisionFM)")
 
 
 def trainer_args(a: argparse.Namespace, data_path: Path, out_dir: Path, name: str, *,
-                 precision: str, compile_: bool, workers: int) -> argparse.Namespace:
+                 precision: str, compile_: bool, workers: int, augment_on: str = "auto") -> argparse.Namespace:
     """The ``visionfm pretrain`` flags (library defaults for everything the benchmark does not set)."""
     parser = VFMArgumentParser(prog="visionfm pretrain")
     add_pretrain_arguments(parser)
@@ -110,7 +136,7 @@ def trainer_args(a: argparse.Namespace, data_path: Path, out_dir: Path, name: st
         "--batch_size_per_gpu", str(a.batch_size), "--global_crops_number", str(a.global_crops),
         "--local_crops_number", str(a.local_crops), "--local_crops_size", str(a.local_crops_size),
         "--num_workers", str(workers), "--precision", precision, "--device", a.device,
-        "--seed", str(a.seed), "--no_progress",
+        "--seed", str(a.seed), "--no_progress", "--augment_on", augment_on,
     ]
     if compile_:
         argv.append("--compile")
@@ -377,13 +403,14 @@ def precision_name(tr: IBOTTrainer) -> str:
 
 def time_loader(tr: IBOTTrainer, epoch: int, n_batches: int, consume: Callable[[Any, Any, int], Any] | None) -> float:
     """Seconds to pull ``n_batches`` from the trainer's loader (worker start-up included, as at the
-    start of every training epoch), optionally running ``consume`` on each batch."""
+    start of every training epoch) and put them on the device as the step receives them (the
+    device path runs its batched photometry here), optionally running ``consume`` on each batch."""
     loader = tr._loader(epoch, 0)  # the trainer's own DataLoader: workers, pinning, prefetch
     sync(tr.device)
     t0 = time.perf_counter()
     batches = iter(loader)
     for i in range(n_batches):
-        crops, masks = next(batches)
+        crops, masks = tr.prepare_batch(next(batches))
         if consume is not None:
             consume(crops, masks, i)
     sync(tr.device)
@@ -394,6 +421,281 @@ def time_loader(tr: IBOTTrainer, epoch: int, n_batches: int, consume: Callable[[
 
 def _it(tr: IBOTTrainer, epoch: int, i: int) -> int:
     return (epoch * tr.iters_per_epoch + i) % len(tr.lr_schedule)
+
+
+# -- the original code, imported from --official PATH ----------------------------------------------------
+# Optional imports of the original that the pretraining step never uses; stubbed only when missing.
+_OFFICIAL_STUBS = ("wandb", "munkres", "miseval", "einops")
+
+
+class _Stub(types.ModuleType):
+    """Stands in for a missing optional dependency; anything taken from it fails when called."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"{self.__name__}.{attr} is stubbed by the benchmark (package not installed)")
+
+        return unavailable
+
+
+def import_official(path: str) -> types.SimpleNamespace:
+    """Import the original's ``main_pretrain``, ``utils``, ``loader`` and ``models`` from ``path``."""
+    root = str(Path(path).resolve())
+    for name in ("main_pretrain", "utils", "loader", "models"):
+        mod = sys.modules.get(name)
+        if mod is not None and not str(getattr(mod, "__file__", "") or "").startswith(root):
+            raise SystemExit(f"a module named {name!r} is already imported from elsewhere; run the benchmark in a fresh process")
+    stubbed = []
+    for name in _OFFICIAL_STUBS:
+        if importlib.util.find_spec(name) is None:
+            sys.modules[name] = _Stub(name)
+            stubbed.append(name)
+    sys.path.insert(0, root)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import loader as o_loader  # noqa: PLC0415 - from PATH
+            import main_pretrain as o_main  # noqa: PLC0415
+            import models as o_models  # noqa: PLC0415
+            import utils as o_utils  # noqa: PLC0415
+            from models.head import iBOTHead  # noqa: PLC0415
+    finally:
+        sys.path.remove(root)
+    commit = ""
+    with contextlib.suppress(Exception):
+        import subprocess  # noqa: PLC0415
+
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    return types.SimpleNamespace(main=o_main, utils=o_utils, loader=o_loader, models=o_models, head=iBOTHead,
+                                 stubbed=stubbed, path=root, commit=commit)
+
+
+@contextlib.contextmanager
+def one_process_group(device: torch.device):
+    """The original always runs under a process group (its loss all-reduces): one of world size 1."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def official_on_cpu(o: types.SimpleNamespace, device: torch.device):
+    """On a CPU-only machine, the original's unconditional CUDA calls become no-ops (nothing else)."""
+    if device.type == "cuda":
+        yield
+        return
+    saved = torch.Tensor.cuda, torch.cuda.synchronize, o.utils.SmoothedValue.synchronize_between_processes
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    # it builds a device='cuda' tensor; with one process there is nothing to synchronise
+    o.utils.SmoothedValue.synchronize_between_processes = lambda self: None
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.cuda.synchronize, o.utils.SmoothedValue.synchronize_between_processes = saved
+
+
+class OfficialRun:
+    """The original's student, teacher, loss, optimizer, scaler and schedules, built as
+    ``train_encoder`` builds them (README defaults; ``--shared_head false`` as its parser default)."""
+
+    def __init__(self, o: types.SimpleNamespace, a: argparse.Namespace, device: torch.device, n_iters: int,
+                 use_flash: bool) -> None:
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+        self.o, self.device = o, device
+        fp16 = device.type == "cuda"  # --use_fp16 true (the default); the original has no CPU mode
+        self.args = types.SimpleNamespace(
+            global_crops_number=a.global_crops, use_masked_im_modeling=True, clip_grad=3.0, freeze_last_layer=3,
+            epochs=100, local_crops_number=a.local_crops,
+        )
+        kw = dict(img_size=[a.input_size], patch_size=a.patch_size, return_all_tokens=True, use_flash=use_flash)
+        with contextlib.redirect_stdout(io.StringIO()):
+            s_vit = o.models.__dict__[a.arch](drop_path_rate=0.1, masked_im_modeling=True, **kw)
+            t_vit = o.models.__dict__[a.arch](**kw)
+        dim = s_vit.embed_dim
+        student = o.utils.MultiCropWrapper(s_vit, o.head(dim, 8192, patch_out_dim=8192, norm=None, act="gelu",
+                                                           norm_last_layer=True, shared_head=False))
+        teacher = o.utils.MultiCropWrapper(t_vit, o.head(dim, 8192, patch_out_dim=8192, norm=None, act="gelu",
+                                                           shared_head=True))
+        student, teacher = student.to(device), teacher.to(device)
+        self.student = DistributedDataParallel(student, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        self.teacher = teacher
+        teacher.load_state_dict(self.student.module.state_dict(), strict=False)
+        for p in teacher.parameters():
+            p.requires_grad = False
+        self.loss = o.main.iBOTLoss(8192, 8192, a.global_crops, a.local_crops, 0.07, 0.04, 0.04, 0.07, 30, 100,
+                                    lambda1=1.0, lambda2=1.0, mim_start_epoch=0).to(device)
+        self.optimizer = torch.optim.AdamW(o.utils.get_params_groups(self.student))
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        batch = a.batch_size
+        u = o.utils
+        self.lr = u.cosine_scheduler(7.5e-5 * batch / 256.0, 2e-6, 100, n_iters, warmup_epochs=50)
+        self.wd = u.cosine_scheduler(0.04, 0.4, 100, n_iters)
+        self.momentum = u.cosine_scheduler(0.996, 1, 100, n_iters)
+
+    def epoch(self, loader: Any, epoch: int) -> None:
+        """One call of the original ``train_one_epoch`` over ``loader`` (its console output dropped)."""
+        with official_on_cpu(self.o, self.device), contextlib.redirect_stdout(io.StringIO()):
+            self.o.main.train_one_epoch(self.student, self.teacher, self.teacher, self.loss, loader, self.optimizer,
+                                        self.lr, self.wd, self.momentum, epoch, self.scaler, self.args)
+
+    def parameter_modules(self) -> list[torch.nn.Module]:
+        return [self.student.module, self.teacher]
+
+
+def _official_dataset(o: types.SimpleNamespace, a: argparse.Namespace, data_root: Path) -> Any:
+    """The original's ``PretrainMask`` + ``DataAugmentationiBOT`` over ``data_root/Fundus`` (defaults)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        transform = o.main.DataAugmentationiBOT((0.32, 1.0), (0.05, 0.4), a.global_crops, a.local_crops,
+                                                a.input_size, modality=MODALITY, scheme="single")
+        return o.loader.PretrainMask(root=str(data_root), transform=transform, patch_size=a.patch_size, pred_ratio=0.3,
+                                     pred_ratio_var=0.0, pred_aspect_ratio=(0.3, 1 / 0.3), pred_shape="block",
+                                     modality=MODALITY, pred_start_epoch=0)
+
+
+def _official_loader(o: types.SimpleNamespace, a: argparse.Namespace, data_root: Path, device: torch.device) -> Any:
+    """As ``train_encoder`` builds it (a shuffling sampler, drop_last, pinned memory)."""
+    ds = _official_dataset(o, a, data_root)
+    return torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
+                                       pin_memory=device.type == "cuda", drop_last=True)
+
+
+class _Limited:
+    """The first ``n`` batches of a DataLoader, with ``len`` = n (``train_one_epoch`` reads it)."""
+
+    def __init__(self, loader: Any, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                break
+            yield batch
+
+
+def _measure_official_step(o: types.SimpleNamespace, a: argparse.Namespace, tr_device: torch.device,
+                           use_flash: bool) -> dict[str, Any]:
+    B = a.batch_size
+    dev = tr_device
+    n_iters = a.warmup + a.steps + 2
+    run = OfficialRun(o, a, dev, n_iters, use_flash)
+    g = torch.Generator().manual_seed(a.seed)
+    sizes = [a.input_size] * a.global_crops + [96] * a.local_crops  # the original's local size is fixed at 96
+    images = [torch.randn(B, 3, s, s, generator=g).to(dev) for s in sizes]
+    masker = PretrainMasker(0.3, 0.0, 0, "block", a.patch_size)
+    rng = np.random.default_rng(a.seed)
+    per_image = [masker.make_masks(sizes, 0, rng) for _ in range(B)]
+    masks = [torch.from_numpy(np.stack([m[c] for m in per_image])).to(dev) for c in range(len(sizes))]
+    labels = torch.full((B,), -1, dtype=torch.long)
+    batch = (images, labels, masks)
+    epoch = 3  # past the last-layer freeze, as ours
+    try:
+        reset_peak(dev)
+        t = time.perf_counter()
+        run.epoch([batch] * max(a.warmup, 1), epoch)
+        sync(dev)
+        warmup_s = time.perf_counter() - t
+        with flop_counter() as fc:
+            run.epoch([batch], epoch)
+            sync(dev)
+        sync(dev)
+        t = time.perf_counter()
+        run.epoch([batch] * a.steps, epoch)
+        sync(dev)
+        step_s = (time.perf_counter() - t) / a.steps
+        peak, peak_kind = peak_memory_gib(dev)
+        flops = int(fc.get_total_flops())
+        return {
+            "precision": "fp16" if run.scaler is not None else "fp32",
+            "use_flash": use_flash,
+            "images_per_s": B / step_s,
+            "step_ms": 1e3 * step_s,
+            "warmup_s": warmup_s,
+            "flops_per_step": flops,
+            "tflops_per_s": flops / step_s / 1e12,
+            "peak_memory_gib": peak,
+            "peak_memory_kind": peak_kind,
+            "skipped_fp16_steps_possible": run.scaler is not None,
+        }
+    finally:
+        del run
+        free_memory(dev)
+
+
+# -- per-image CPU cost of each input pipeline ------------------------------------------------------------
+def _ms_per_image(get: Callable[[int], Any], n: int) -> float:
+    """Mean ms per sample on one thread, as in a DataLoader worker (torch sets 1 thread there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        get(0)  # warm caches and lazy state (normalisers, mask generators)
+        t = time.perf_counter()
+        for i in range(1, n + 1):
+            get(i)
+        return 1e3 * (time.perf_counter() - t) / n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _photometric_ms_per_image(tr: IBOTTrainer, ds: PretrainCropDataset, batch: int) -> float:
+    """Device half of the device path: batched photometry over one collated batch, per image."""
+    vb = collate_views([ds[(0, i)] for i in range(batch)])
+    dev = tr.device
+    photometric = tr.photometric_call
+    modality = vb.modality.to(dev)
+    crops = [c.to(dev) for c in vb.crops]
+    params = [p.to(dev) for p in vb.params]
+    for _ in range(2):  # warm-up (and compilation, with --compile)
+        [photometric(c, p, modality) for c, p in zip(crops, params)]
+    sync(dev)
+    reps = 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        [photometric(c, p, modality) for c, p in zip(crops, params)]
+    sync(dev)
+    return 1e3 * (time.perf_counter() - t) / (reps * batch)
+
+
+def _pipeline_costs(a: argparse.Namespace, folders: dict[int, Path], tr_cpu: IBOTTrainer, tr_dev: IBOTTrainer,
+                    o: types.SimpleNamespace | None) -> dict[str, Any]:
+    """ms per image in this one process, for each JPEG size (no workers: CPU cost, not throughput)."""
+    out: dict[str, Any] = {}
+    n = a.cost_images
+    for size, root in folders.items():
+        row: dict[str, Any] = {}
+        if o is not None:
+            ods = _official_dataset(o, a, root)
+            row["official_ms"] = _ms_per_image(lambda i: ods[i % len(ods)], n)
+        for name, tr in (("ours_cpu_path_ms", tr_cpu), ("ours_device_path_worker_ms", tr_dev)):
+            images = PretrainImages(root, [MODALITY], min_pixels=tr.images.min_pixels)
+            ds = PretrainCropDataset(images, tr.augmentation, a.seed)
+            row[name] = _ms_per_image(lambda i: ds[(0, i % len(images))], n)
+            if tr is tr_dev:
+                row["ours_device_path_photometric_ms"] = _photometric_ms_per_image(tr, ds, min(a.batch_size, len(images)))
+                probe = images[0][0]
+                row["decoded_size"] = list(probe.size)
+        if o is not None:
+            row["device_worker_over_official"] = row["ours_device_path_worker_ms"] / row["official_ms"]
+            row["cpu_path_over_official"] = row["ours_cpu_path_ms"] / row["official_ms"]
+        out[str(size)] = row
+    return out
 
 
 # -- the benchmark --------------------------------------------------------------------------------------
@@ -415,16 +717,25 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
     w = max(a.workers, 1)
     # Pipeline and end-to-end pull whole rounds of batches (one batch per worker per round).
     n_batches = w * math.ceil(max(a.steps + a.warmup, 1) / w)
-    data_root = tmp_root / "data"
-    folder = data_root / MODALITY
+    o = import_official(a.official) if a.official else None
+    folders: dict[int, Path] = {}
+    jpeg_kib: dict[str, float] = {}
     t = time.perf_counter()
-    if a.skip_pipeline:  # the trainer still needs a folder that fills one batch
-        write_jpegs(folder, min(a.num_jpegs, B), min(a.jpeg_size, 64), a.seed)
-        fill_with_links(folder, sorted(folder.iterdir()), B)
-    else:
-        distinct = write_jpegs(folder, a.num_jpegs, a.jpeg_size, a.seed)
-        fill_with_links(folder, distinct, max(a.num_jpegs, n_batches * B))
+    for k, size in enumerate(a.jpeg_size):
+        root = tmp_root / f"data{size}"
+        folder = root / MODALITY
+        if a.skip_pipeline:  # the trainer still needs a folder that fills one batch
+            write_jpegs(folder, min(a.num_jpegs, B), min(size, 64), a.seed)
+            fill_with_links(folder, sorted(folder.iterdir()), B)
+            folders[size] = root
+            break
+        distinct = write_jpegs(folder, a.num_jpegs, size, a.seed + k)
+        jpeg_kib[str(size)] = sum(p.stat().st_size for p in distinct) / len(distinct) / 1024
+        if k == 0:  # the loaders read the first size: enough files for every batch
+            fill_with_links(folder, distinct, max(a.num_jpegs, n_batches * B))
+        folders[size] = root
     jpeg_write_s = time.perf_counter() - t
+    data_root = next(iter(folders.values()))
 
     res: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -432,18 +743,29 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "config": {k: v for k, v in vars(a).items() if k not in ("json", "tmp_dir")},
     }
+    if o is not None:
+        res["official_source"] = {"path": o.path, "commit": o.commit, "stubbed_imports": o.stubbed}
     # Each phase builds its own trainer and drops it on return, so the baseline's peak memory
     # (CUDA) does not include ours.
-    dev = _measure_ours(a, data_root, tmp_root, n_batches, res)
-    if "pipeline" in res:
-        distinct_bytes = sum(p.stat().st_size for p in sorted(folder.iterdir())[: a.num_jpegs])
-        res["pipeline"]["mean_jpeg_kib"] = distinct_bytes / a.num_jpegs / 1024
-        res["pipeline"]["jpeg_write_s"] = jpeg_write_s
+    dev = _measure_ours(a, data_root, tmp_root, res)
     free_memory(dev)
+    if not a.skip_pipeline:
+        _measure_pipelines(a, folders, tmp_root, n_batches, o, res)
+        res["pipeline"]["mean_jpeg_kib"] = jpeg_kib
+        res["pipeline"]["jpeg_write_s"] = jpeg_write_s
+        free_memory(dev)
     if not a.skip_baseline:
         _measure_baseline(a, data_root, tmp_root, res)
         res["ratio_ours_over_baseline"] = res["ours"]["images_per_s"] / res["baseline"]["images_per_s"]
         free_memory(dev)
+    if o is not None:
+        with one_process_group(dev):
+            res["official"] = _measure_official_step(o, a, dev, use_flash=False)
+            if a.official_flash:
+                res["official_flash"] = _measure_official_step(o, a, dev, use_flash=True)
+        res["ratio_ours_over_official"] = res["ours"]["images_per_s"] / res["official"]["images_per_s"]
+        if "official_flash" in res:
+            res["ratio_ours_over_official_flash"] = res["ours"]["images_per_s"] / res["official_flash"]["images_per_s"]
 
     if dev.type == "cuda" and (a.arch, B, a.input_size, a.patch_size, a.global_crops, a.local_crops) == (
         "vit_base", 128, 224, 16, 2, 0
@@ -457,9 +779,8 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
     return res
 
 
-def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, n_batches: int, res: dict[str, Any]) -> torch.device:
-    """The real ``IBOTTrainer.train_step`` on synthetic device tensors, then the trainer's loader
-    alone (pipeline) and feeding the step (end-to-end). Fills ``res``; returns the device."""
+def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, res: dict[str, Any]) -> torch.device:
+    """The real ``IBOTTrainer.train_step`` on synthetic device tensors. Fills ``res``; returns the device."""
     B = a.batch_size
     targs = trainer_args(a, data_root, tmp_root / "runs", "ours", precision=a.precision,
                          compile_=a.compile, workers=a.workers)
@@ -483,6 +804,7 @@ def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, n_batc
             flops, ops = count_step(step, crops, masks, dev, epoch, _it(tr, epoch, a.warmup))
         elapsed = time_steps(step, crops, masks, dev, epoch, _it(tr, epoch, a.warmup + 1), a.steps)
         peak, peak_kind = peak_memory_gib(dev)
+        tr._check_nonfinite(0)
         step_s = elapsed / a.steps
         mods = attention_modules(tr.student) + attention_modules(tr.teacher)
         res["ours"] = {
@@ -499,27 +821,76 @@ def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, n_batc
             "fused_attention_modules": sum(bool(m.fused_attn) for m in mods),
             "attention_ops": ops,
             "skipped_steps": tr.skipped_steps,
+            "patch_tokens_projected": tr.k_select,
         }
-        del crops, masks, mods
-
-        if not a.skip_pipeline:
-            pipe_s = time_loader(tr, epoch, n_batches, None)
-            res["pipeline"] = {
-                "workers": a.workers,
-                "images_per_s": n_batches * B / pipe_s,
-                "batches": n_batches,
-                "distinct_jpegs": a.num_jpegs,
-                "jpeg_size": a.jpeg_size,
-            }
-
-            def fed_step(c, m, i):
-                tr.train_step(c, m, epoch, _it(tr, epoch, i), meters)
-
-            e2e_s = time_loader(tr, epoch, n_batches, fed_step)
-            res["end_to_end"] = {"images_per_s": n_batches * B / e2e_s, "batches": n_batches, "workers": a.workers}
     finally:
         tr.logger.close()
     return dev
+
+
+def _measure_pipelines(a: argparse.Namespace, folders: dict[int, Path], tmp_root: Path, n_batches: int,
+                       o: types.SimpleNamespace | None, res: dict[str, Any]) -> None:
+    """Per-image costs (every size), loader images/s and end-to-end images/s (the first size)."""
+    data_root = next(iter(folders.values()))
+    B = a.batch_size
+    trainers = {}
+    for path in ("cpu", "device"):
+        targs = trainer_args(a, data_root, tmp_root / "runs", f"ours_{path}", precision=a.precision,
+                             compile_=a.compile, workers=a.workers, augment_on=path)
+        trainers[path] = IBOTTrainer(targs)
+    tr_cpu, tr_dev = trainers["cpu"], trainers["device"]
+    dev = tr_cpu.device
+    epoch = tr_cpu.args.freeze_last_layer
+    pipe: dict[str, Any] = {"workers": a.workers, "batches": n_batches, "distinct_jpegs": a.num_jpegs,
+                            "jpeg_sizes": list(a.jpeg_size), "loader_jpeg_size": a.jpeg_size[0]}
+    try:
+        pipe["per_image"] = _pipeline_costs(a, folders, tr_cpu, tr_dev, o)
+        for path, tr in trainers.items():
+            pipe[f"ours_{path}_path_images_per_s"] = n_batches * B / time_loader(tr, epoch, n_batches, None)
+        e2e: dict[str, Any] = {"batches": n_batches, "workers": a.workers}
+        if not a.skip_end_to_end:
+            for path, tr in trainers.items():
+                meters = EpochMeters.zeros(dev)
+
+                def fed_step(c, m, i, tr=tr, meters=meters):
+                    tr.train_step(c, m, epoch, _it(tr, epoch, i), meters)
+
+                e2e[f"ours_{path}_path_images_per_s"] = n_batches * B / time_loader(tr, epoch, n_batches, fed_step)
+    finally:
+        for tr in trainers.values():
+            tr.logger.close()
+        del trainers, tr_cpu, tr_dev
+        free_memory(dev)
+    if o is not None:
+        loader = _official_loader(o, a, data_root, dev)
+        sync(dev)
+        t = time.perf_counter()
+        pulled = 0
+        for batch in loader:
+            pulled += 1
+            if dev.type == "cuda":  # what train_one_epoch does with each batch before the step
+                [im.cuda(non_blocking=True) for im in batch[0]]
+            if pulled == n_batches:
+                break
+        sync(dev)
+        pipe["official_images_per_s"] = pulled * B / (time.perf_counter() - t)
+        if not a.skip_end_to_end:
+            with one_process_group(dev):
+                run = OfficialRun(o, a, dev, n_batches, use_flash=False)
+                sync(dev)
+                t = time.perf_counter()
+                run.epoch(_Limited(_official_loader(o, a, data_root, dev), n_batches), epoch)
+                sync(dev)
+                e2e["official_images_per_s"] = n_batches * B / (time.perf_counter() - t)
+                del run
+                free_memory(dev)
+        for path in ("cpu", "device"):
+            pipe[f"ours_{path}_over_official"] = pipe[f"ours_{path}_path_images_per_s"] / pipe["official_images_per_s"]
+            if f"official_images_per_s" in e2e and f"ours_{path}_path_images_per_s" in e2e:
+                e2e[f"ours_{path}_over_official"] = e2e[f"ours_{path}_path_images_per_s"] / e2e["official_images_per_s"]
+    res["pipeline"] = pipe
+    if not a.skip_end_to_end:
+        res["end_to_end"] = e2e
 
 
 def _measure_baseline(a: argparse.Namespace, data_root: Path, tmp_root: Path, res: dict[str, Any]) -> None:
@@ -528,6 +899,9 @@ def _measure_baseline(a: argparse.Namespace, data_root: Path, tmp_root: Path, re
     targs = trainer_args(a, data_root, tmp_root / "runs", "baseline", precision="fp16", compile_=False, workers=0)
     tr = IBOTTrainer(targs)
     dev = tr.device
+    # the original's optimizer: torch's unfused AdamW over the same groups
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach", "lr")} for g in tr.optimizer.param_groups]
+    tr.optimizer = torch.optim.AdamW(groups, lr=0.0, foreach=False)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
     # The original never enabled TF32 matmuls (the trainer does) and set cudnn.benchmark=True.
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -572,48 +946,86 @@ def _measure_baseline(a: argparse.Namespace, data_root: Path, tmp_root: Path, re
 def format_table(res: dict[str, Any]) -> str:
     c = res["config"]
     o = res["ours"]
+    off = res.get("official")
+    offf = res.get("official_flash")
     b = res.get("baseline")
 
-    def num(x: float, fmt: str = "{:,.1f}") -> str:
+    def num(x: float | None, fmt: str = "{:,.1f}") -> str:
         return fmt.format(x) if x is not None and math.isfinite(x) else "n/a"
 
-    def row(label: str, ours: str, base: str = "", ratio: str = "") -> str:
-        return f"  {label:<36}{ours:>18}{base:>24}{ratio:>9}"
+    cols = [("ours", o)]
+    if off:
+        cols.append(("original", off))
+    if offf:
+        cols.append(("original --use_flash", offf))
+    if b:
+        cols.append(("original-style (emulated)", b))
+
+    def row(label: str, values: list[str]) -> str:
+        return f"  {label:<30}" + "".join(f"{v:>27}" for v in values)
+
+    def ratio(d: dict[str, Any]) -> str:
+        return num(o["images_per_s"] / d["images_per_s"], "{:.2f}×")
 
     mem_kind = "CUDA max allocated" if o["peak_memory_kind"].startswith("cuda") else "process max RSS"
-    def attn(d: dict[str, Any]) -> str:
-        kind = "fused SDPA" if d["fused_attention_modules"] else "explicit softmax"
-        return f"{kind} ×{d['attention_modules']}"
-
     lines = [
         "VisionFM iBOT pretraining throughput",
         f"  date      {res['date']}   torch {res['torch']}",
         f"  device    {res['device']}",
         f"  config    {c['arch']}/{c['patch_size']}, batch {c['batch_size']}, {c['global_crops']}×{c['input_size']}px global"
         f" + {c['local_crops']}×{c['local_crops_size']}px local crops; {c['steps']} timed steps after {c['warmup']} warm-up",
+    ]
+    if "official_source" in res:
+        src = res["official_source"]
+        lines.append(f"  original  {src['path']} @ {src['commit'][:10] or '?'}"
+                     f" (stubbed imports: {', '.join(src['stubbed_imports']) or 'none'})")
+    lines += [
         "",
-        row("", "ours", "baseline (original)" if b else "", "ratio" if b else ""),
-        row("precision", o["precision"] + (" +compile" if o["compiled"] else ""), b["precision"] if b else ""),
-        row("attention", attn(o), attn(b) if b else ""),
-        row("images/s (synthetic)", num(o["images_per_s"]), num(b["images_per_s"]) if b else "",
-            num(res["ratio_ours_over_baseline"], "{:.2f}×") if b else ""),
-        row("step time (ms)", num(o["step_ms"]), num(b["step_ms"]) if b else ""),
-        row("GFLOP per step (counted)", num(o["flops_per_step"] / 1e9), num(b["flops_per_step"] / 1e9) if b else ""),
-        row("achieved TFLOP/s", num(o["tflops_per_s"], "{:.3f}"), num(b["tflops_per_s"], "{:.3f}") if b else ""),
-        row(f"peak memory GiB ({mem_kind})", num(o["peak_memory_gib"], "{:.2f}"),
-            num(b["peak_memory_gib"], "{:.2f}") if b else ""),
+        row("step", [name for name, _ in cols]),
+        row("precision", [d["precision"] + (" +compile" if d.get("compiled") else "") for _, d in cols]),
+        row("images/s (synthetic crops)", [num(d["images_per_s"]) for _, d in cols]),
+        row("ours / column", ["1.00×"] + [ratio(d) for _, d in cols[1:]]),
+        row("step time (ms)", [num(d["step_ms"]) for _, d in cols]),
+        row("GFLOP per step (counted)", [num(d["flops_per_step"] / 1e9) for _, d in cols]),
+        row("achieved TFLOP/s", [num(d["tflops_per_s"], "{:.3f}") for _, d in cols]),
+        row(f"peak GiB ({mem_kind})", [num(d["peak_memory_gib"], "{:.2f}") for _, d in cols]),
     ]
     p = res.get("pipeline")
     if p:
-        lines += [
-            "",
-            f"  input pipeline   {num(p['images_per_s'])} images/s  ({p['workers']} workers, {p['batches']} batches, "
-            f"{p['distinct_jpegs']} distinct {p['jpeg_size']}px JPEGs, {num(p['mean_jpeg_kib'])} KiB each)",
-            f"  end-to-end       {num(res['end_to_end']['images_per_s'])} images/s  (the loader feeding the real step)",
-        ]
+        lines += ["", "  input pipeline: CPU cost per image, ms in one process (lower is better)",
+                  f"  {'JPEG px':>9}{'decoded at':>12}{'original':>11}{'ours PIL path':>15}{'ours device path':>18}"
+                  f"{'(device half)':>15}{'device/orig':>13}{'PIL/orig':>10}"]
+        for size, r in p["per_image"].items():
+            dec = "×".join(str(v) for v in r["decoded_size"])
+            lines.append(
+                f"  {size:>9}{dec:>12}{num(r.get('official_ms'), '{:.2f}'):>11}{num(r['ours_cpu_path_ms'], '{:.2f}'):>15}"
+                f"{num(r['ours_device_path_worker_ms'], '{:.2f}'):>18}{num(r['ours_device_path_photometric_ms'], '{:.3f}'):>15}"
+                f"{num(r.get('device_worker_over_official'), '{:.3f}'):>13}{num(r.get('cpu_path_over_official'), '{:.2f}'):>10}"
+            )
+        lines += ["", f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), images/s:"]
+        parts = []
+        if "official_images_per_s" in p:
+            parts.append(f"original {num(p['official_images_per_s'])}")
+        for path, label in (("cpu", "ours PIL path"), ("device", "ours device path")):
+            txt = f"{label} {num(p[f'ours_{path}_path_images_per_s'])}"
+            if f"ours_{path}_over_official" in p:
+                txt += f" ({num(p[f'ours_{path}_over_official'], '{:.2f}×')})"
+            parts.append(txt)
+        lines.append("    " + "   ".join(parts))
+        e = res.get("end_to_end")
+        if e:
+            parts = []
+            if "official_images_per_s" in e:
+                parts.append(f"original {num(e['official_images_per_s'])}")
+            for path, label in (("cpu", "ours PIL path"), ("device", "ours device path")):
+                txt = f"{label} {num(e[f'ours_{path}_path_images_per_s'])}"
+                if f"ours_{path}_over_official" in e:
+                    txt += f" ({num(e[f'ours_{path}_over_official'], '{:.2f}×')})"
+                parts.append(txt)
+            lines += ["  end to end (each loader feeding its own step), images/s:", "    " + "   ".join(parts)]
     tg = res.get("targets")
     if tg:
-        lines += ["", f"  target (H100 ViT-B/16 b128): ≥ {tg['images_per_s']:,.0f} images/s and ≤ {tg['peak_memory_gib']:.0f} GiB"
+        lines += ["", f"  target (H100/H200 ViT-B/16 b128): ≥ {tg['images_per_s']:,.0f} images/s and ≤ {tg['peak_memory_gib']:.0f} GiB"
                   f" → {'MET' if tg['met'] else 'NOT MET'}"]
     return "\n".join(lines)
 

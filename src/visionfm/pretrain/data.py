@@ -93,7 +93,9 @@ class PretrainCropDataset(Dataset):
         sample_seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
         self.aug.epoch = epoch  # pred_start_epoch decides the mask ratio
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            # only the CPU generator: torch.manual_seed would also queue (lazy) accelerator seeding,
+            # formatting a stack trace per call
+            torch.default_generator.manual_seed(sample_seed)
             return self.aug(img, modality, rng=np.random.default_rng(sample_seed))
 
 

@@ -5,7 +5,7 @@ most of a worker's time on colour jitter, blur and solarisation of 224-px crops,
 pixels no crop uses. Here:
 
 * :class:`GeometricViews` (in the workers) draws, per crop, the RandomResizedCrop box and the flip,
-  resamples the crop (PIL bicubic, antialiased) to its output size and returns **uint8** crops, the
+  resamples the crop (bicubic, antialiased) to its output size and returns **uint8** crops, the
   block masks, and a small vector of *photometric parameters* drawn from the same per-sample seed;
 * :class:`BatchPhotometric` (on the training device, CUDA or CPU tensors) applies those parameters
   to the whole batch at once: colour jitter in each sample's own random order, grayscale, Gaussian
@@ -135,28 +135,28 @@ PARAM = {
 N_PARAMS = 12
 
 
-def _u(a: float, b: float) -> float:
-    return float(torch.empty(()).uniform_(a, b).item())
-
-
 def draw_photometric(spec: ViewSpec) -> Tensor:
-    """One crop's photometric parameters, drawn from torch's generator (seeded per sample)."""
+    """One crop's photometric parameters, drawn from torch's generator (seeded per sample).
+
+    One ``torch.rand(8)`` call supplies every decision and factor (few generator calls keep the
+    worker cheap); the distributions are the recipe's.
+    """
     r = RECIPE
-    p = torch.zeros(N_PARAMS)
-    p[PARAM["brightness"] : PARAM["saturation"] + 1] = 1.0
-    p[PARAM["order"] : PARAM["order"] + 4] = torch.arange(4, dtype=torch.float32)
-    if float(torch.rand(())) < r.jitter_p:  # RandomApply: applied when rand < p
+    u = torch.rand(8).tolist()
+    p = _identity_params()
+    if u[0] < r.jitter_p:  # RandomApply: applied when rand < p
         p[PARAM["jitter"]] = 1.0
         p[PARAM["order"] : PARAM["order"] + 4] = torch.randperm(4).float()
-        p[PARAM["brightness"]] = _u(1 - r.brightness, 1 + r.brightness)
-        p[PARAM["contrast"]] = _u(1 - r.contrast, 1 + r.contrast)
-        p[PARAM["saturation"]] = _u(1 - r.saturation, 1 + r.saturation)
-        p[PARAM["hue"]] = _u(-r.hue, r.hue)
-    if float(torch.rand(())) < r.grayscale_p:
+        p[PARAM["brightness"]] = 1 - r.brightness + 2 * r.brightness * u[1]
+        p[PARAM["contrast"]] = 1 - r.contrast + 2 * r.contrast * u[2]
+        p[PARAM["saturation"]] = 1 - r.saturation + 2 * r.saturation * u[3]
+        p[PARAM["hue"]] = -r.hue + 2 * r.hue * u[4]
+    if u[5] < r.grayscale_p:
         p[PARAM["grayscale"]] = 1.0
-    if float(torch.rand(())) <= spec.blur_p:  # the original blurs when random() <= p
-        p[PARAM["sigma"]] = _u(*r.blur_radius)
-    if spec.solarize_p and float(torch.rand(())) < spec.solarize_p:
+    if u[6] <= spec.blur_p:  # the original blurs when random() <= p
+        lo, hi = r.blur_radius
+        p[PARAM["sigma"]] = lo + (hi - lo) * torch.rand(()).item()
+    if u[7] < spec.solarize_p:
         p[PARAM["solarize"]] = 1.0
     return p
 
@@ -214,13 +214,17 @@ class GeometricViews:
         if img.mode != "RGB":
             img = img.convert("RGB")
         w_img, h_img = img.size
+        # torch's antialiased bicubic kernel on uint8 tensors follows PIL's resampling and is several
+        # times faster than PIL's resize on one core.
+        pixels = TF.pil_to_tensor(img)
         crops, params, boxes = [], [], []
         for spec in self.specs:
-            top, left, h, w = RandomResizedCrop.get_params(img, list(spec.scale), list(spec.ratio))
-            crop = TF.resized_crop(img, top, left, h, w, [spec.size, spec.size], InterpolationMode.BICUBIC)
+            top, left, h, w = RandomResizedCrop.get_params(pixels, list(spec.scale), list(spec.ratio))
+            crop = TF.resized_crop(pixels, top, left, h, w, [spec.size, spec.size], InterpolationMode.BICUBIC,
+                                   antialias=True)
             if float(torch.rand(())) < RECIPE.flip_p:
                 crop = TF.horizontal_flip(crop)
-            crops.append(TF.pil_to_tensor(crop))
+            crops.append(crop.contiguous())
             params.append(draw_photometric(spec) if self.photometric else _identity_params())
             boxes.append((h * w / (h_img * w_img), w / h))
         masks = [torch.from_numpy(m) for m in self.mask_fn(self.crop_sizes, self.epoch, rng)]
