@@ -40,6 +40,7 @@ from visionfm.pretrain.views import (
     BatchPhotometric,
     GeometricViews,
     collate_views,
+    decode_deferred,
     min_decode_pixels,
     view_specs,
 )
@@ -314,3 +315,74 @@ def test_photometric_matches_torchvision_per_operation():
     p[:, PARAM["solarize"]] = 1.0
     got = bp(x, p, torch.zeros(4, dtype=torch.long))
     torch.testing.assert_close(got, TF.solarize(xf, 128 / 255))
+
+
+# -- --decode gpu: the workers only read the files; the batch decodes (nvJPEG on CUDA) and crops on the device.
+# decode_deferred runs the same code with torchvision's CPU decoder here.
+
+
+def _deferred_batches(root: Path, n: int = N_IMAGES) -> list:
+    specs = view_specs(**RECIPE_KW)
+    views = GeometricViews(specs, _masker().make_masks)
+    images = PretrainImages(root, "Fundus", min_pixels=min_decode_pixels(specs), defer_jpeg=True)
+    ds = PretrainCropDataset(images, views, seed=11)
+    out = []
+    for start in range(0, n, 100):
+        batch = collate_views([ds[(0, i)] for i in range(start, min(start + 100, n))])
+        crops = [c.clone() for c in batch.crops]
+        decode_deferred(batch, crops, "cpu")
+        out.append(batch._replace(crops=crops))
+    return out
+
+
+def test_deferred_decode_matches_pil_path_statistics(image_root, pil_stats):
+    z = _z_scores(_device_path(_deferred_batches(image_root)), pil_stats)
+    worst = sorted(z.items(), key=lambda kv: -kv[1])[:5]
+    assert all(v <= 3.0 for v in z.values()), f"statistics beyond 3 SE: {worst}"
+
+
+def test_deferred_decode_crops_exactly_and_mixes_formats(tmp_path):
+    """JPEG rows are decoded whole on the device and cropped with the worker's boxes; a PNG in the
+    same batch is decoded and cropped in the worker."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    from visionfm.pretrain.views import _crop
+
+    folder = tmp_path / "Fundus"
+    _write_images(folder, 3, 96, seed=5)
+    Image.open(folder / "0002.jpg").save(folder / "0002.png")
+    (folder / "0002.jpg").unlink()
+    specs = view_specs(input_size=32, local_crops_number=1, local_crops_size=16)
+    views = GeometricViews(specs, PretrainMasker(patch_size=8).make_masks)
+    images = PretrainImages(tmp_path, "Fundus", defer_jpeg=True)
+    ds = PretrainCropDataset(images, views, seed=3)
+    samples = [ds[(0, i)] for i in range(3)]
+    assert [s.jpeg is not None for s in samples] == [True, True, False]
+    batch = collate_views(samples)
+    assert batch.geometry.shape == (3, 3, 5)
+    crops = [c.clone() for c in batch.crops]
+    decode_deferred(batch, crops, "cpu")
+    for b in range(2):
+        full = decode_jpeg(torch.frombuffer(bytearray((folder / f"000{b}.jpg").read_bytes()), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB)
+        for c, spec in enumerate(specs):
+            top, left, h, w, flip = batch.geometry[b, c].tolist()
+            want = _crop(full, top, left, h, w, spec.size, bool(flip))
+            assert torch.equal(crops[c][b], want)
+            assert crops[c][b].float().std() > 0  # not the placeholder
+    for c in range(3):  # the PNG row came decoded from the worker and is left as it was
+        assert torch.equal(crops[c][2], batch.crops[c][2]) and batch.crops[c][2].float().std() > 0
+    assert TF.get_size(crops[0]) == [32, 32]
+
+
+def test_decode_gpu_needs_cuda(tmp_path, capsys):
+    from visionfm.cli.main import main as cli_main
+
+    _write_images(tmp_path / "Fundus", 4, 64)
+    code = cli_main(["pretrain", "--data_path", str(tmp_path), "--arch", "vit_tiny", "--input_size", "32",
+                     "--batch_size_per_gpu", "2", "--epochs", "1", "--warmup_epochs", "0", "--name", "x",
+                     "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--decode", "gpu", "--num_workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--decode gpu" in err and "CUDA" in err
+    assert not (tmp_path / "out" / "x" / "checkpoint.pth").exists()

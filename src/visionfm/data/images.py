@@ -35,6 +35,8 @@ __all__ = [
     "list_subdirs",
     "load_image",
     "load_mask",
+    "read_jpeg",
+    "EncodedJPEG",
     "read_label_lines",
     "resolve_split",
 ]
@@ -219,6 +221,34 @@ def load_image(path: str | os.PathLike[str], min_pixels: int = 0) -> Image.Image
         DataFormatError: naming the path, for missing, unreadable, corrupt, truncated or oversized files.
     """
     return _decode(path, "image", _to_rgb, min_pixels)
+
+
+class EncodedJPEG:
+    """A JPEG file's bytes and header size, for decoding later on the GPU (``--decode gpu``)."""
+
+    __slots__ = ("data", "size", "path")
+
+    def __init__(self, data: bytes, size: tuple[int, int], path: str) -> None:
+        self.data, self.size, self.path = data, size, path
+
+
+def read_jpeg(path: str | os.PathLike[str]) -> EncodedJPEG | None:
+    """The bytes of a baseline/progressive RGB or grayscale JPEG with its header size, or ``None``
+    for any other file (decode those with :func:`load_image`). Only the header is parsed here; a
+    file that is damaged past its header fails when it is decoded, naming the file."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return None
+    try:
+        with Image.open(path) as img:
+            fmt, size, mode = img.format, img.size, img.mode
+    except FileNotFoundError:
+        raise DataFormatError("image file not found", path) from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataFormatError(f"not a readable image ({type(exc).__name__}: {exc})", path) from None
+    if fmt != "JPEG" or mode not in ("RGB", "L"):
+        return None  # CMYK and the like: the CPU decoder converts them
+    return EncodedJPEG(path.read_bytes(), size, str(path))
 
 
 def _mask_ids(img: Image.Image, path: Path) -> np.ndarray:

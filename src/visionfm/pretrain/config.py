@@ -94,9 +94,11 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
                    help="where colour jitter, grayscale, blur, solarize and normalisation run: cpu = PIL in the "
                         "DataLoader workers (the original's design), device = batched on the training device after "
                         "the workers' decode + crop; auto = device when training on a GPU, cpu otherwise")
-    g.add_argument("--decode", default="reduced", choices=["reduced", "full"],
+    g.add_argument("--decode", default="reduced", choices=["reduced", "full", "gpu"],
                    help="reduced: JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) at which every crop the "
-                        "recipe can draw still spans its output size; full: always full size (the original)")
+                        "recipe can draw still spans its output size; full: always full size (the original); "
+                        "gpu: workers only read the files, JPEG batches decode with nvJPEG on the GPU and are "
+                        "cropped there (for machines with few CPU cores; other formats still decode in the workers)")
 
     g = p.add_argument_group("run")
     g.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")

@@ -37,7 +37,15 @@ from visionfm.errors import CheckpointError, ConfigError
 from visionfm.io.atomic import save_text_atomic
 from visionfm.pretrain.augment import IBOTAugmentation
 from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
-from visionfm.pretrain.views import BatchPhotometric, GeometricViews, ViewBatch, collate_views, min_decode_pixels, view_specs
+from visionfm.pretrain.views import (
+    BatchPhotometric,
+    GeometricViews,
+    ViewBatch,
+    collate_views,
+    decode_deferred,
+    min_decode_pixels,
+    view_specs,
+)
 from visionfm.pretrain.loss import IBOTLoss
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.lars import LARS
@@ -176,7 +184,14 @@ class IBOTTrainer:
         specs = view_specs(args.input_size, args.global_crops_scale, args.local_crops_scale,
                            args.global_crops_number, args.local_crops_number, args.local_crops_size)
         self.augment_on = resolve_augment_on(args.augment_on, self.device)
-        min_pixels = min_decode_pixels(specs) if args.decode == "reduced" else 0
+        if args.decode == "gpu":
+            if self.device.type != "cuda":
+                raise ConfigError("--decode gpu decodes JPEGs with nvJPEG and needs a CUDA device; "
+                                  "on the CPU use --decode reduced (the default)")
+            if args.augment_on == "cpu":
+                raise ConfigError("--decode gpu works with --augment_on device (or auto), not --augment_on cpu")
+            self.augment_on = "device"
+        min_pixels = min_decode_pixels(specs) if args.decode in ("reduced", "gpu") else 0
         self.augmentation: IBOTAugmentation | GeometricViews
         self.photometric: BatchPhotometric | None = None
         if self.augment_on == "device":
@@ -196,7 +211,8 @@ class IBOTTrainer:
                 mask_fn=self.masker.make_masks,
             )
             self.collate = collate_crops
-        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt, min_pixels=min_pixels)
+        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt, min_pixels=min_pixels,
+                                     defer_jpeg=args.decode == "gpu")
         weights = None
         if args.scheme == "mix" and len(self.modalities) > 1:
             spec = parse_modality_weights(args.modality_weights)
@@ -402,10 +418,10 @@ class IBOTTrainer:
         if isinstance(batch, ViewBatch):
             assert self.photometric_call is not None
             modality = batch.modality.to(self.device, non_blocking=True)
-            crops = [
-                self.photometric_call(c.to(self.device, non_blocking=True), p.to(self.device, non_blocking=True), modality)
-                for c, p in zip(batch.crops, batch.params)
-            ]
+            raw = [c.to(self.device, non_blocking=True) for c in batch.crops]
+            decode_deferred(batch, raw, self.device)  # --decode gpu: nvJPEG, then the crops on the device
+            crops = [self.photometric_call(c, p.to(self.device, non_blocking=True), modality)
+                     for c, p in zip(raw, batch.params)]
             masks = batch.masks
         else:
             crops, masks = batch
@@ -436,10 +452,15 @@ class IBOTTrainer:
             )
             out = self.loss_call(s_cls, s_patch, t_cls, t_patch, t_mean, valid, epoch, student_local_cls=s_local)
         loss = out["loss"]
-        ok: torch.Tensor | None = None
+        ok: torch.Tensor | None = torch.isfinite(loss)
+        if self.env.distributed:
+            # one rank's non-finite loss poisons every rank's averaged gradients: all skip together
+            bad_anywhere = (~ok).float()
+            torch.distributed.all_reduce(bad_anywhere)
+            ok = bad_anywhere == 0
         if self.device_skip:
-            ok = torch.isfinite(loss)
-        elif not bool(torch.isfinite(loss)):  # LARS / fp16: the one per-step host read
+            pass  # decided on the device below
+        elif not bool(ok):  # LARS / fp16: the one per-step host read
             self.nonfinite_streak += 1
             self.skipped_steps += 1
             log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
@@ -448,6 +469,7 @@ class IBOTTrainer:
             return
         else:
             self.nonfinite_streak = 0
+            ok = None
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

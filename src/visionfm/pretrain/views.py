@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from visionfm.data.images import EncodedJPEG
 from visionfm.data.modalities import MODALITY_NAMES, canonical_modality, get_stats
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "ViewSample",
     "ViewBatch",
     "collate_views",
+    "decode_deferred",
     "BatchPhotometric",
     "PARAM",
     "N_PARAMS",
@@ -167,25 +169,29 @@ MaskFn = Callable[[Sequence[int], int, np.random.Generator], list[np.ndarray]]
 class ViewSample(NamedTuple):
     """What a worker returns for one image (the device path)."""
 
-    crops: list[Tensor]  # uint8 [3, S, S] per crop
+    crops: list[Tensor]  # uint8 [3, S, S] per crop; zero placeholders when the JPEG is left to the GPU
     masks: list[Tensor]  # bool [S/p, S/p] per crop
     params: Tensor  # float32 [C, N_PARAMS]
     boxes: Tensor  # float32 [C, 2]: crop area fraction and aspect (w/h) in the decoded image
     modality: int  # index into MODALITY_NAMES
+    jpeg: Optional[Tensor] = None  # uint8 [n_bytes]: the undecoded file (--decode gpu)
+    geometry: Optional[Tensor] = None  # int64 [C, 5]: top, left, height, width, flip (with jpeg)
 
 
 class ViewBatch(NamedTuple):
     """A collated device-path batch (still on the CPU, uint8)."""
 
-    crops: list[Tensor]  # uint8 [B, 3, S, S] per crop
+    crops: list[Tensor]  # uint8 [B, 3, S, S] per crop (zeros where a JPEG is left to the GPU)
     masks: list[Tensor]  # bool [B, h, w] per crop
     params: list[Tensor]  # float32 [B, N_PARAMS] per crop
     boxes: Tensor  # float32 [B, C, 2]
     modality: Tensor  # int64 [B]
+    jpeg: Optional[list[Optional[Tensor]]] = None  # per sample: undecoded bytes or None
+    geometry: Optional[Tensor] = None  # int64 [B, C, 5]
 
     def pin_memory(self) -> "ViewBatch":  # DataLoader(pin_memory=True) calls this
-        return ViewBatch([c.pin_memory() for c in self.crops], [m.pin_memory() for m in self.masks],
-                         [p.pin_memory() for p in self.params], self.boxes, self.modality.pin_memory())
+        return self._replace(crops=[c.pin_memory() for c in self.crops], masks=[m.pin_memory() for m in self.masks],
+                             params=[p.pin_memory() for p in self.params], modality=self.modality.pin_memory())
 
 
 class GeometricViews:
@@ -210,26 +216,43 @@ class GeometricViews:
     def crop_sizes(self) -> list[int]:
         return [s.size for s in self.specs]
 
-    def __call__(self, img: Image.Image, modality: Optional[str], rng: np.random.Generator) -> ViewSample:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        w_img, h_img = img.size
-        # torch's antialiased bicubic kernel on uint8 tensors follows PIL's resampling and is several
-        # times faster than PIL's resize on one core.
-        pixels = TF.pil_to_tensor(img)
-        crops, params, boxes = [], [], []
+    def __call__(self, img: Image.Image | EncodedJPEG, modality: Optional[str], rng: np.random.Generator) -> ViewSample:
+        deferred = isinstance(img, EncodedJPEG)
+        if deferred:
+            w_img, h_img = img.size
+            # only the dimensions are read by get_params; the storage is never touched
+            pixels = torch.empty((3, h_img, w_img), dtype=torch.uint8)
+        else:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            w_img, h_img = img.size
+            # torch's antialiased bicubic kernel on uint8 tensors follows PIL's resampling and is
+            # several times faster than PIL's resize on one core.
+            pixels = TF.pil_to_tensor(img)
+        crops, params, boxes, geometry = [], [], [], []
         for spec in self.specs:
             top, left, h, w = RandomResizedCrop.get_params(pixels, list(spec.scale), list(spec.ratio))
-            crop = TF.resized_crop(pixels, top, left, h, w, [spec.size, spec.size], InterpolationMode.BICUBIC,
-                                   antialias=True)
-            if float(torch.rand(())) < RECIPE.flip_p:
-                crop = TF.horizontal_flip(crop)
-            crops.append(crop.contiguous())
+            flip = float(torch.rand(())) < RECIPE.flip_p
+            if deferred:
+                geometry.append((top, left, h, w, int(flip)))
+                crops.append(torch.zeros((1, 1, 1), dtype=torch.uint8).expand(3, spec.size, spec.size))
+            else:
+                crops.append(_crop(pixels, top, left, h, w, spec.size, flip))
             params.append(draw_photometric(spec) if self.photometric else _identity_params())
             boxes.append((h * w / (h_img * w_img), w / h))
         masks = [torch.from_numpy(m) for m in self.mask_fn(self.crop_sizes, self.epoch, rng)]
         index = MODALITY_NAMES.index(canonical_modality(modality)) if modality is not None else 0
-        return ViewSample(crops, masks, torch.stack(params), torch.tensor(boxes, dtype=torch.float32), index)
+        sample = ViewSample(crops, masks, torch.stack(params), torch.tensor(boxes, dtype=torch.float32), index)
+        if deferred:
+            jpeg = torch.frombuffer(bytearray(img.data), dtype=torch.uint8)
+            sample = sample._replace(jpeg=jpeg, geometry=torch.tensor(geometry, dtype=torch.int64))
+        return sample
+
+
+def _crop(pixels: Tensor, top: int, left: int, h: int, w: int, size: int, flip: bool) -> Tensor:
+    """RandomResizedCrop's resampling (bicubic, antialiased) and the flip, on a ``[3, H, W]`` uint8 tensor."""
+    crop = TF.resized_crop(pixels, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
+    return (TF.horizontal_flip(crop) if flip else crop).contiguous()
 
 
 def _identity_params() -> Tensor:
@@ -241,13 +264,36 @@ def _identity_params() -> Tensor:
 
 def collate_views(batch: Sequence[ViewSample]) -> ViewBatch:
     n = len(batch[0].crops)
-    return ViewBatch(
+    out = ViewBatch(
         crops=[torch.stack([b.crops[i] for b in batch]) for i in range(n)],
         masks=[torch.stack([b.masks[i] for b in batch]) for i in range(n)],
         params=[torch.stack([b.params[i] for b in batch]) for i in range(n)],
         boxes=torch.stack([b.boxes for b in batch]),
         modality=torch.tensor([b.modality for b in batch], dtype=torch.int64),
     )
+    if any(b.jpeg is not None for b in batch):
+        geometry = torch.stack([b.geometry if b.geometry is not None else torch.zeros((n, 5), dtype=torch.int64)
+                                for b in batch])
+        out = out._replace(jpeg=[b.jpeg for b in batch], geometry=geometry)
+    return out
+
+
+def decode_deferred(batch: ViewBatch, crops: list[Tensor], device: torch.device | str) -> None:
+    """Decode the batch's undecoded JPEGs in one ``torchvision.io.decode_jpeg`` call on ``device``
+    (nvJPEG on CUDA) and write their crops into ``crops`` (the batch's crops, already on ``device``)."""
+    if batch.jpeg is None or batch.geometry is None:
+        return
+    rows = [b for b, data in enumerate(batch.jpeg) if data is not None]
+    if not rows:
+        return
+    from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415 - only this path needs it
+
+    images = decode_jpeg([batch.jpeg[b] for b in rows], mode=ImageReadMode.RGB, device=device)
+    geometry = batch.geometry.tolist()  # a CPU tensor: no device sync
+    for b, img in zip(rows, images):
+        for c, target in enumerate(crops):
+            top, left, h, w, flip = geometry[b][c]
+            target[b] = _crop(img, top, left, h, w, target.shape[-1], bool(flip))
 
 
 # -- the device half ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from visionfm.data.images import SampleDataset, list_images, list_subdirs, load_image
+from visionfm.data.images import SampleDataset, list_images, list_subdirs, load_image, read_jpeg
 from visionfm.data.modalities import MODALITY_NAMES, canonical_modality
 from visionfm.errors import ConfigError, DataFormatError
 
@@ -42,6 +42,8 @@ class PretrainImages(SampleDataset):
         on_error: ``"fail"`` or ``"skip"`` (see :class:`SampleDataset`).
         recursive: also collect images in nested folders (hidden files and folders are ignored).
         min_pixels: decode JPEGs at the smallest DCT scale that keeps this many pixels (0: full size).
+        defer_jpeg: return RGB/grayscale JPEGs undecoded (:class:`EncodedJPEG`, for GPU decoding);
+            other files are decoded as usual.
     """
 
     def __init__(
@@ -52,9 +54,11 @@ class PretrainImages(SampleDataset):
         on_error: str = "fail",
         recursive: bool = True,
         min_pixels: int = 0,
+        defer_jpeg: bool = False,
     ) -> None:
         super().__init__(on_error)
         self.min_pixels = int(min_pixels)
+        self.defer_jpeg = bool(defer_jpeg)
         self.root = Path(root)
         self.transform = transform
         if isinstance(modalities, str):
@@ -98,7 +102,7 @@ class PretrainImages(SampleDataset):
 
     def _load(self, index: int) -> Any:
         path, modality = self.samples[index]
-        img = load_image(path, self.min_pixels)
+        img = (read_jpeg(path) if self.defer_jpeg else None) or load_image(path, self.min_pixels)
         return self.transform(img, modality) if self.transform is not None else (img, modality)
 
     def modality_counts(self) -> dict[str, int]:
