@@ -401,6 +401,12 @@ def precision_name(tr: IBOTTrainer) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[tr.amp_dtype]
 
 
+def step_figures(batch: int, step_s: float, warmup_s: float, flops: int, peak: float, peak_kind: str) -> dict[str, Any]:
+    """The figures every step column reports."""
+    return {"images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "warmup_s": warmup_s, "flops_per_step": flops,
+            "tflops_per_s": flops / step_s / 1e12, "peak_memory_gib": peak, "peak_memory_kind": peak_kind}
+
+
 def time_loader(tr: IBOTTrainer, epoch: int, n_batches: int, consume: Callable[[Any, Any, int], Any] | None) -> float:
     """Seconds to pull ``n_batches`` from the trainer's loader (worker start-up included, as at the
     start of every training epoch) and put them on the device as the step receives them (the
@@ -625,14 +631,7 @@ def _measure_official_step(o: types.SimpleNamespace, a: argparse.Namespace, tr_d
         return {
             "precision": "fp16" if run.scaler is not None else "fp32",
             "use_flash": use_flash,
-            "images_per_s": B / step_s,
-            "step_ms": 1e3 * step_s,
-            "warmup_s": warmup_s,
-            "flops_per_step": flops,
-            "tflops_per_s": flops / step_s / 1e12,
-            "peak_memory_gib": peak,
-            "peak_memory_kind": peak_kind,
-            "skipped_fp16_steps_possible": run.scaler is not None,
+            **step_figures(B, step_s, warmup_s, flops, peak, peak_kind),
         }
     finally:
         del run
@@ -810,13 +809,7 @@ def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, res: d
         res["ours"] = {
             "precision": precision_name(tr),
             "compiled": bool(a.compile),
-            "images_per_s": B / step_s,
-            "step_ms": 1e3 * step_s,
-            "warmup_s": warmup_s,
-            "flops_per_step": flops,
-            "tflops_per_s": flops / step_s / 1e12,
-            "peak_memory_gib": peak,
-            "peak_memory_kind": peak_kind,
+            **step_figures(B, step_s, warmup_s, flops, peak, peak_kind),
             "attention_modules": len(mods),
             "fused_attention_modules": sum(bool(m.fused_attn) for m in mods),
             "attention_ops": ops,
@@ -925,13 +918,8 @@ def _measure_baseline(a: argparse.Namespace, data_root: Path, tmp_root: Path, re
         mods = attention_modules(tr.student) + attention_modules(tr.teacher)
         res["baseline"] = {
             "precision": precision_name(tr),
-            "images_per_s": B / step_s,
-            "step_ms": 1e3 * step_s,
-            "warmup_s": warmup_s,
-            "flops_per_step": flops,
-            "tflops_per_s": flops / step_s / 1e12,
-            "peak_memory_gib": peak,
-            "peak_memory_kind": peak_kind + ("" if dev.type == "cuda" else " (max over the whole process so far)"),
+            **step_figures(B, step_s, warmup_s, flops, peak,
+                           peak_kind + ("" if dev.type == "cuda" else " (max over the whole process so far)")),
             "attention_modules": n_attn,
             "fused_attention_modules": sum(bool(m.fused_attn) for m in mods),
             "attention_ops": ops,
@@ -1002,27 +990,20 @@ def format_table(res: dict[str, Any]) -> str:
                 f"{num(r['ours_device_path_worker_ms'], '{:.2f}'):>18}{num(r['ours_device_path_photometric_ms'], '{:.3f}'):>15}"
                 f"{num(r.get('device_worker_over_official'), '{:.3f}'):>13}{num(r.get('cpu_path_over_official'), '{:.2f}'):>10}"
             )
-        lines += ["", f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), images/s:"]
-        parts = []
-        if "official_images_per_s" in p:
-            parts.append(f"original {num(p['official_images_per_s'])}")
-        for path, label in (("cpu", "ours PIL path"), ("device", "ours device path")):
-            txt = f"{label} {num(p[f'ours_{path}_path_images_per_s'])}"
-            if f"ours_{path}_over_official" in p:
-                txt += f" ({num(p[f'ours_{path}_over_official'], '{:.2f}×')})"
-            parts.append(txt)
-        lines.append("    " + "   ".join(parts))
+        def rates(d: dict[str, Any]) -> str:
+            parts = [f"original {num(d['official_images_per_s'])}"] if "official_images_per_s" in d else []
+            for path, label in (("cpu", "ours PIL path"), ("device", "ours device path")):
+                txt = f"{label} {num(d[f'ours_{path}_path_images_per_s'])}"
+                if f"ours_{path}_over_official" in d:
+                    txt += f" ({num(d[f'ours_{path}_over_official'], '{:.2f}×')})"
+                parts.append(txt)
+            return "    " + "   ".join(parts)
+
+        lines += ["", f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), images/s:",
+                  rates(p)]
         e = res.get("end_to_end")
         if e:
-            parts = []
-            if "official_images_per_s" in e:
-                parts.append(f"original {num(e['official_images_per_s'])}")
-            for path, label in (("cpu", "ours PIL path"), ("device", "ours device path")):
-                txt = f"{label} {num(e[f'ours_{path}_path_images_per_s'])}"
-                if f"ours_{path}_over_official" in e:
-                    txt += f" ({num(e[f'ours_{path}_over_official'], '{:.2f}×')})"
-                parts.append(txt)
-            lines += ["  end to end (each loader feeding its own step), images/s:", "    " + "   ".join(parts)]
+            lines += ["  end to end (each loader feeding its own step), images/s:", rates(e)]
     tg = res.get("targets")
     if tg:
         lines += ["", f"  target (H100/H200 ViT-B/16 b128): ≥ {tg['images_per_s']:,.0f} images/s and ≤ {tg['peak_memory_gib']:.0f} GiB"

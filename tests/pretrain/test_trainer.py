@@ -88,7 +88,8 @@ def test_tiny_run_writes_official_layout_and_loads_as_encoder(data_root, tmp_pat
 def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path, augment_on):
     """Both input paths (PIL in the workers; crops in the workers + photometry batched on the
     device, here the CPU) resume a SIGKILLed run to the uninterrupted run's teacher."""
-    extra = ["--saveckp_iters", "2", "--augment_on", augment_on, "--device", "cpu"]
+    # a learning rate that moves the weights (the default's 2e-6 peak would hide any data difference)
+    extra = ["--saveckp_iters", "2", "--augment_on", augment_on, "--device", "cpu", "--lr", "0.05"]
     base = _flags(data_root, tmp_path, "full", extra)
     full = _run_subprocess(base)
     assert full.returncode == 0, full.stderr[-2000:]
