@@ -141,3 +141,26 @@ def test_selection_shapes_are_fixed_and_masked_first():
     assert set(select[0, :2].tolist()) == {1, 7} and valid[0].tolist() == [True, True, False, False]
     assert not valid[1].any()
     assert set(select[2, :3].tolist()) == {0, 2, 9}
+
+
+def test_crops_of_one_resolution_share_one_backbone_pass():
+    """2 global + 3 local crops: two backbone calls (one per resolution), outputs equal to
+    encoding each crop on its own."""
+    from visionfm.models.encoder import VisionFMEncoder
+    from visionfm.pretrain.model import MultiCropNetwork
+
+    torch.manual_seed(0)
+    net = MultiCropNetwork(VisionFMEncoder("vit_tiny", 32, 16), IBOTHead(192, 64, 48, hidden_dim=40, bottleneck_dim=16)).eval()
+    calls = []
+    net.backbone.register_forward_hook(lambda mod, args, out: calls.append(tuple(args[0].shape)))
+    g = [torch.randn(2, 3, 32, 32) for _ in range(2)]
+    loc = [torch.randn(2, 3, 16, 16) for _ in range(3)]
+    masks = [torch.zeros(2, 2, 2, dtype=torch.bool) for _ in range(2)]
+    select = torch.zeros(4, 1, dtype=torch.long)
+    with torch.no_grad():
+        cls, patch, local_cls, _ = net(g, masks, loc, select=select)
+    assert calls == [(4, 3, 32, 32), (6, 3, 16, 16)]
+    with torch.no_grad():
+        one = net.head(net.backbone(loc[1])[:, 0])
+    torch.testing.assert_close(local_cls[2:4], one, rtol=1e-5, atol=1e-6)
+    assert cls.shape == (4, 64) and patch.shape == (4, 1, 48) and local_cls.shape == (6, 64)
