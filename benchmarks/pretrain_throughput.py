@@ -879,7 +879,7 @@ def _measure_pipelines(a: argparse.Namespace, folders: dict[int, Path], tmp_root
                 free_memory(dev)
         for path in ("cpu", "device"):
             pipe[f"ours_{path}_over_official"] = pipe[f"ours_{path}_path_images_per_s"] / pipe["official_images_per_s"]
-            if f"official_images_per_s" in e2e and f"ours_{path}_path_images_per_s" in e2e:
+            if "official_images_per_s" in e2e and f"ours_{path}_path_images_per_s" in e2e:
                 e2e[f"ours_{path}_over_official"] = e2e[f"ours_{path}_path_images_per_s"] / e2e["official_images_per_s"]
     res["pipeline"] = pipe
     if not a.skip_end_to_end:

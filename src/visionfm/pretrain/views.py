@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -413,16 +413,3 @@ class BatchPhotometric(nn.Module):
         y = F.conv2d(y, k.view(b * c, 1, 1, 2 * r + 1), groups=b * c)
         y = F.conv2d(y, k.view(b * c, 1, 2 * r + 1, 1), groups=b * c)
         return y.view(b, c, h, w).clamp_(0.0, 1.0)
-
-    def views(self, batch: ViewBatch, device: torch.device) -> list[Tensor]:
-        """Every crop of a collated batch, moved to ``device`` and augmented."""
-        modality = batch.modality.to(device, non_blocking=True)
-        return [
-            self(c.to(device, non_blocking=True), p.to(device, non_blocking=True), modality)
-            for c, p in zip(batch.crops, batch.params)
-        ]
-
-
-def describe() -> dict[str, Any]:
-    """The recipe as plain values (for logs and docs)."""
-    return dict(RECIPE.__dict__)
