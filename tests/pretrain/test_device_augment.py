@@ -121,6 +121,26 @@ def _masker() -> PretrainMasker:
     return PretrainMasker(patch_size=8)
 
 
+class _RecordBoxes:
+    """Records every RandomResizedCrop box of the device path's workers (area fraction, w/h)."""
+
+    def __init__(self, mp: pytest.MonkeyPatch) -> None:
+        from torchvision.transforms import RandomResizedCrop
+
+        self.boxes: list[tuple[float, float]] = []
+        real = RandomResizedCrop.get_params
+
+        def spy(img, scale, ratio):
+            top, left, h, w = real(img, scale, ratio)
+            self.boxes.append((h * w / (img.shape[-1] * img.shape[-2]), w / h))
+            return top, left, h, w
+
+        mp.setattr(RandomResizedCrop, "get_params", staticmethod(spy))
+
+    def per_kind(self, n: int) -> np.ndarray:
+        return np.array(self.boxes).reshape(n, len(KINDS), 2)
+
+
 def _pil_path(root: Path) -> dict[str, dict[str, np.ndarray]]:
     """The original's recipe: full decode, PIL augmentation in the worker; RRC boxes recorded."""
     aug = IBOTAugmentation(**RECIPE_KW, patch_size=8, mask_fn=_masker().make_masks)
@@ -153,11 +173,16 @@ def _device_batches(root: Path) -> list:
     specs = view_specs(**RECIPE_KW)
     views = GeometricViews(specs, _masker().make_masks)
     ds = PretrainCropDataset(PretrainImages(root, "Fundus", min_pixels=min_decode_pixels(specs)), views, seed=11)
-    return [collate_views([ds[(0, i)] for i in range(start, start + 100)]) for start in range(0, N_IMAGES, 100)]
+    with pytest.MonkeyPatch.context() as mp:
+        rec = _RecordBoxes(mp)
+        batches = [collate_views([ds[(0, i)] for i in range(start, start + 100)]) for start in range(0, N_IMAGES, 100)]
+    return batches, rec.per_kind(N_IMAGES)
 
 
-def _device_path(batches: list, tamper=None) -> dict[str, dict[str, np.ndarray]]:
-    """The device half (here on CPU tensors) over the workers' batches; ``tamper`` edits parameters."""
+def _device_path(worked: tuple, tamper=None) -> dict[str, dict[str, np.ndarray]]:
+    """The device half (here on CPU tensors) over the workers' ``(batches, boxes)``; ``tamper``
+    edits parameters."""
+    batches, b = worked
     photometric = BatchPhotometric()
     out_crops: list[list[torch.Tensor]] = [[] for _ in KINDS]
     for batch in batches:
@@ -166,7 +191,6 @@ def _device_path(batches: list, tamper=None) -> dict[str, dict[str, np.ndarray]]
             tamper(params)
         for k, (c, p) in enumerate(zip(batch.crops, params)):
             out_crops[k].append(photometric(c, p, batch.modality))
-    b = torch.cat([batch.boxes for batch in batches]).numpy()
     return _with_pair({
         kind: _crop_stats(_unnormalise(torch.cat(out_crops[k]))) | _boxes_stats(b[:, k, 0], b[:, k, 1])
         for k, kind in enumerate(KINDS)
@@ -327,12 +351,14 @@ def _deferred_batches(root: Path, n: int = N_IMAGES) -> list:
     images = PretrainImages(root, "Fundus", min_pixels=min_decode_pixels(specs), defer_jpeg=True)
     ds = PretrainCropDataset(images, views, seed=11)
     out = []
-    for start in range(0, n, 100):
-        batch = collate_views([ds[(0, i)] for i in range(start, min(start + 100, n))])
-        crops = [c.clone() for c in batch.crops]
-        decode_deferred(batch, crops, "cpu")
-        out.append(batch._replace(crops=crops))
-    return out
+    with pytest.MonkeyPatch.context() as mp:
+        rec = _RecordBoxes(mp)
+        for start in range(0, n, 100):
+            batch = collate_views([ds[(0, i)] for i in range(start, min(start + 100, n))])
+            crops = [c.clone() for c in batch.crops]
+            decode_deferred(batch, crops, "cpu")
+            out.append(batch._replace(crops=crops))
+    return out, rec.per_kind(n)
 
 
 def test_deferred_decode_matches_pil_path_statistics(image_root, pil_stats):

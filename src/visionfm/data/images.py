@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 
+import io
 import logging
 import math
 import operator
@@ -240,7 +241,8 @@ def read_jpeg(path: str | os.PathLike[str]) -> EncodedJPEG | None:
     if path.suffix.lower() not in (".jpg", ".jpeg"):
         return None
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:  # the header, from the bytes read once
             fmt, size, mode = img.format, img.size, img.mode
     except FileNotFoundError:
         raise DataFormatError("image file not found", path) from None
@@ -248,7 +250,7 @@ def read_jpeg(path: str | os.PathLike[str]) -> EncodedJPEG | None:
         raise DataFormatError(f"not a readable image ({type(exc).__name__}: {exc})", path) from None
     if fmt != "JPEG" or mode not in ("RGB", "L"):
         return None  # CMYK and the like: the CPU decoder converts them
-    return EncodedJPEG(path.read_bytes(), size, str(path))
+    return EncodedJPEG(data, size, str(path))
 
 
 def _mask_ids(img: Image.Image, path: Path) -> np.ndarray:

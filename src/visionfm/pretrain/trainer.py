@@ -451,24 +451,21 @@ class IBOTTrainer:
             )
             out = self.loss_call(s_cls, s_patch, t_cls, t_patch, t_mean, valid, epoch, student_local_cls=s_local)
         loss = out["loss"]
-        ok: torch.Tensor | None = torch.isfinite(loss)
+        ok = torch.isfinite(loss)
         if self.env.distributed:
             # one rank's non-finite loss poisons every rank's averaged gradients: all skip together
             bad_anywhere = (~ok).float()
             torch.distributed.all_reduce(bad_anywhere)
             ok = bad_anywhere == 0
-        if self.device_skip:
-            pass  # decided on the device below
-        elif not bool(ok):  # LARS / fp16: the one per-step host read
-            self.nonfinite_streak += 1
-            self.skipped_steps += 1
-            log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
-            self.optimizer.zero_grad(set_to_none=True)
-            self._raise_if_diverged(it)
-            return
-        else:
+        if not self.device_skip:  # LARS / fp16: the one per-step host read
+            if not bool(ok):
+                self.nonfinite_streak += 1
+                self.skipped_steps += 1
+                log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
+                self.optimizer.zero_grad(set_to_none=True)
+                self._raise_if_diverged(it)
+                return
             self.nonfinite_streak = 0
-            ok = None
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -487,7 +484,7 @@ class IBOTTrainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if ok is not None:
+            if self.device_skip:
                 bad = ~ok
                 self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused kernels skip on 1
                 momentum = torch.where(ok, self._momentum_dev[it], torch.ones_like(self._momentum_dev[it]))

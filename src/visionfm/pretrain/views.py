@@ -172,7 +172,6 @@ class ViewSample(NamedTuple):
     crops: list[Tensor]  # uint8 [3, S, S] per crop; zero placeholders when the JPEG is left to the GPU
     masks: list[Tensor]  # bool [S/p, S/p] per crop
     params: Tensor  # float32 [C, N_PARAMS]
-    boxes: Tensor  # float32 [C, 2]: crop area fraction and aspect (w/h) in the decoded image
     modality: int  # index into MODALITY_NAMES
     jpeg: Optional[Tensor] = None  # uint8 [n_bytes]: the undecoded file (--decode gpu)
     geometry: Optional[Tensor] = None  # int64 [C, 5]: top, left, height, width, flip (with jpeg)
@@ -184,7 +183,6 @@ class ViewBatch(NamedTuple):
     crops: list[Tensor]  # uint8 [B, 3, S, S] per crop (zeros where a JPEG is left to the GPU)
     masks: list[Tensor]  # bool [B, h, w] per crop
     params: list[Tensor]  # float32 [B, N_PARAMS] per crop
-    boxes: Tensor  # float32 [B, C, 2]
     modality: Tensor  # int64 [B]
     jpeg: Optional[list[Optional[Tensor]]] = None  # per sample: undecoded bytes or None
     geometry: Optional[Tensor] = None  # int64 [B, C, 5]
@@ -219,17 +217,16 @@ class GeometricViews:
     def __call__(self, img: Image.Image | EncodedJPEG, modality: Optional[str], rng: np.random.Generator) -> ViewSample:
         deferred = isinstance(img, EncodedJPEG)
         if deferred:
-            w_img, h_img = img.size
-            # only the dimensions are read by get_params; the storage is never touched
-            pixels = torch.empty((3, h_img, w_img), dtype=torch.uint8)
+            w, h = img.size
+            # get_params reads only the dimensions: a zero-stride view allocates nothing
+            pixels = torch.zeros((1, 1, 1), dtype=torch.uint8).expand(3, h, w)
         else:
             if img.mode != "RGB":
                 img = img.convert("RGB")
-            w_img, h_img = img.size
             # torch's antialiased bicubic kernel on uint8 tensors follows PIL's resampling and is
             # several times faster than PIL's resize on one core.
             pixels = TF.pil_to_tensor(img)
-        crops, params, boxes, geometry = [], [], [], []
+        crops, params, geometry = [], [], []
         for spec in self.specs:
             top, left, h, w = RandomResizedCrop.get_params(pixels, list(spec.scale), list(spec.ratio))
             flip = float(torch.rand(())) < RECIPE.flip_p
@@ -239,10 +236,9 @@ class GeometricViews:
             else:
                 crops.append(_crop(pixels, top, left, h, w, spec.size, flip))
             params.append(draw_photometric(spec) if self.photometric else _identity_params())
-            boxes.append((h * w / (h_img * w_img), w / h))
         masks = [torch.from_numpy(m) for m in self.mask_fn(self.crop_sizes, self.epoch, rng)]
         index = MODALITY_NAMES.index(canonical_modality(modality)) if modality is not None else 0
-        sample = ViewSample(crops, masks, torch.stack(params), torch.tensor(boxes, dtype=torch.float32), index)
+        sample = ViewSample(crops, masks, torch.stack(params), index)
         if deferred:
             jpeg = torch.frombuffer(bytearray(img.data), dtype=torch.uint8)
             sample = sample._replace(jpeg=jpeg, geometry=torch.tensor(geometry, dtype=torch.int64))
@@ -268,7 +264,6 @@ def collate_views(batch: Sequence[ViewSample]) -> ViewBatch:
         crops=[torch.stack([b.crops[i] for b in batch]) for i in range(n)],
         masks=[torch.stack([b.masks[i] for b in batch]) for i in range(n)],
         params=[torch.stack([b.params[i] for b in batch]) for i in range(n)],
-        boxes=torch.stack([b.boxes for b in batch]),
         modality=torch.tensor([b.modality for b in batch], dtype=torch.int64),
     )
     if any(b.jpeg is not None for b in batch):
@@ -299,14 +294,6 @@ def decode_deferred(batch: ViewBatch, crops: list[Tensor], device: torch.device 
 # -- the device half ---------------------------------------------------------------------------------
 # torchvision's adjust_* functions take one factor per call; per-sample factors over a batch need
 # these broadcasting versions (same formulas as torchvision's tensor kernels).
-_GRAY = (0.2989, 0.587, 0.114)
-
-
-def _gray(x: Tensor) -> Tensor:
-    r, g, b = x.unbind(-3)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
-
-
 def _blend(x: Tensor, other: Tensor, f: Tensor) -> Tensor:
     return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
 
@@ -381,18 +368,19 @@ class BatchPhotometric(nn.Module):
         col = lambda name: p[:, PARAM[name]].view(-1, 1, 1, 1)  # noqa: E731
         jitter = p[:, PARAM["jitter"]] > 0
         order = p[:, PARAM["order"] : PARAM["order"] + 4].round().long()
+        one = torch.ones_like(col("brightness"))
+        black = torch.zeros((), device=x.device)
         for pos in range(4):
             op = order[:, pos]
             # each operation runs on every sample; where it is not this sample's turn the factor is
             # the identity (brightness/contrast/saturation 1) or the hue result is discarded.
             on = lambda k: (jitter & (op == k)).view(-1, 1, 1, 1)  # noqa: E731
-            one = torch.ones_like(col("brightness"))
-            x = _blend(x, torch.zeros((), device=x.device), torch.where(on(0), col("brightness"), one))
-            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            x = _blend(x, black, torch.where(on(0), col("brightness"), one))
+            mean = TF.rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
             x = _blend(x, mean, torch.where(on(1), col("contrast"), one))
-            x = _blend(x, _gray(x), torch.where(on(2), col("saturation"), one))
+            x = _blend(x, TF.rgb_to_grayscale(x), torch.where(on(2), col("saturation"), one))
             x = torch.where(on(3), _adjust_hue(x, col("hue")), x)
-        x = torch.where(col("grayscale") > 0, _gray(x).expand_as(x), x)
+        x = torch.where(col("grayscale") > 0, TF.rgb_to_grayscale(x).expand_as(x), x)
         x = self._blur(x, p[:, PARAM["sigma"]])
         threshold = RECIPE.solarize_threshold / 255.0
         x = torch.where((col("solarize") > 0) & (x >= threshold), 1.0 - x, x)
