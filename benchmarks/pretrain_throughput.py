@@ -57,9 +57,8 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from visionfm.cli.options import VFMArgumentParser
 from visionfm.data.layouts.pretrain import PretrainImages
-from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
+from visionfm.cli.pretrain import config_from_argv
 from visionfm.pretrain.data import PretrainCropDataset
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.optim import cancel_last_layer_grads, set_group_hparams
@@ -126,10 +125,8 @@ def _check_args(a: argparse.Namespace) -> None:
 
 
 def trainer_args(a: argparse.Namespace, data_path: Path, out_dir: Path, name: str, *,
-                 precision: str, compile_: bool, workers: int, augment_on: str = "auto") -> argparse.Namespace:
-    """The ``visionfm pretrain`` flags (library defaults for everything the benchmark does not set)."""
-    parser = VFMArgumentParser(prog="visionfm pretrain")
-    add_pretrain_arguments(parser)
+                 precision: str, compile_: bool, workers: int, augment_on: str = "auto") -> Any:
+    """The ``visionfm pretrain`` config (library defaults for everything the benchmark does not set)."""
     argv = [
         "--name", name, "--output_dir", str(out_dir), "--data_path", str(data_path), "--modality", MODALITY,
         "--arch", a.arch, "--patch_size", str(a.patch_size), "--input_size", str(a.input_size),
@@ -140,7 +137,7 @@ def trainer_args(a: argparse.Namespace, data_path: Path, out_dir: Path, name: st
     ]
     if compile_:
         argv.append("--compile")
-    return validate_pretrain_args(parser.parse_args(argv))
+    return config_from_argv(argv)
 
 
 # -- synthetic JPEG folder ------------------------------------------------------------------------------

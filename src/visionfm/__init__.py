@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_encoder", "build_encoder", "VisionFMEncoder", "from_pretrained", "VisionFMModel"]
+__all__ = ["__version__", "load_encoder", "build_encoder", "VisionFMEncoder", "from_pretrained", "VisionFMModel",
+           "train", "pretrain"]
 
 
 def __getattr__(name: str):
@@ -17,4 +18,8 @@ def __getattr__(name: str):
         from visionfm import packaging
 
         return getattr(packaging, name)
+    if name in {"train", "pretrain"}:
+        from visionfm import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'visionfm' has no attribute {name!r}")

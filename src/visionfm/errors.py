@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["VisionFMError", "CheckpointError", "UnsafeCheckpointError", "DataFormatError", "ConfigError"]
+__all__ = [
+    "VisionFMError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "DataFormatError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "NothingToPlotError",
+    "UploadError",
+]
 
 
 class VisionFMError(Exception):
@@ -34,3 +43,20 @@ class DataFormatError(VisionFMError, ValueError):
 
 class ConfigError(VisionFMError, ValueError):
     """Inconsistent flags or configuration values."""
+
+
+class NonFiniteLossError(VisionFMError, FloatingPointError):
+    """Training diverged (NaN/inf loss or weights); nothing non-finite was saved as a result."""
+
+
+class NothingToPlotError(VisionFMError, ValueError):
+    """A figure was asked for data that cannot draw it (e.g. a curve with a single class present)."""
+
+
+class UploadError(VisionFMError):
+    """A web-app request the server refuses, with the HTTP status and a message meant for the person."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

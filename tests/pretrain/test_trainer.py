@@ -49,10 +49,23 @@ def _flags(data_root, out, name, extra=()):
     ]
 
 
-def _run_subprocess(args, env_extra=None):
+# Runs the CLI in a child process; ``kill_at`` SIGKILLs it right after that global iteration, through
+# the trainer's test hook (nothing in the production loop reads the environment for this).
+_CHILD = """
+import os, signal, sys
+from visionfm.pretrain.trainer import IBOTTrainer
+kill_at = int(sys.argv[1])
+if kill_at >= 0:
+    IBOTTrainer.after_iteration = lambda self, it: it == kill_at and os.kill(os.getpid(), signal.SIGKILL)
+from visionfm.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run_subprocess(args, kill_at=-1):
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "visionfm.cli.main", *args], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", _CHILD, str(kill_at), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_tiny_run_writes_official_layout_and_loads_as_encoder(data_root, tmp_path):
@@ -95,7 +108,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(data_root, tmp_path, a
     assert full.returncode == 0, full.stderr[-2000:]
     killed_flags = _flags(data_root, tmp_path, "resumed", [*extra, "--resume", "auto"])
     # 4 iterations per epoch: die right after global iteration 5 (mid-epoch 1; last save after iteration 5)
-    killed = _run_subprocess(killed_flags, {"VISIONFM_FAULT_KILL_AT_ITER": "5"})
+    killed = _run_subprocess(killed_flags, kill_at=5)
     assert killed.returncode == -9
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pth", weights_only=False)
     assert (ck["epoch"], ck["epoch_iter"]) == (1, 2)
@@ -122,15 +135,12 @@ def test_nonfinite_losses_are_skipped_then_stop_cleanly(data_root, tmp_path, mon
     """A non-finite loss must leave student, teacher and optimizer untouched. With fused AdamW the
     skip happens on the device and the streak is read at the next log point (log_freq 1: exactly at
     the limit; 10: at the epoch end, after the 4 iterations of epoch 0); LARS reads it every step."""
-    from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
-    from visionfm.cli.options import VFMArgumentParser
+    from visionfm.cli.pretrain import config_from_argv
     from visionfm.pretrain import trainer as trainer_mod
 
-    p = VFMArgumentParser()
-    add_pretrain_arguments(p)
     flags = _flags(data_root, tmp_path, "nan", ["--max_nonfinite_steps", "3", "--log_freq", log_freq,
                                                  "--optimizer", optimizer])[1:]
-    args = validate_pretrain_args(p.parse_args(flags))
+    args = config_from_argv(flags)
     tr = trainer_mod.IBOTTrainer(args)
     assert tr.device_skip is (optimizer == "adamw")
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}

@@ -85,7 +85,8 @@ def test_binary_finetune_with_class_absent_from_val(tmp_path):
 
 def test_mixup_randaug_and_presets(tmp_path):
     from visionfm.data.layouts import ImageFolderDataset
-    from visionfm.tasks.finetune import lr_at, resolve_classes
+    from visionfm.engine.trainer import warmup_cosine as lr_at
+    from visionfm.tasks.finetune import resolve_classes
 
     classes = resolve_classes(tmp_path, None, "JSIEC")
     assert classes[1] == "20.Massive hard exudates" and len(classes) == 39

@@ -71,7 +71,7 @@ def test_train_forecast_beats_interval_only_baseline(tmp_path):
     assert sum(b["n"] for b in m["by_interval"].values()) == fc["n"] == 200
     html = (run / "report" / "report.html").read_text()
     assert "Results by interval" in html and "interval-only" in html
-    assert (run / "features" / "training.safetensors").is_file()
+    assert (run / "features" / "training" / "features.safetensors").is_file()  # a feature store
     best = json.loads((run / "checkpoint_best.json").read_text())
     assert best["test_metrics"]["auroc"] == fc["auroc"] and best["selection_key"] == "auroc"
     # the selected model as a model folder: it reproduces the run's own test probabilities from the images

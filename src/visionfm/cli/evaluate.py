@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from visionfm.cli.finetune import ARCH_CHOICES, add_class_order_arguments
-from visionfm.cli.options import VFMArgumentParser, bool_flag
+import argparse
+
+from visionfm.cli.finetune import add_class_order_arguments
+from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
@@ -15,7 +17,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="a classification model folder (e.g. <finetune run>/model); alternative to --load_from")
     p.add_argument("--data_path", required=True, help="folder with <split>/<class>/ images")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES, help="original .pth checkpoints only")
+    p.add_argument("--arch", default="vit_base", choices=arch_choices(), help="original .pth checkpoints only")
     p.add_argument("--input_size", type=int, default=224, help="original .pth checkpoints only")
     p.add_argument("--patch_size", type=int, default=16, help="original .pth checkpoints only")
     p.add_argument("--num_labels", type=int, default=None, help="original .pth checkpoints only")
@@ -27,13 +29,11 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--amp", type=bool_flag, default=True, help="bf16 autocast on CUDA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default=".")
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
+    p.add_run_arguments(resume=False)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import EvaluateConfig
     from visionfm.tasks.finetune import run_evaluate
 
-    return run_evaluate(args)
+    return run_evaluate(to_config(EvaluateConfig, args))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from visionfm.cli.options import VFMArgumentParser
+from visionfm.cli.options import VFMArgumentParser, arch_choices
 
 log = logging.getLogger("visionfm.extract")
 
@@ -17,7 +17,7 @@ log = logging.getLogger("visionfm.extract")
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--pretrained_weights", required=True, help="encoder weights file, or 'random' (explicit)")
     p.add_argument("--checkpoint_key", default="teacher")
-    p.add_argument("--arch", default="vit_base", choices=["vit_tiny", "vit_small", "vit_base", "vit_large"])
+    p.add_argument("--arch", default="vit_base", choices=arch_choices())
     p.add_argument("--modality", default="Fundus")
     p.add_argument("--data_path", default="./data/FundusClassification/")
     p.add_argument("--dst_root", required=True, help="output folder of the feature stores")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser, bool_flag
+import argparse
 
-ARCH_CHOICES = ["vit_tiny", "vit_small", "vit_base", "vit_large"]
-
+from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
 
 def add_class_order_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--class_order", default=None,
@@ -20,7 +19,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
     p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1, 2],
                    help="0: last-n CLS concat; 1: mean patch token; 2: both")
-    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
+    p.add_argument("--arch", default="vit_base", choices=arch_choices())
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--pretrained_weights", default=None,
@@ -61,13 +60,11 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--load_from", default=None,
                    help="initialise encoder + head from a finetune checkpoint or a finetune model folder")
     add_class_order_arguments(p)
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
+    p.add_run_arguments()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import FinetuneConfig
     from visionfm.tasks.finetune import run_finetune
 
-    return run_finetune(args)
+    return run_finetune(to_config(FinetuneConfig, args))

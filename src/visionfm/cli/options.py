@@ -15,7 +15,31 @@ from typing import Any, Sequence
 
 import yaml
 
-__all__ = ["VFMArgumentParser", "bool_flag", "parse_with_config", "add_store_decoder_arguments"]
+__all__ = [
+    "VFMArgumentParser",
+    "bool_flag",
+    "parse_with_config",
+    "to_config",
+    "arch_choices",
+    "add_store_decoder_arguments",
+    "add_dense_arguments",
+]
+
+# Flags that steer parsing or the launcher, not the command itself (they are not config fields).
+NOT_CONFIG = {"config", "dist_url", "local_rank", "command"}
+
+
+def arch_choices() -> list[str]:
+    """The ``--arch`` choices: the architecture table of :mod:`visionfm.models.archs`."""
+    from visionfm.models.archs import ARCHS
+
+    return list(ARCHS)
+
+
+def to_config(cls: Any, args: argparse.Namespace) -> Any:
+    """The command's typed config (:mod:`visionfm.config`) from its parsed flags."""
+    values = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    return cls.from_mapping(values, where=f"visionfm {cls.command}")
 
 
 def bool_flag(value: str | bool) -> bool:
@@ -53,6 +77,32 @@ class VFMArgumentParser(argparse.ArgumentParser):
 
     def add_config_argument(self) -> None:
         self.add_argument("--config", default=None, help="YAML file of flag values; command-line flags override it")
+
+    def add_resume_argument(self) -> None:
+        self.add_argument("--resume", action="store_true",
+                          help="continue <output_dir>/<name>/checkpoint_last (refused when its settings differ); "
+                               "without it a run of the same name starts afresh")
+
+    def add_run_arguments(self, resume: bool = True, report: bool = True) -> None:
+        """The flags every training/evaluation command ends with: report resamples, device, resume,
+        the launcher's flags and ``--config``."""
+        if report:
+            self.add_argument("--report_n_boot", type=int, default=1000,
+                              help="bootstrap resamples for report CIs (0: none)")
+        self.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        if resume:
+            self.add_resume_argument()
+        self.add_distributed_arguments()
+        self.add_config_argument()
+
+    def add_encoder_arguments(self, weights_help: str = "encoder weights file, or 'random'",
+                              weights_default: str | None = "") -> None:
+        """``--arch``, ``--input_size``, ``--patch_size``, ``--pretrained_weights``, ``--checkpoint_key``."""
+        self.add_argument("--arch", default="vit_base", choices=arch_choices())
+        self.add_argument("--input_size", type=int, default=224, help="side S of the square input (multiple of 16)")
+        self.add_argument("--patch_size", type=int, default=16)
+        self.add_argument("--pretrained_weights", default=weights_default, help=weights_help)
+        self.add_argument("--checkpoint_key", default="teacher")
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,7 +157,35 @@ def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir
                    help="pooled: every image is a sample (the original); concat/attention: one sample per subject")
     p.add_argument("--subject_map", default=None, help="CSV path,subject mapping images to subjects (for fusion)")
     p.add_argument("--bn_momentum", type=float, default=0.1, help="head BatchNorm momentum (0.99: the original)")
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
+    p.add_run_arguments()
+
+
+def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int, output_dir: str, data_path: str,
+                        labels_help: str) -> None:
+    """The flags of ``train_seg_decoder.py`` / ``train_landmark_decoder.py`` plus visionfm's extras."""
+    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
+    p.add_encoder_arguments()
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (not scaled by batch size)")
+    p.add_argument("--batch_size_per_gpu", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--val_freq", type=int, default=1)
+    p.add_argument("--data_path", default=data_path, help="folder of dataset folders (<dataset>/<split>/images)")
+    p.add_argument("--modality", default=modality, help="normalisation statistics to use")
+    p.add_argument("--head_type", default="unetr", choices=["unetr", "linear"])
+    p.add_argument("--output_dir", default=output_dir)
+    p.add_argument("--num_labels", type=int, default=num_labels, help=labels_help)
+    p.add_argument("--load_from", default=None, help="decoder checkpoint to initialise the head from")
+    # visionfm extras
+    p.add_argument("--block_ids", type=int, nargs=4, default=None,
+                   help="the 4 encoder blocks feeding the decoder (default [3,5,7,11] / [5,11,17,23])")
+    p.add_argument("--no_augment", action="store_true",
+                   help="no random augmentation: features are computed once and cached (much faster)")
+    p.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
+                   help="per-epoch LR schedule; 'step' = StepLR(20, 0.5), 'constant' = the original's behaviour")
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--n_overlays", type=int, default=8, help="overlay figures of test images in the report")
+    p.add_argument("--cache_max_gb", type=float, default=8.0,
+                   help="with --no_augment, fall back to live features when the cache would exceed this")
+    p.add_run_arguments(report=False)

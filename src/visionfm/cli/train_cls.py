@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser
+import argparse
 
-ARCH_CHOICES = ["vit_tiny", "vit_small", "vit_base", "vit_large"]
-
+from visionfm.cli.options import VFMArgumentParser, arch_choices, to_config
 
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
     p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1],
                    help="1: use the mean patch token of the last block instead of CLS tokens")
-    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
+    p.add_argument("--arch", default="vit_base", choices=arch_choices())
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--pretrained_weights", default=None,
@@ -37,13 +36,11 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="ClsHead BatchNorm momentum (0.99 reproduces the original: running stats ≈ last batch)")
     p.add_argument("--features", default=None, help="train from a 'visionfm extract' store (its --dst_root)")
     p.add_argument("--task", default="auto", choices=["auto", "binary", "multiclass", "multilabel"])
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
+    p.add_run_arguments()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainClsConfig
     from visionfm.tasks.classification import run_train_cls
 
-    return run_train_cls(args)
+    return run_train_cls(to_config(TrainClsConfig, args))

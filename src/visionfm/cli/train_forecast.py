@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser, bool_flag
+import argparse
 
-ARCH_CHOICES = ["vit_tiny", "vit_small", "vit_base", "vit_large"]
-
+from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
 
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
@@ -30,7 +29,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--modality", default="Fundus")
     p.add_argument("--pos_weight", type=float, default=10.0, help="BCE weight of the positive (progression) class")
     p.add_argument("--max_len", type=int, default=6500, help="largest interval + 1, in days; longer intervals are rejected")
-    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
+    p.add_argument("--arch", default="vit_base", choices=arch_choices())
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--pretrained_weights", default=None,
@@ -45,13 +44,11 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--standardize", type=bool_flag, default=True,
                    help="standardise features with training-set mean/std (stored in the checkpoint)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the final linear layer")
-    p.add_argument("--report_n_boot", type=int, default=1000, help="bootstrap resamples for report CIs (0: none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
+    p.add_run_arguments()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainForecastConfig
     from visionfm.tasks.forecasting import run_train_forecast
 
-    return run_train_forecast(args)
+    return run_train_forecast(to_config(TrainForecastConfig, args))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser
+import argparse
+
+from visionfm.cli.options import VFMArgumentParser, add_dense_arguments, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    from visionfm.tasks.dense_common import add_dense_arguments
-
     add_dense_arguments(p, modality="UBM", num_labels=3, output_dir=".", data_path="",
                         labels_help="number of landmarks K")
     p.add_argument("--sigma", type=float, default=2.0,
@@ -16,7 +16,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="probability of the random affine jitter (degrees 5, translate 0.05) in training")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainLandmarkConfig
     from visionfm.tasks.landmark import run_train_landmark
 
-    return run_train_landmark(args)
+    return run_train_landmark(to_config(TrainLandmarkConfig, args))

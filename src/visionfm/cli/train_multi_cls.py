@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser, add_store_decoder_arguments
+import argparse
+
+from visionfm.cli.options import VFMArgumentParser, add_store_decoder_arguments, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
@@ -15,7 +17,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="sgd: momentum 0.9, no weight decay, constant LR (the original); adamw: wd 0.05, cosine")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainMultiClsConfig
     from visionfm.tasks.multilabel import run_train_multi_cls
 
-    return run_train_multi_cls(args)
+    return run_train_multi_cls(to_config(TrainMultiClsConfig, args))

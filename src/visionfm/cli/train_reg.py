@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser, add_store_decoder_arguments
+import argparse
+
+from visionfm.cli.options import VFMArgumentParser, add_store_decoder_arguments, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
@@ -16,7 +18,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="adamw: wd 0.05 with a cosine schedule (the original used a constant LR); sgd: momentum 0.9")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainRegConfig
     from visionfm.tasks.regression import run_train_reg
 
-    return run_train_reg(args)
+    return run_train_reg(to_config(TrainRegConfig, args))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from visionfm.cli.options import VFMArgumentParser
+import argparse
+
+from visionfm.cli.options import VFMArgumentParser, add_dense_arguments, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    from visionfm.tasks.dense_common import add_dense_arguments
-
     add_dense_arguments(p, modality="Fundus", num_labels=4, output_dir="./results",
                         data_path="./dataset/seg_random/VesselSegmentation",
                         labels_help="classes including background; 1 = binary (sigmoid)")
@@ -15,7 +15,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="names of the classes (background first; 2 names when --num_labels 1)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    from visionfm.config import TrainSegConfig
     from visionfm.tasks.segmentation import run_train_seg
 
-    return run_train_seg(args)
+    return run_train_seg(to_config(TrainSegConfig, args))

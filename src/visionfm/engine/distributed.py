@@ -23,7 +23,6 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "barrier",
-    "all_reduce_mean",
     "seed_everything",
     "cleanup_distributed",
 ]
@@ -93,21 +92,13 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
-    return get_rank() == 0
+    """Rank 0 — also after the process group is gone (``RANK`` from torchrun still names the process)."""
+    return get_rank() == 0 and int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (in place on a copy); identity in a single process."""
-    if get_world_size() == 1:
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / get_world_size()
 
 
 def seed_everything(seed: int, rank_offset: bool = False) -> None:

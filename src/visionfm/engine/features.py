@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from visionfm.data.features import FeatureStore, identity_mismatches
+from visionfm.models.pooling import pool_tokens
 
 __all__ = [
     "encoder_identity",
@@ -37,6 +38,7 @@ __all__ = [
     "extract_to_store",
     "shard_indices",
     "pool_tokens",
+    "store_matches",
     "CLS_LEVELS",
 ]
 
@@ -241,7 +243,7 @@ def extract_to_store(
     folder = Path(folder)
     want = {**identity, **meta}
     n = len(dataset)  # type: ignore[arg-type]
-    if _matches(FeatureStore.read_meta(folder), want, n):
+    if store_matches(FeatureStore.read_meta(folder), want, n):
         if env.is_main:
             log.info("%s: finished and matching, skipped", folder)
         return "skipped"
@@ -251,7 +253,7 @@ def extract_to_store(
     idx = shard_indices(n, env.rank, world)
     shard_dir = shard_root / f"rank{env.rank}of{world}"
     shard_meta = {**want, "shard": [env.rank, world], "shard_rows": [idx[0], idx[-1] + 1] if idx else [0, 0]}
-    if _matches(FeatureStore.read_meta(shard_dir), shard_meta, len(idx)):
+    if store_matches(FeatureStore.read_meta(shard_dir), shard_meta, len(idx)):
         log.info("%s: reusing shard from an interrupted run", shard_dir)
     else:
         part = compute_features(encoder, dataset, env.device, batch_size, num_workers, idx, mode=mode,
@@ -279,7 +281,7 @@ def _write_part(folder: Path, part: Mapping[str, Any], meta: Mapping[str, Any]) 
                        patch_mean=part.get("patch_mean"), patch=part.get("patch"))
 
 
-def _matches(found: Mapping[str, Any] | None, want: Mapping[str, Any], n: int) -> bool:
+def store_matches(found: Mapping[str, Any] | None, want: Mapping[str, Any], n: int) -> bool:
     if found is None or int(found.get("n_samples", -1)) != n:
         return False
     if identity_mismatches(found, want):
@@ -290,21 +292,3 @@ def _matches(found: Mapping[str, Any] | None, want: Mapping[str, Any], n: int) -
         if found.get(key) != value and not (isinstance(value, (list, tuple)) and list(value) == found.get(key)):
             return False
     return True
-
-
-def pool_tokens(cls: torch.Tensor, patch_mean: torch.Tensor | None, n_last_blocks: int, avgpool: int) -> torch.Tensor:
-    """Head input from stored tokens.
-
-    ``avgpool=0``: the CLS tokens of the last ``n_last_blocks`` blocks concatenated, ``[N, n·D]``.
-    ``avgpool=1``: the mean of the last block's patch tokens, ``[N, D]`` (the original's meaning).
-    """
-    if avgpool == 1:
-        if patch_mean is None:
-            raise ValueError("avgpool_patchtokens=1 needs mean patch tokens, which these features lack")
-        return patch_mean.float()
-    if avgpool != 0:
-        raise ValueError(f"avgpool_patchtokens must be 0 or 1, got {avgpool}")
-    levels = cls.shape[1]
-    if not 1 <= n_last_blocks <= levels:
-        raise ValueError(f"n_last_blocks must be in [1, {levels}] (features hold {levels} levels), got {n_last_blocks}")
-    return cls[:, levels - n_last_blocks:].reshape(cls.shape[0], -1).float()

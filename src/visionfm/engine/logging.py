@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -81,11 +80,3 @@ def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool) ->
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, leave=True)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0

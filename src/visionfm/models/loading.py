@@ -17,7 +17,7 @@ import torch
 
 from visionfm.errors import CheckpointError
 from visionfm.io.safe_load import file_sha256, load_checkpoint_file
-from visionfm.models.archs import ARCHS, arch_from_shapes, get_arch
+from visionfm.models.archs import arch_from_shapes, get_arch
 from visionfm.models.encoder import VisionFMEncoder, resample_pos_embed
 from visionfm.models.formats import clean_backbone_keys, detect_format, select_state_dict
 
@@ -217,7 +217,3 @@ def load_encoder(
     enc.load_report = report  # type: ignore[attr-defined]
     log.info("loaded %s (%s, key=%s) into %s/%d", source, report.format, report.checkpoint_key, arch, patch_size)
     return enc
-
-
-def _arch_names() -> str:
-    return ", ".join(ARCHS)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from visionfm import __version__
+from visionfm.config import PretrainConfig
 from visionfm.data.layouts.pretrain import PretrainImages
 from visionfm.data.modalities import MODALITY_NAMES, canonical_modality
 from visionfm.engine.checkpoint import capture_rng_state, find_resume, load_training_checkpoint, restore_rng_state, save_checkpoint
 from visionfm.engine.distributed import DistEnv, init_distributed, seed_everything
 from visionfm.engine.logging import RunLogger, progress
-from visionfm.errors import CheckpointError, ConfigError
+from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
 from visionfm.io.atomic import save_text_atomic
 from visionfm.pretrain.augment import IBOTAugmentation
 from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
@@ -60,19 +59,13 @@ from visionfm.pretrain.optim import (
 )
 from visionfm.pretrain.schedules import cosine_schedule
 
-__all__ = ["IBOTTrainer", "run_pretraining", "resolve_precision", "NonFiniteLossError"]
+__all__ = ["IBOTTrainer", "run_pretrain", "resolve_precision", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 
-# Fault injection for the resume test: SIGKILL this process right after iteration N (global index).
-_KILL_ENV = "VISIONFM_FAULT_KILL_AT_ITER"
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-def resolve_precision(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
+def resolve_precision(args: PretrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: None means fp32. CPU always runs fp32."""
     if device.type != "cuda":
         return None
@@ -84,7 +77,7 @@ def resolve_precision(args: argparse.Namespace, device: torch.device) -> torch.d
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
 
 
-def resolve_modalities(args: argparse.Namespace) -> list[str]:
+def resolve_modalities(args: PretrainConfig) -> list[str]:
     raw = [m.strip() for m in str(args.modality).split(",") if m.strip()]
     if args.scheme == "mix":
         if len(raw) == 1 and raw[0].lower() == "all":
@@ -165,7 +158,10 @@ class EpochMeters:
 class IBOTTrainer:
     """Owns models, optimizer, schedules and the loop; built from the parsed ``visionfm pretrain`` flags."""
 
-    def __init__(self, args: argparse.Namespace, env: DistEnv | None = None) -> None:
+    #: called with the global iteration index after every training step (tests inject faults here).
+    after_iteration: Any = None
+
+    def __init__(self, args: PretrainConfig, env: DistEnv | None = None) -> None:
         self.args = args
         self.env = env or init_distributed(args.device)
         self.device = self.env.device
@@ -334,7 +330,7 @@ class IBOTTrainer:
         log.info("initialised student and teacher backbones from %s", path)
 
     def _checkpoint_state(self, epoch: int, epoch_iter: int) -> dict[str, Any]:
-        args_dict = {k: v for k, v in vars(self.args).items() if k != "func"}
+        args_dict = self.args.to_dict()
         state: dict[str, Any] = {
             "student": {f"module.{k}": v for k, v in self.student.state_dict().items()},
             "teacher": self.teacher.state_dict(),
@@ -526,9 +522,8 @@ class IBOTTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+            cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.to_dict().items()}
             save_text_atomic(yaml.safe_dump(cfg, sort_keys=True), self.run_dir / "config.yaml")
-        kill_at = int(os.environ.get(_KILL_ENV, "-1"))
         imgs_per_step = args.batch_size_per_gpu * self.env.world_size
         log.info(
             "iBOT pretraining: %s on %d %s images (%s), %d iterations/epoch, %d epochs, batch %d×%d, %s, precision %s",
@@ -566,8 +561,8 @@ class IBOTTrainer:
                 if args.saveckp_iters and (it + 1) % args.saveckp_iters == 0 and done < self.iters_per_epoch:
                     self._check_nonfinite(it)
                     self.save(epoch, done)
-                if it == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.after_iteration is not None:
+                    self.after_iteration(it)
             it_last = epoch * self.iters_per_epoch + self.iters_per_epoch - 1
             self._check_nonfinite(it_last)
             elapsed = time.perf_counter() - t0
@@ -590,9 +585,18 @@ class IBOTTrainer:
         return self.history
 
 
-def run_pretraining(args: argparse.Namespace) -> list[dict[str, Any]]:
-    trainer = IBOTTrainer(args)
+def run_pretrain(cfg: PretrainConfig) -> tuple[Path, list[dict[str, Any]]]:
+    """``visionfm pretrain`` / :func:`visionfm.pretrain`: set up the process (group), train, clean up.
+
+    Returns ``(run folder, per-epoch history)``.
+    """
+    from visionfm.engine.distributed import cleanup_distributed
+    from visionfm.engine.logging import setup_logging
+
+    env = init_distributed(cfg.device)
+    setup_logging(env.is_main)
     try:
-        return trainer.fit()
+        trainer = IBOTTrainer(cfg, env)
+        return trainer.run_dir, trainer.fit()
     finally:
-        trainer.logger.close()
+        cleanup_distributed()

@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from visionfm.errors import NothingToPlotError
 from visionfm.io.atomic import atomic_path
 from visionfm.metrics._common import as_numpy, default_names
 from visionfm.metrics.classification import average_precision, binary_auroc, pr_points, roc_points
@@ -38,10 +39,6 @@ __all__ = [
 _DPI = 120
 # Colour-blind-safe qualitative palette (Okabe–Ito), cycled for many classes.
 _COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-
-
-class NothingToPlotError(ValueError):
-    """Raised when no curve or panel can be drawn (e.g. ROC with a single class in the ground truth)."""
 
 
 def _colour(i: int) -> str:

@@ -2,7 +2,7 @@
 
 Features are computed once (from images, in memory) or read from an ``extract`` feature store;
 a :class:`~visionfm.models.heads.ClsHead` (or linear probe) is trained on them by
-:func:`~visionfm.engine.decoder_trainer.train_decoder`. The best epoch is chosen on ``val`` when the
+:func:`~visionfm.engine.trainer.fit`. The best epoch is chosen on ``val`` when the
 data has one, else on ``test`` (logged and reported as such). At the end the best checkpoint is
 evaluated on ``test``: ``report/`` (metrics.json, predictions.csv, figures, report.html) and the
 original's ``<name>_<modality>_results.json``.
@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from visionfm.errors import ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainClsConfig
 
 __all__ = [
     "TASK_KINDS",
@@ -212,27 +216,27 @@ def load_store_split(root: str | Path, split: str, expect: dict[str, Any] | None
     )
 
 
-def _image_split(args: Any, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None, list[str] | None]:
+def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None, list[str] | None]:
     from visionfm.engine.features import eval_transform, features_in_memory
 
-    tf = eval_transform(args.input_size, args.modality, interpolation="bicubic")
-    if args.dataset_format == "vfm":
+    tf = eval_transform(opts.input_size, opts.modality, interpolation="bicubic")
+    if opts.dataset_format == "vfm":
         from visionfm.data.layouts import VFMDataset
 
         split = VFM_STORE_SPLITS[role]
-        if split not in VFMDataset.available_splits(args.data_path):
+        if split not in VFMDataset.available_splits(opts.data_path):
             return None, None
-        ds: Any = VFMDataset(args.data_path, split, transform=tf, num_labels=args.num_labels)
+        ds: Any = VFMDataset(opts.data_path, split, transform=tf, num_labels=opts.num_labels)
         classes = None
     else:
         from visionfm.data.layouts import ImageFolderDataset
         from visionfm.data.layouts.imagefolder import available_splits
 
-        if role not in available_splits(args.data_path):
+        if role not in available_splits(opts.data_path):
             return None, None
-        ds = ImageFolderDataset(args.data_path, role, transform=tf)
+        ds = ImageFolderDataset(opts.data_path, role, transform=tf)
         classes = list(ds.classes)
-    f = features_in_memory(encoder, ds, env, args.batch_size_per_gpu, args.num_workers,
+    f = features_in_memory(encoder, ds, env, opts.batch_size_per_gpu, opts.num_workers,
                            desc=f"features {role}" if env.is_main else None)
     paths = [r.get("img_path") or r["rel_path"] for r in f["index"]]
     return SplitFeatures(role, f["cls"], f["patch_mean"], f["labels"], paths), classes
@@ -249,74 +253,75 @@ def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
     return [f"label_{i}" for i in range(n_out)]
 
 
-def _load_encoder(args: Any):
+def _load_encoder(opts: TrainClsConfig):
     from visionfm import load_encoder
 
-    if not args.pretrained_weights:
+    if not opts.pretrained_weights:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-    return load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size, args.input_size)
+    return load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size, opts.input_size)
 
 
-def run_train_cls(args: Any) -> int:
+def run_train_cls(opts: TrainClsConfig) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
+    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
+                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity, pool_tokens
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
 
-    env = init_distributed(getattr(args, "device", "auto"))
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        seed_everything(args.seed)
-        run_dir = Path(args.output_dir) / args.name
-        if args.test and not args.load_from:
+        seed_everything(opts.seed)
+        run_dir = Path(opts.output_dir) / opts.name
+        if opts.test and not opts.load_from:
             raise ConfigError("--test needs --load_from CHECKPOINT (the original silently trained instead)")
         classes: list[str] | None = None
         splits: dict[str, SplitFeatures | None] = {}
-        if args.features:
+        if opts.features:
             expect = None
-            if args.pretrained_weights:
-                enc = _load_encoder(args)
-                expect = encoder_identity(enc, args.modality, args.input_size, "cls")
+            if opts.pretrained_weights:
+                enc = _load_encoder(opts)
+                expect = encoder_identity(enc, opts.modality, opts.input_size, "cls")
                 expect = {k: expect[k] for k in ("weights_sha256", "weights_fingerprint", "arch", "patch_size",
                                                  "input_size", "modality")}
                 del enc
-            roles = ["test"] if args.test else ["train", "val", "test"]
+            roles = ["test"] if opts.test else ["train", "val", "test"]
             for role in roles:
-                splits[role] = load_store_split(args.features, VFM_STORE_SPLITS[role], expect)
+                splits[role] = load_store_split(opts.features, VFM_STORE_SPLITS[role], expect)
         else:
-            encoder = _load_encoder(args).to(env.device)
-            roles = ["test"] if args.test else ["train", "val", "test"]
+            encoder = _load_encoder(opts).to(env.device)
+            roles = ["test"] if opts.test else ["train", "val", "test"]
             for role in roles:
-                splits[role], cl = _image_split(args, encoder, env, role)
+                splits[role], cl = _image_split(opts, encoder, env, role)
                 classes = classes or cl
             del encoder
         test = splits.get("test")
         if test is None:
-            raise DataFormatError(f"no test split found under {args.features or args.data_path}")
-        if args.dataset_format == "ImageNet" and classes and args.num_labels not in (1, len(classes)):
-            raise ConfigError(f"--num_labels {args.num_labels} but {args.data_path} has {len(classes)} class folders "
+            raise DataFormatError(f"no test split found under {opts.features or opts.data_path}")
+        if opts.dataset_format == "ImageNet" and classes and opts.num_labels not in (1, len(classes)):
+            raise ConfigError(f"--num_labels {opts.num_labels} but {opts.data_path} has {len(classes)} class folders "
                               f"({', '.join(classes)})")
         ref_labels = (splits.get("train") or test).labels
-        task, n_out = resolve_task(ref_labels, args.num_labels, args.task)
+        task, n_out = resolve_task(ref_labels, opts.num_labels, opts.task)
         names = _class_names(task, n_out, classes)
 
         def head_input(s: SplitFeatures) -> torch.Tensor:
-            return pool_tokens(s.cls, s.patch_mean, args.n_last_blocks, args.avgpool_patchtokens)
+            return pool_tokens(s.cls, s.patch_mean, opts.n_last_blocks, opts.avgpool_patchtokens)
 
         in_dim = head_input(test).shape[1]
-        model = build_cls_head(args.head, in_dim, n_out, layers=3, bn_momentum=args.bn_momentum)
-        meta = {"task": task, "num_outputs": n_out, "in_dim": in_dim, "head": args.head,
-                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
-                "bn_momentum": args.bn_momentum, "class_names": names, "modality": args.modality}
+        model = build_cls_head(opts.head, in_dim, n_out, layers=3, bn_momentum=opts.bn_momentum)
+        meta = {"task": task, "num_outputs": n_out, "in_dim": in_dim, "head": opts.head,
+                "n_last_blocks": opts.n_last_blocks, "avgpool_patchtokens": opts.avgpool_patchtokens,
+                "bn_momentum": opts.bn_momentum, "class_names": names, "modality": opts.modality}
 
-        if args.test:
-            sd, info, _ = load_decoder_checkpoint(args.load_from)
+        if opts.test:
+            sd, info, _ = load_decoder_checkpoint(opts.load_from)
             model.load_state_dict(sd)
             model.to(env.device)
-            metrics = _final_report(args, run_dir, model, test, task, n_out, names, env, info.get("epoch"),
+            metrics = _final_report(opts, run_dir, model, test, task, n_out, names, env, info.get("epoch"),
                                     "test (from --load_from)")
             if env.is_main:
                 print(json.dumps({k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}))
@@ -324,7 +329,7 @@ def run_train_cls(args: Any) -> int:
 
         train = splits["train"]
         if train is None:
-            raise DataFormatError(f"no training split found under {args.features or args.data_path}")
+            raise DataFormatError(f"no training split found under {opts.features or opts.data_path}")
         val, sel_split = selection_split(splits.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
         run_logger = RunLogger(run_dir, enabled=env.is_main)
@@ -337,25 +342,24 @@ def run_train_cls(args: Any) -> int:
         def evaluate(m: nn.Module) -> dict[str, Any]:
             return selection_metrics(y_val, predict_scores(m, x_val, task), task, names)
 
-        lr = args.lr * args.batch_size_per_gpu * env.world_size / 256.0
-        cfg = DecoderTrainConfig(epochs=args.epochs, lr=lr, batch_size=args.batch_size_per_gpu,
-                                 optimizer="adamw", weight_decay=0.05, scheduler="cosine",
-                                 val_freq=args.val_freq, seed=args.seed)
-        resume = args.load_from if args.load_from else None
-        result = train_decoder(model, x_train, y_train, make_loss(task), evaluate, "selection", True, run_dir, cfg,
-                               env, run_logger, meta, resume_from=resume)
+        lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
+        cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
+                        weight_decay=0.05, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed, amp=False)
+        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        batches = TensorBatches(x_train, y_train, cfg.batch_size, cfg.seed, env.rank, env.world_size, env.device)
+        result = fit(model, batches, loss_step(make_loss(task)), evaluate, selection_key="selection",
+                     higher_is_better=True, run_dir=run_dir, cfg=cfg, env=env, run_logger=run_logger, meta=meta,
+                     identity=_identity(meta, opts), resume_from=resume_from, init_from=init_from)
         best = run_dir / "checkpoint_best"
         sd, info, _ = load_decoder_checkpoint(best)
         model.load_state_dict(sd)
-        metrics = _final_report(args, run_dir, model, test, task, n_out, names, env, result.best_epoch,
+        metrics = _final_report(opts, run_dir, model, test, task, n_out, names, env, result.best_epoch,
                                 f"test (best epoch selected on {sel_split})")
         if env.is_main:
             info["test_metrics"] = {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}
             save_json_atomic(info, best.with_suffix(".json"))
             # -- model package folder (issue 6): <run>/model/ from the selected (best) checkpoint --
-            from visionfm.packaging import package_cls_run
-
-            package_cls_run(args, run_dir, model, task, names, metrics)
+            _package_run(opts, run_dir, model, task, names, metrics)
             run_logger.log({"final_test": info["test_metrics"], "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()
@@ -364,23 +368,100 @@ def run_train_cls(args: Any) -> int:
         cleanup_distributed()
 
 
-def _final_report(args: Any, run_dir: Path, model: nn.Module, test: SplitFeatures, task: str, n_out: int,
+def _identity(meta: dict[str, Any], opts: TrainClsConfig) -> dict[str, Any]:
+    """What makes a decoder run this run (compared on resume): data, encoder and head."""
+    return {**{k: meta[k] for k in ("task", "num_outputs", "in_dim", "head", "n_last_blocks", "avgpool_patchtokens",
+                                    "bn_momentum", "modality")},
+            "data": str(opts.features or opts.data_path), "pretrained_weights": str(opts.pretrained_weights)}
+
+
+def _final_report(opts: TrainClsConfig, run_dir: Path, model: nn.Module, test: SplitFeatures, task: str, n_out: int,
                   names: list[str], env: Any, epoch: Any, what: str) -> dict[str, Any]:
     from visionfm.engine.features import pool_tokens
     from visionfm.io import save_json_atomic
     from visionfm.reports import evaluate_classification_run
 
-    x = pool_tokens(test.cls, test.patch_mean, args.n_last_blocks, args.avgpool_patchtokens)
+    x = pool_tokens(test.cls, test.patch_mean, opts.n_last_blocks, opts.avgpool_patchtokens)
     scores = predict_scores(model, x, task)
     y = truth_for_metrics(test.labels, task)
     if not env.is_main:
         return {}
-    meta = {"name": args.name, "modality": args.modality, "evaluated": what, "checkpoint_epoch": epoch,
-            "task": task, "head": args.head, "n_test": len(test)}
+    meta = {"name": opts.name, "modality": opts.modality, "evaluated": what, "checkpoint_epoch": epoch,
+            "task": task, "head": opts.head, "n_test": len(test)}
     metrics = evaluate_classification_run(run_dir / "report", y, scores, task, names, paths=test.paths,
-                                          n_boot=args.report_n_boot, seed=args.seed,
-                                          title=f"{args.name} ({args.modality}, {task})", meta=meta)
+                                          n_boot=opts.report_n_boot, seed=opts.seed,
+                                          title=f"{opts.name} ({opts.modality}, {task})", meta=meta)
     save_json_atomic(per_image_results(test.paths, y, scores, task, n_out),
-                     run_dir / f"{args.name}_{args.modality}_results.json")
+                     run_dir / f"{opts.name}_{opts.modality}_results.json")
     log.info("test: %s", {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")})
     return metrics
+
+
+def _first_store_meta(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    from visionfm.data.features import FeatureStore
+
+    for meta_file in sorted(Path(root).glob("*/*/pass_*/meta.json")):
+        meta = FeatureStore.read_meta(meta_file.parent)
+        if meta:
+            return meta
+    return None
+
+
+def _package_run(opts: TrainClsConfig, run_dir: str | os.PathLike[str], head: nn.Module, task_kind: str,
+                    class_names: Sequence[str], metrics: Mapping[str, Any] | None = None) -> Path | None:
+    """``train-cls``: write ``<run>/model/`` from the selected head and the run's encoder.
+
+    Returns the folder, or ``None`` (with a warning) when the encoder cannot be recovered (a feature
+    store trained without ``--pretrained_weights`` whose source is not a file, or whose weights no
+    longer match the store's fingerprint).
+    """
+    from visionfm.engine.features import weights_fingerprint
+    from visionfm.packaging import encoder_for_package, model_folder_from_training
+
+    folder = Path(run_dir) / "model"
+    weights = opts.pretrained_weights
+    modality, input_size, interpolation = opts.modality, int(opts.input_size), "bicubic"
+    fingerprint = None
+    meta: dict[str, Any] = {}
+    if getattr(opts, "features", None):
+        meta = _first_store_meta(opts.features) or {}
+        interpolation = "bilinear"  # visionfm extract resizes bilinearly
+        modality = meta.get("modality") or modality
+        input_size = int(meta.get("input_size") or input_size)
+        fingerprint = meta.get("weights_fingerprint")
+        if not weights:
+            src = meta.get("weights_source")
+            weights = src if src and (src == "random" or Path(src).exists()) else None
+            if weights is None:
+                log.warning("model folder not written: the feature store's encoder (%s) is not available; "
+                            "pass --pretrained_weights", src)
+                return None
+    arch, checkpoint_key, patch_size = opts.arch, opts.checkpoint_key, opts.patch_size
+    if getattr(opts, "features", None):
+        # The store records the encoder that made it; the train-cls defaults (vit_base, ...) do not apply.
+        arch = meta.get("arch") or arch
+        checkpoint_key = meta.get("checkpoint_key") or checkpoint_key
+        patch_size = int(meta.get("patch_size") or patch_size)
+    encoder = encoder_for_package(weights, arch, checkpoint_key, patch_size, input_size, opts.seed)
+    if fingerprint and weights_fingerprint(encoder) != fingerprint:
+        log.warning("model folder not written: the encoder rebuilt from %s does not match the feature store's "
+                    "fingerprint", weights)
+        return None
+    in_dim = int(head.embed_dim)  # type: ignore[arg-type]
+    n_out = int(head.num_classes)  # type: ignore[arg-type]
+    if opts.head == "cls":
+        head_args: dict[str, Any] = {"embed_dim": in_dim, "num_classes": n_out, "layers": 3,
+                                     "bn_momentum": float(opts.bn_momentum)}
+    else:
+        head_args = {"embed_dim": in_dim, "num_classes": n_out}
+    data = {"data_path": str(opts.features or opts.data_path),
+            "source": "feature store" if getattr(opts, "features", None) else f"images ({opts.dataset_format} layout)",
+            "evaluated_on": "the test split, with the epoch selected on val (or test when there is no val split)",
+            "run": str(run_dir)}
+    return model_folder_from_training(
+        folder, encoder=encoder, head=head, task="classification", task_kind=task_kind, modality=modality,
+        input_size=input_size, interpolation=interpolation, head_type=opts.head, head_args=head_args,
+        features={"type": "pooled", "n_last_blocks": int(opts.n_last_blocks),
+                  "avgpool": int(opts.avgpool_patchtokens)},
+        class_names=class_names, metrics=metrics, data=data, name=f"{opts.name} ({opts.modality})",
+        weights_source=str(weights))

@@ -2,7 +2,6 @@
 
 What is shared here, written once for both tasks (reference §5.4, §5.5):
 
-* command-line flags (:func:`add_dense_arguments`, the original's names and defaults);
 * :class:`FrozenFeatures` — the patch tokens of 4 blocks (``dense_block_ids(depth)`` → [3,5,7,11] /
   [5,11,17,23], or ``--block_ids``) under ``torch.no_grad()`` and autocast (bf16 on CUDA);
 * two sources of batches with the same output ``(features [B, 4, P, D], image, target, orig_hw, index)``:
@@ -13,7 +12,7 @@ What is shared here, written once for both tasks (reference §5.4, §5.5):
   is stepped once per epoch (cosine by default, or the original's ``StepLR(20, 0.5)``, which the
   original created but never stepped, item 26), validation every ``val_freq`` epochs on the whole
   split with per-image metrics, best/last checkpoints in safetensors + JSON through
-  :mod:`visionfm.engine.decoder_trainer`, and one ``log.txt`` line per epoch (the original only
+  :func:`visionfm.engine.trainer.fit`, and one ``log.txt`` line per epoch (the original only
   logged improving epochs, item 25);
 * :func:`run_dense` — the command: data, encoder, head, training, then the best checkpoint on the
   test split with predictions, overlays, ``metrics.json`` and ``report.html``.
@@ -24,23 +23,25 @@ The task-specific parts (loss, meter, decoding, output files) live in a :class:`
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from visionfm.engine.decoder_trainer import epoch_mean_loss, selection_split
+from visionfm.engine.trainer import FitResult, autocast, selection_split
 from visionfm.errors import ConfigError, DataFormatError
 
+if TYPE_CHECKING:
+    from visionfm.config import DenseDecoderConfig
+
 __all__ = [
-    "ARCH_CHOICES",
     "DenseConfig",
     "DenseTask",
     "DenseSamples",
@@ -48,60 +49,17 @@ __all__ = [
     "FrozenFeatures",
     "CachedSplit",
     "LiveSplit",
-    "add_dense_arguments",
     "build_head",
     "evaluate",
     "fit",
     "has_split",
     "run_dense",
+    "package_dense_run",
 ]
 
 log = logging.getLogger("visionfm.dense")
 
-ARCH_CHOICES = ["vit_tiny", "vit_small", "vit_base", "vit_large"]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# Flags
-# --------------------------------------------------------------------------------------------
-
-
-def add_dense_arguments(p: Any, *, modality: str, num_labels: int, output_dir: str, data_path: str,
-                        labels_help: str) -> None:
-    """The flags of ``train_seg_decoder.py`` / ``train_landmark_decoder.py`` plus visionfm's extras."""
-    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
-    p.add_argument("--arch", default="vit_base", choices=ARCH_CHOICES)
-    p.add_argument("--input_size", type=int, default=224, help="side S of the square input (multiple of 16)")
-    p.add_argument("--patch_size", type=int, default=16)
-    p.add_argument("--pretrained_weights", default="", help="encoder weights file, or 'random'")
-    p.add_argument("--checkpoint_key", default="teacher")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (not scaled by batch size)")
-    p.add_argument("--batch_size_per_gpu", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=4)
-    p.add_argument("--val_freq", type=int, default=1)
-    p.add_argument("--data_path", default=data_path, help="folder of dataset folders (<dataset>/<split>/images)")
-    p.add_argument("--modality", default=modality, help="normalisation statistics to use")
-    p.add_argument("--head_type", default="unetr", choices=["unetr", "linear"])
-    p.add_argument("--output_dir", default=output_dir)
-    p.add_argument("--num_labels", type=int, default=num_labels, help=labels_help)
-    p.add_argument("--load_from", default=None, help="decoder checkpoint to initialise the head from")
-    # visionfm extras
-    p.add_argument("--block_ids", type=int, nargs=4, default=None,
-                   help="the 4 encoder blocks feeding the decoder (default [3,5,7,11] / [5,11,17,23])")
-    p.add_argument("--no_augment", action="store_true",
-                   help="no random augmentation: features are computed once and cached (much faster)")
-    p.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
-                   help="per-epoch LR schedule; 'step' = StepLR(20, 0.5), 'constant' = the original's behaviour")
-    p.add_argument("--weight_decay", type=float, default=0.05)
-    p.add_argument("--n_overlays", type=int, default=8, help="overlay figures of test images in the report")
-    p.add_argument("--cache_max_gb", type=float, default=8.0,
-                   help="with --no_augment, fall back to live features when the cache would exceed this")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_distributed_arguments()
-    p.add_config_argument()
 
 
 @dataclass
@@ -191,12 +149,6 @@ def has_split(root: str | Path, split: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class FrozenFeatures:
     """Patch tokens ``[B, 4, P, D]`` of four blocks of a frozen encoder (no gradients, eval mode).
 
@@ -220,7 +172,7 @@ class FrozenFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with _autocast(images.device):
+        with autocast(images.device):
             outs = self.encoder.forward_intermediates_tokens(images, self.block_ids, norm=True)  # type: ignore[operator]
         return torch.stack([o[:, 1:] for o in outs], 1)
 
@@ -340,16 +292,6 @@ def build_head(head_type: str, embed_dim: int, num_outputs: int, patch_size: int
     raise ConfigError(f"unknown head_type {head_type!r}; expected unetr or linear")
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int) -> Any:
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=0.0)
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.5)
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ConfigError(f"unknown scheduler {name!r}; expected cosine, step or constant")
-
-
 @torch.no_grad()
 def evaluate(task: DenseTask, model: nn.Module, split: Any, batch: int, device: torch.device,
              writer: Any | None = None) -> dict[str, Any]:
@@ -358,7 +300,7 @@ def evaluate(task: DenseTask, model: nn.Module, split: Any, batch: int, device: 
     model.eval()
     meter = task.new_meter()
     for feats, img, tgt, hw, idx in split.batches(batch, False, 0, 0, device):
-        with _autocast(device):
+        with autocast(device):
             logits = model(feats, img)
         logits = logits.float()
         task.update(meter, logits, tgt, hw)
@@ -368,74 +310,27 @@ def evaluate(task: DenseTask, model: nn.Module, split: Any, batch: int, device: 
     return meter.all_reduce().compute()
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_value: float | None
-    best_metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-
-
 def fit(task: DenseTask, model: nn.Module, train: Any, val: Any, cfg: DenseConfig, env: Any, run_dir: Path,
-        run_logger: Any | None = None, meta: dict[str, Any] | None = None) -> FitResult:
-    """Train ``model`` (the decoder only) on ``train``; select on ``val``; checkpoints in ``run_dir``."""
-    from visionfm.engine.decoder_trainer import save_decoder_checkpoint
+        run_logger: Any | None = None, meta: dict[str, Any] | None = None, resume_from: str | Path | None = None,
+        **hooks: Any) -> FitResult:
+    """Train ``model`` (the decoder only) on ``train`` with :func:`visionfm.engine.trainer.fit`; select on ``val``."""
+    from visionfm.engine.trainer import FitConfig
+    from visionfm.engine.trainer import fit as engine_fit
 
     device = env.device
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = _scheduler(optimizer, cfg.scheduler, cfg.epochs)
-    net: nn.Module = model
-    if env.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    meta = dict(meta or {})
-    record = {"selection_key": task.selection_key, "higher_is_better": task.higher_is_better,
-              "config": asdict(cfg), **meta}
-    best_value: float | None = None
-    best_epoch, best_metrics = -1, {}
-    history: list[dict[str, Any]] = []
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        net.train()
-        lr = optimizer.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        for feats, img, tgt, _, _ in train.batches(cfg.batch_size, True, cfg.seed, epoch, device):
-            with _autocast(device):
-                logits = net(feats, img)
-            loss = task.loss(logits.float(), tgt)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total = total + loss.detach() * len(img)
-            count += len(img)
-        scheduler.step()
-        stats: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_mean_loss(total, count, epoch), "lr": lr}
-        if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch == cfg.epochs - 1:
-            metrics = evaluate(task, model, val, cfg.batch_size, device)
-            value = metrics.get(task.selection_key)
-            stats.update({f"val_{k}": v for k, v in task.summary(metrics).items()})
-            improved = value is not None and (
-                best_value is None or (value >= best_value if task.higher_is_better else value <= best_value))
-            if improved:
-                best_value, best_epoch, best_metrics = float(value), epoch, metrics
-                if env.is_main:
-                    save_decoder_checkpoint(run_dir / "checkpoint_best", model,
-                                            {**record, "epoch": epoch, "best_value": best_value,
-                                             "val_metrics": task.summary(metrics)})
-            stats["improved"] = bool(improved)
-        stats.update({"best_epoch": best_epoch, f"best_{task.selection_key}": best_value,
-                      "epoch_time_s": round(time.perf_counter() - t0, 3)})
-        history.append(stats)
-        if env.is_main:
-            save_decoder_checkpoint(run_dir / "checkpoint_last", model,
-                                    {**record, "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch},
-                                    optimizer, scheduler)
-            if run_logger is not None:
-                run_logger.log(stats, step=epoch)
-            log.info("epoch %d/%d loss %.4f %s=%s", epoch + 1, cfg.epochs, stats["train_loss"],
-                     task.selection_key, stats.get(f"val_{task.selection_key}"))
-    return FitResult(best_epoch, best_value, best_metrics, history)
+    fcfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer="adamw",
+                     weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, step_size=20, gamma=0.5,
+                     val_freq=cfg.val_freq, seed=cfg.seed, amp=True)
+
+    def step(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+        feats, img, tgt, _, _ = batch
+        return task.loss(net(feats, img).float(), tgt), len(img)
+
+    return engine_fit(model, lambda epoch: train.batches(cfg.batch_size, True, cfg.seed, epoch, device), step,
+                      lambda m: evaluate(task, m, val, cfg.batch_size, device), selection_key=task.selection_key,
+                      higher_is_better=task.higher_is_better, run_dir=run_dir, cfg=fcfg, env=env,
+                      run_logger=run_logger, meta=meta, identity=meta, resume_from=resume_from,
+                      summarize=task.summary, **hooks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,72 +342,73 @@ def _cache_bytes(n: int, size: int, patch: int, dim: int) -> float:
     return n * (4 * (size // patch) ** 2 * dim * 2 + 3 * size * size * 4)
 
 
-def run_dense(args: Any, make_task: Callable[[Any], DenseTask]) -> int:
+def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -> int:
     """``visionfm train-seg`` / ``train-landmark``: train, select, then report on the test split."""
     from visionfm import load_encoder
-    from visionfm.engine.decoder_trainer import load_decoder_checkpoint
+    from visionfm.engine.trainer import load_decoder_checkpoint, start_point
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.models import dense_block_ids
     from visionfm.reports import write_report
 
-    env = init_distributed(getattr(args, "device", "auto"))
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        seed_everything(args.seed)
-        if args.input_size % args.patch_size or args.input_size % 16:
-            raise ConfigError(f"--input_size {args.input_size} must be a multiple of 16 (the decoders up-sample x16)")
-        if not args.pretrained_weights:
+        seed_everything(opts.seed)
+        if opts.input_size % opts.patch_size or opts.input_size % 16:
+            raise ConfigError(f"--input_size {opts.input_size} must be a multiple of 16 (the decoders up-sample x16)")
+        if not opts.pretrained_weights:
             raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-        task = make_task(args)
-        run_dir = Path(args.output_dir) / args.name
-        encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
-                               args.input_size).to(env.device)
-        block_ids = list(args.block_ids) if args.block_ids else dense_block_ids(encoder.depth)
+        task = make_task(opts)
+        run_dir = Path(opts.output_dir) / opts.name
+        encoder = load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
+                               opts.input_size).to(env.device)
+        block_ids = list(opts.block_ids) if opts.block_ids else dense_block_ids(encoder.depth)
         extractor = FrozenFeatures(encoder, block_ids)
-        root = args.data_path
+        root = opts.data_path
         for split in ("training", "test"):
             if not has_split(root, split):
                 raise DataFormatError(f"no '{split}' split (<dataset>/{split}/images) under {root}")
         _, sel_split = selection_split("val" if has_split(root, "val") else None, "test", warn=env.is_main)
-        augment = not args.no_augment
+        augment = not opts.no_augment
         train_data = task.dataset(root, "training", train=augment)
         val_data = task.dataset(root, sel_split, train=False)
         test_data = val_data if sel_split == "test" else task.dataset(root, "test", train=False)
-        w = args.num_workers
+        w = opts.num_workers
         use_cache = not augment
         if use_cache:
-            need = _cache_bytes(len(train_data) + len(val_data), args.input_size, args.patch_size, encoder.embed_dim)
-            if need > args.cache_max_gb * 1e9:
+            need = _cache_bytes(len(train_data) + len(val_data), opts.input_size, opts.patch_size, encoder.embed_dim)
+            if need > opts.cache_max_gb * 1e9:
                 log.warning("feature cache would take %.1f GB > --cache_max_gb %.1f; computing features live",
-                            need / 1e9, args.cache_max_gb)
+                            need / 1e9, opts.cache_max_gb)
                 use_cache = False
         t0 = time.perf_counter()
         if use_cache:
-            train = CachedSplit(train_data, extractor, args.batch_size_per_gpu, w, env.rank, env.world_size, pad=True)
-            val: Any = CachedSplit(val_data, extractor, args.batch_size_per_gpu, w, env.rank, env.world_size)
+            train = CachedSplit(train_data, extractor, opts.batch_size_per_gpu, w, env.rank, env.world_size, pad=True)
+            val: Any = CachedSplit(val_data, extractor, opts.batch_size_per_gpu, w, env.rank, env.world_size)
             log.info("cached frozen features of %d training and %d %s images in %.1fs", len(train_data),
                      len(val_data), sel_split, time.perf_counter() - t0)
         else:
             train = LiveSplit(train_data, extractor, w, env.rank, env.world_size, train=True)
             val = LiveSplit(val_data, extractor, w, env.rank, env.world_size)
-        model = DenseDecoder(build_head(args.head_type, encoder.embed_dim, task.num_outputs, args.patch_size))
-        if args.load_from:
-            sd, _, _ = load_decoder_checkpoint(args.load_from)
+        model = DenseDecoder(build_head(opts.head_type, encoder.embed_dim, task.num_outputs, opts.patch_size))
+        resume_from, _ = start_point(run_dir, None, getattr(opts, "resume", False))
+        if opts.load_from:
+            sd, _, _ = load_decoder_checkpoint(opts.load_from)
             sd = {k if k.startswith("head.") else f"head.{k}": v for k, v in sd.items()}
             model.load_state_dict(sd)
-            log.info("initialised the decoder from %s", args.load_from)
-        cfg = DenseConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                          batch_size=args.batch_size_per_gpu, scheduler=args.scheduler, val_freq=args.val_freq,
-                          seed=args.seed, num_workers=w)
-        meta = {"task": task.name, "arch": args.arch, "pretrained_weights": str(args.pretrained_weights),
-                "checkpoint_key": args.checkpoint_key, "input_size": args.input_size, "patch_size": args.patch_size,
-                "block_ids": extractor.block_ids, "head_type": args.head_type, "num_outputs": task.num_outputs,
-                "modality": args.modality, "augment": augment, "cached_features": use_cache,
+            log.info("initialised the decoder from %s", opts.load_from)
+        cfg = DenseConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay,
+                          batch_size=opts.batch_size_per_gpu, scheduler=opts.scheduler, val_freq=opts.val_freq,
+                          seed=opts.seed, num_workers=w)
+        meta = {"task": task.name, "arch": opts.arch, "pretrained_weights": str(opts.pretrained_weights),
+                "checkpoint_key": opts.checkpoint_key, "input_size": opts.input_size, "patch_size": opts.patch_size,
+                "block_ids": extractor.block_ids, "head_type": opts.head_type, "num_outputs": task.num_outputs,
+                "modality": opts.modality, "augment": augment, "cached_features": use_cache,
                 "selection_split": sel_split}
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         run_logger.log({"run": meta})
-        result = fit(task, model, train, val, cfg, env, run_dir, run_logger, meta)
+        result = fit(task, model, train, val, cfg, env, run_dir, run_logger, meta, resume_from=resume_from)
 
         # Final evaluation of the selected weights on the test split, with outputs.
         sd, info, _ = load_decoder_checkpoint(run_dir / "checkpoint_best")
@@ -520,18 +416,18 @@ def run_dense(args: Any, make_task: Callable[[Any], DenseTask]) -> int:
         if test_data is val_data:
             test = val
         elif use_cache:
-            test = CachedSplit(test_data, extractor, args.batch_size_per_gpu, w, env.rank, env.world_size)
+            test = CachedSplit(test_data, extractor, opts.batch_size_per_gpu, w, env.rank, env.world_size)
         else:
             test = LiveSplit(test_data, extractor, w, env.rank, env.world_size)
-        writer = task.writer(run_dir, test_data.names, args.n_overlays if env.is_main else 0)
-        metrics = evaluate(task, model, test, args.batch_size_per_gpu, env.device, writer)
+        writer = task.writer(run_dir, test_data.names, opts.n_overlays if env.is_main else 0)
+        metrics = evaluate(task, model, test, opts.batch_size_per_gpu, env.device, writer)
         figures = writer.finish()
         if env.is_main:
             metrics["best_epoch"] = result.best_epoch
             metrics["selection"] = {"split": sel_split, "key": task.selection_key, "value": result.best_value}
-            title = f"{task.name.capitalize()} decoder ({args.head_type}) — {args.arch}, test split"
+            title = f"{task.name.capitalize()} decoder ({opts.head_type}) — {opts.arch}, test split"
             report_meta = {**meta, "run": str(run_dir), "checkpoint": str(run_dir / "checkpoint_best.safetensors"),
-                           "best_epoch": result.best_epoch, "epochs": args.epochs, "data_path": str(root)}
+                           "best_epoch": result.best_epoch, "epochs": opts.epochs, "data_path": str(root)}
             write_report(run_dir, title, metrics, images=figures, meta=report_meta)
             run_logger.log({"final_test": task.summary(metrics), "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
@@ -540,3 +436,45 @@ def run_dense(args: Any, make_task: Callable[[Any], DenseTask]) -> int:
         return 0
     finally:
         cleanup_distributed()
+
+
+def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence[str] | None = None) -> Path | None:
+    """``train-seg`` / ``train-landmark``: write ``<run>/model/`` from ``<run>/checkpoint_best`` after
+    :func:`run_dense` has finished."""
+    from visionfm.engine.distributed import is_main_process
+    from visionfm.engine.trainer import load_decoder_checkpoint
+    from visionfm.packaging import encoder_for_package, model_folder_from_training
+
+    if not is_main_process():
+        return None
+    run_dir = Path(opts.output_dir) / opts.name
+    sd, info, _ = load_decoder_checkpoint(run_dir / "checkpoint_best")
+    encoder = encoder_for_package(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
+                                  opts.input_size, opts.seed)
+    num_outputs = int(info.get("num_outputs") or opts.num_labels)
+    head = build_head(opts.head_type, int(encoder.embed_dim), num_outputs, opts.patch_size)
+    head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+    block_ids = [int(i) for i in (info.get("block_ids") or [])]
+    if len(block_ids) != 4:
+        from visionfm.models import dense_block_ids
+
+        block_ids = list(opts.block_ids) if opts.block_ids else list(dense_block_ids(int(encoder.depth)))
+    metrics = None
+    mpath = run_dir / "metrics.json"
+    if mpath.is_file():
+        try:
+            metrics = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            metrics = None
+    head_type = "unetr" if opts.head_type == "unetr" else "linear_seg"
+    head_args = {"embed_dim": int(encoder.embed_dim), "num_classes": num_outputs, "patch_size": int(opts.patch_size)}
+    data = {"data_path": str(opts.data_path), "selection_split": info.get("selection_split"),
+            "evaluated_on": "the test split", "run": str(run_dir)}
+    return model_folder_from_training(
+        run_dir / "model", encoder=encoder, head=head, task=task, modality=opts.modality,
+        input_size=int(opts.input_size), interpolation="bilinear", head_type=head_type, head_args=head_args,
+        features={"type": "dense", "block_ids": block_ids},
+        class_names=class_names if task == "segmentation" else None,
+        landmark_names=[f"landmark_{i}" for i in range(num_outputs)] if task == "landmark" else None,
+        metrics=metrics, data=data, name=f"{opts.name} ({opts.modality})",
+        weights_source=str(opts.pretrained_weights))

@@ -23,23 +23,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from visionfm.engine.decoder_trainer import selection_split
+from visionfm.engine.trainer import FitConfig, fit, selection_split, start_point
 from visionfm.errors import CheckpointError, ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from visionfm.config import EvaluateConfig, FinetuneConfig
 
 __all__ = [
     "FinetuneModel",
     "resolve_classes",
     "param_groups_lrd",
-    "lr_at",
     "build_train_transform",
     "predict_probs",
     "metrics_for",
@@ -71,14 +71,9 @@ class FinetuneModel(nn.Module):
         self.head = build_cls_head(head, self.in_dim, num_outputs, layers=3, bn_momentum=bn_momentum)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.n_last_blocks if self.avgpool != 1 else 1
-        outs = self.encoder.forward_intermediates_tokens(x, n, norm=True)  # type: ignore[operator]
-        if self.avgpool == 1:
-            return outs[-1][:, 1:].mean(dim=1)
-        cls = torch.cat([o[:, 0] for o in outs], dim=-1)
-        if self.avgpool == 2:
-            return torch.cat([cls, outs[-1][:, 1:].mean(dim=1)], dim=-1)
-        return cls
+        from visionfm.models.pooling import pooled_features
+
+        return pooled_features(self.encoder, x, self.n_last_blocks, self.avgpool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).float())
@@ -107,28 +102,28 @@ def resolve_classes(root: str | Path, class_order: str | None, preset: str | Non
     return sorted(names)
 
 
-def build_train_transform(args: Any):
+def build_train_transform(opts: FinetuneConfig):
     """RandomResizedCrop → H/V flips → [RandAugment] → ToTensor → Normalize → [RandomErasing]."""
     from torchvision import transforms as T
 
     from visionfm.data.modalities import get_stats
 
-    mean, std = get_stats(args.modality)
+    mean, std = get_stats(opts.modality)
     steps: list[Any] = [
-        T.RandomResizedCrop(args.input_size, scale=(args.min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(opts.input_size, scale=(opts.min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.RandomVerticalFlip(),
     ]
-    if args.randaug:
+    if opts.randaug:
         from timm.data.auto_augment import rand_augment_transform
 
-        hp = {"translate_const": int(args.input_size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
-        steps.append(rand_augment_transform(args.randaug, hp))
+        hp = {"translate_const": int(opts.input_size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
+        steps.append(rand_augment_transform(opts.randaug, hp))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
-    if args.reprob > 0:
+    if opts.reprob > 0:
         from timm.data.random_erasing import RandomErasing
 
-        steps.append(RandomErasing(args.reprob, mode="pixel", max_count=1, device="cpu"))
+        steps.append(RandomErasing(opts.reprob, mode="pixel", max_count=1, device="cpu"))
     return T.Compose(steps)
 
 
@@ -162,16 +157,6 @@ def param_groups_lrd(model: FinetuneModel, weight_decay: float, layer_decay: flo
                                         "lr_scale": scale, "name": key})
             g["params"].append(p)
     return list(groups.values())
-
-
-def lr_at(step: float, total: int, warmup: int, base: float, min_lr: float) -> float:
-    """Linear warm-up for ``warmup`` steps, then half-cosine from ``base`` to ``min_lr`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return base * step / warmup
-    if total <= warmup:
-        return base
-    t = min(max((step - warmup) / (total - warmup), 0.0), 1.0)
-    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 # -- prediction and metrics ------------------------------------------------------------------------------
@@ -240,7 +225,7 @@ def metrics_for(y: np.ndarray, probs: np.ndarray, classes: Sequence[str], binary
 
 
 def _save(stem: Path, model: FinetuneModel, info: dict[str, Any]) -> None:
-    from visionfm.engine.decoder_trainer import save_decoder_checkpoint
+    from visionfm.engine.trainer import save_decoder_checkpoint
 
     save_decoder_checkpoint(stem, model, info)
 
@@ -292,11 +277,11 @@ def is_model_folder(path: str | Path | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_finetuned(path: str | Path, device: torch.device, args: Any | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
+def load_finetuned(path: str | Path, device: torch.device, opts: FinetuneConfig | EvaluateConfig | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
     """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``), a model folder (``<run>/model``)
     or the original's ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``;
-    needs ``args.arch/patch_size/input_size`` and ``args.num_labels``, safe loader)."""
-    from visionfm.engine.decoder_trainer import load_decoder_checkpoint
+    needs ``opts.arch/patch_size/input_size`` and ``opts.num_labels``, safe loader)."""
+    from visionfm.engine.trainer import load_decoder_checkpoint
     from visionfm.models import build_encoder
 
     p = Path(path)
@@ -308,19 +293,19 @@ def load_finetuned(path: str | Path, device: torch.device, args: Any | None = No
         from visionfm import load_encoder
         from visionfm.io import load_checkpoint_file
 
-        if args is None or not args.num_labels:
+        if opts is None or not opts.num_labels:
             raise ConfigError("an original checkpoint_best_finetune.pth needs --num_labels (and --arch, --input_size)")
         obj, _ = load_checkpoint_file(p)
         head_sd = obj.get("classifier_state_dict") if isinstance(obj, dict) else None
         if not isinstance(head_sd, dict):
             raise CheckpointError(f"{p}: no 'classifier_state_dict' (not a finetune checkpoint)")
-        enc = load_encoder(p, args.arch, "visionfm_state_dict", args.patch_size, args.input_size)
-        model = FinetuneModel(enc, args.num_labels, 4, 0, "cls")
+        enc = load_encoder(p, opts.arch, "visionfm_state_dict", opts.patch_size, opts.input_size)
+        model = FinetuneModel(enc, opts.num_labels, 4, 0, "cls")
         clean = {k[len("module."):] if k.startswith("module.") else k: v for k, v in head_sd.items()}
         model.head.load_state_dict(clean)
-        info = {"format": "original-finetune-pth", "epoch": obj.get("epoch"), "arch": args.arch,
-                "patch_size": args.patch_size, "input_size": args.input_size, "binary_logit": args.num_labels == 1,
-                "modality": args.modality, "class_names": None, "num_outputs": args.num_labels}
+        info = {"format": "original-finetune-pth", "epoch": obj.get("epoch"), "arch": opts.arch,
+                "patch_size": opts.patch_size, "input_size": opts.input_size, "binary_logit": opts.num_labels == 1,
+                "modality": opts.modality, "class_names": None, "num_outputs": opts.num_labels}
         return model.to(device), info
     sd, info, _ = load_decoder_checkpoint(p)
     if info.get("task") != "finetune":
@@ -339,36 +324,36 @@ def load_finetuned(path: str | Path, device: torch.device, args: Any | None = No
 # -- the commands ---------------------------------------------------------------------------------------------
 
 
-def _datasets(args: Any, classes: list[str]):
+def _datasets(opts: FinetuneConfig, classes: list[str]):
     from visionfm.data.layouts import ImageFolderDataset
     from visionfm.data.layouts.imagefolder import available_splits
     from visionfm.engine.features import eval_transform
 
-    present = available_splits(args.data_path)
+    present = available_splits(opts.data_path)
     if "train" not in present:
-        raise DataFormatError(f"no train/ folder (splits present: {', '.join(present) or 'none'})", args.data_path)
-    ev = eval_transform(args.input_size, args.modality, interpolation="bicubic")
-    train = ImageFolderDataset(args.data_path, "train", class_order=classes, transform=build_train_transform(args))
-    val = ImageFolderDataset(args.data_path, "val", class_order=classes, transform=ev) if "val" in present else None
-    test = ImageFolderDataset(args.data_path, "test", class_order=classes, transform=ev) if "test" in present else None
+        raise DataFormatError(f"no train/ folder (splits present: {', '.join(present) or 'none'})", opts.data_path)
+    ev = eval_transform(opts.input_size, opts.modality, interpolation="bicubic")
+    train = ImageFolderDataset(opts.data_path, "train", class_order=classes, transform=build_train_transform(opts))
+    val = ImageFolderDataset(opts.data_path, "val", class_order=classes, transform=ev) if "val" in present else None
+    test = ImageFolderDataset(opts.data_path, "test", class_order=classes, transform=ev) if "test" in present else None
     return train, val, test
 
 
-def _loss(args: Any, num_classes: int, binary_logit: bool, mixup_on: bool):
+def _loss(opts: FinetuneConfig, num_classes: int, binary_logit: bool, mixup_on: bool):
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if binary_logit:
         bce = nn.BCEWithLogitsLoss()
-        s = float(args.smoothing)
+        s = float(opts.smoothing)
         return lambda logits, y: bce(logits.reshape(-1), y.float() * (1.0 - s) + 0.5 * s)
     if mixup_on:
         return SoftTargetCrossEntropy()
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if opts.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=opts.smoothing)
     return nn.CrossEntropyLoss()
 
 
-def run_finetune(args: Any) -> int:
+def run_finetune(opts: FinetuneConfig) -> int:
     """``visionfm finetune``: see the module docstring and docs/forecasting-and-finetuning.md."""
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -377,158 +362,118 @@ def run_finetune(args: Any) -> int:
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
 
-    if not args.pretrained_weights:
+    if not opts.pretrained_weights:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-    if args.accum_iter < 1:
+    if opts.accum_iter < 1:
         raise ConfigError("--accum_iter must be >= 1")
-    env = init_distributed(getattr(args, "device", "auto"))
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        seed_everything(args.seed)
-        run_dir = Path(args.output_dir) / args.name
-        classes = resolve_classes(args.data_path, args.class_order, args.class_order_preset)
+        seed_everything(opts.seed)
+        run_dir = Path(opts.output_dir) / opts.name
+        classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset)
         n_cls = len(classes)
         if n_cls < 2:
-            raise DataFormatError(f"need at least 2 classes, found {classes}", args.data_path)
-        binary_logit = args.num_labels == 1
+            raise DataFormatError(f"need at least 2 classes, found {classes}", opts.data_path)
+        binary_logit = opts.num_labels == 1
         if binary_logit and n_cls != 2:
             raise ConfigError(f"--num_labels 1 (one sigmoid logit) needs exactly 2 classes, found {n_cls}")
-        if args.num_labels not in (None, 1, n_cls):
-            raise ConfigError(f"--num_labels {args.num_labels} but the class order has {n_cls} classes "
+        if opts.num_labels not in (None, 1, n_cls):
+            raise ConfigError(f"--num_labels {opts.num_labels} but the class order has {n_cls} classes "
                               f"({', '.join(classes)})")
         n_out = 1 if binary_logit else n_cls
-        mixup_on = args.mixup > 0 or args.cutmix > 0
-        if mixup_on and args.batch_size_per_gpu % 2:
+        mixup_on = opts.mixup > 0 or opts.cutmix > 0
+        if mixup_on and opts.batch_size_per_gpu % 2:
             raise ConfigError("--mixup/--cutmix need an even --batch_size_per_gpu")
         if mixup_on and binary_logit:
             raise ConfigError("--mixup/--cutmix need softmax outputs; use --num_labels 2 (the default) for binary tasks")
-        train_ds, val_ds, test_ds = _datasets(args, classes)
+        train_ds, val_ds, test_ds = _datasets(opts, classes)
         sel_ds, sel_split = selection_split(val_ds, test_ds, warn=env.is_main and test_ds is not None)
         if sel_ds is None:
-            raise DataFormatError("no val/ or test/ folder to select the best epoch on", args.data_path)
+            raise DataFormatError("no val/ or test/ folder to select the best epoch on", opts.data_path)
 
-        encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
-                               args.input_size, drop_path_rate=args.drop_path)
-        model = FinetuneModel(encoder, n_out, args.n_last_blocks, args.avgpool_patchtokens, args.head,
-                              args.bn_momentum).to(env.device)
-        if args.load_from:
-            init, _ = load_finetuned(args.load_from, env.device, args)
+        encoder = load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
+                               opts.input_size, drop_path_rate=opts.drop_path)
+        model = FinetuneModel(encoder, n_out, opts.n_last_blocks, opts.avgpool_patchtokens, opts.head,
+                              opts.bn_momentum).to(env.device)
+        if opts.load_from:
+            init, _ = load_finetuned(opts.load_from, env.device, opts)
             model.load_state_dict(init.state_dict())
-            log.info("initialised encoder and head from %s", args.load_from)
-        net: nn.Module = model
-        if env.world_size > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-
-        eff_batch = args.batch_size_per_gpu * args.accum_iter * env.world_size
-        base_lr = args.lr * eff_batch / 256.0
-        groups = param_groups_lrd(model, args.weight_decay, args.layer_decay, args.encoder_lr_scale)
-        optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
+            log.info("initialised encoder and head from %s", opts.load_from)
+        eff_batch = opts.batch_size_per_gpu * opts.accum_iter * env.world_size
+        base_lr = opts.lr * eff_batch / 256.0
+        groups = param_groups_lrd(model, opts.weight_decay, opts.layer_decay, opts.encoder_lr_scale)
         sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                     seed=args.seed, drop_last=mixup_on) if env.world_size > 1 else None
-        g = torch.Generator().manual_seed(args.seed)
-        loader = DataLoader(train_ds, batch_size=args.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
-                            num_workers=args.num_workers, collate_fn=_collate,
-                            drop_last=len(train_ds) > args.batch_size_per_gpu, generator=g,
+                                     seed=opts.seed, drop_last=mixup_on) if env.world_size > 1 else None
+        g = torch.Generator()
+        loader = DataLoader(train_ds, batch_size=opts.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
+                            num_workers=opts.num_workers, collate_fn=_collate,
+                            drop_last=len(train_ds) > opts.batch_size_per_gpu, generator=g,
                             pin_memory=env.device.type == "cuda")
         if len(loader) == 0:
             raise DataFormatError(f"train/ has {len(train_ds)} images, fewer than one batch of "
-                                  f"{args.batch_size_per_gpu}", args.data_path)
+                                  f"{opts.batch_size_per_gpu}", opts.data_path)
         mixup_fn = None
         if mixup_on:
             from timm.data import Mixup
 
-            mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                             switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.smoothing,
+            mixup_fn = Mixup(mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix, prob=opts.mixup_prob,
+                             switch_prob=opts.mixup_switch_prob, mode="batch", label_smoothing=opts.smoothing,
                              num_classes=n_cls)
-        loss_fn = _loss(args, n_cls, binary_logit, mixup_on)
-        steps_per_epoch = max(len(loader) // args.accum_iter, 1)
-        total_steps = args.epochs * steps_per_epoch
-        warmup_steps = args.warmup_epochs * steps_per_epoch
-        use_amp = args.amp and env.device.type == "cuda"
+        loss_fn = _loss(opts, n_cls, binary_logit, mixup_on)
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         meta = {"task": "finetune", "arch": model.encoder.load_report.arch if hasattr(model.encoder, "load_report")
-                else args.arch, "patch_size": int(model.encoder.patch_size), "input_size": args.input_size,
-                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
-                "head": args.head, "bn_momentum": args.bn_momentum, "num_outputs": n_out, "binary_logit": binary_logit,
-                "class_names": classes, "modality": args.modality, "selection_split": sel_split,
-                "selection_key": "auroc", "pretrained_weights": str(args.pretrained_weights)}
-        best_value: float | None = None
-        best_epoch = -1
-        step = 0
-        for epoch in range(args.epochs):
-            t0 = time.perf_counter()
+                else opts.arch, "patch_size": int(model.encoder.patch_size), "input_size": opts.input_size,
+                "n_last_blocks": opts.n_last_blocks, "avgpool_patchtokens": opts.avgpool_patchtokens,
+                "head": opts.head, "bn_momentum": opts.bn_momentum, "num_outputs": n_out, "binary_logit": binary_logit,
+                "class_names": classes, "modality": opts.modality, "selection_split": sel_split,
+                "selection_key": "auroc", "pretrained_weights": str(opts.pretrained_weights)}
+        cfg = FitConfig(epochs=opts.epochs, lr=base_lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
+                        weight_decay=opts.weight_decay, scheduler="warmup_cosine", warmup_epochs=opts.warmup_epochs,
+                        min_lr=opts.min_lr, accum_iter=opts.accum_iter, clip_grad=opts.clip_grad, amp=bool(opts.amp),
+                        val_freq=opts.val_freq, seed=opts.seed)
+        identity = {**{k: v for k, v in meta.items() if k != "selection_split"}, "data": str(opts.data_path),
+                    "load_from": str(opts.load_from or ""), "augment": {k: getattr(opts, k) for k in (
+                        "min_crop_scale", "randaug", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
+                        "smoothing", "drop_path", "layer_decay", "encoder_lr_scale")}}
+
+        def batches(epoch: int) -> Any:
+            g.manual_seed(opts.seed * 10_007 + epoch)  # the epoch's order depends on (seed, epoch) only: resumable
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            net.train()
-            total, count = 0.0, 0
-            optimizer.zero_grad(set_to_none=True)
-            for i, (x, y, _) in enumerate(loader):
-                if i % args.accum_iter == 0:
-                    lr = lr_at(step, total_steps, warmup_steps, base_lr, args.min_lr)
-                    for grp in optimizer.param_groups:
-                        grp["lr"] = lr * grp["lr_scale"]
-                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-                target: torch.Tensor = y
-                if mixup_fn is not None:
-                    x, target = mixup_fn(x, y)
-                with torch.autocast(device_type=env.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = net(x)
-                loss = loss_fn(logits.float(), target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()}; stopping (lower --lr?)")
-                (loss / args.accum_iter).backward()
-                if (i + 1) % args.accum_iter == 0 or i + 1 == len(loader):
-                    if args.clip_grad > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-            stats: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1),
-                                     "lr": optimizer.param_groups[-1]["lr"]}
-            if (epoch + 1) % max(args.val_freq, 1) == 0 or epoch == args.epochs - 1:
-                probs, yv, _ = predict_probs(model, sel_ds, env, args.batch_size_per_gpu, args.num_workers,
-                                             binary_logit, args.amp)
-                vm = metrics_for(yv, probs, classes, binary_logit)
-                stats.update({f"{sel_split}_{k}": v for k, v in vm.items()})
-                value = vm["auroc"]
-                improved = value is not None and (best_value is None or value >= best_value)
-                if improved:
-                    best_value, best_epoch = float(value), epoch
-                    if env.is_main:
-                        _save(run_dir / "checkpoint_best", model, {**meta, "epoch": epoch, "best_value": best_value,
-                                                                   "val_metrics": vm})
-                stats["improved"] = bool(improved)
-            stats.update({"best_epoch": best_epoch, "best_auroc": best_value,
-                          "epoch_time_s": round(time.perf_counter() - t0, 3)})
-            if env.is_main:
-                run_logger.log(stats, step=epoch)
-                log.info("epoch %d/%d loss %.4f %s auroc=%s", epoch + 1, args.epochs, stats["train_loss"], sel_split,
-                         stats.get(f"{sel_split}_auroc"))
-        if env.is_main:
-            _save(run_dir / "checkpoint_last", model, {**meta, "epoch": args.epochs - 1})
-            if best_epoch < 0:  # validation AUROC never defined (e.g. a single class in val)
-                log.warning("validation AUROC was never defined; the last epoch is kept as the best checkpoint")
-                _save(run_dir / "checkpoint_best", model, {**meta, "epoch": args.epochs - 1, "best_value": None,
-                                                           "val_metrics": {}})
-        from visionfm.engine.distributed import barrier
+            return loader
 
-        barrier()
+        def step(net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+            x, y, _ = batch
+            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+            target: torch.Tensor = y
+            if mixup_fn is not None:
+                x, target = mixup_fn(x, y)
+            return loss_fn(net(x).float(), target), len(x)
+
+        def evaluate(m: nn.Module) -> dict[str, Any]:
+            probs, yv, _ = predict_probs(m, sel_ds, env, opts.batch_size_per_gpu, opts.num_workers, binary_logit,
+                                         opts.amp)
+            return metrics_for(yv, probs, classes, binary_logit)
+
+        resume_from, _ = start_point(run_dir, None, getattr(opts, "resume", False))
+        result = fit(model, batches, step, evaluate, selection_key="auroc", higher_is_better=True, run_dir=run_dir,
+                     cfg=cfg, env=env, run_logger=run_logger, meta=meta, identity=identity, param_groups=groups,
+                     resume_from=resume_from, log_prefix=f"{sel_split}_", keep_last_if_never_selected=True)
+        best_value = result.best_value
         best_model, info = load_finetuned(run_dir / "checkpoint_best.safetensors", env.device)
         summary: dict[str, Any] = {"best_epoch": info.get("epoch"), "best_val_auroc": best_value,
                                    "selection_split": sel_split}
         metrics = None
         if test_ds is not None:
-            metrics = evaluate_split(best_model, info, test_ds, args, env, run_dir / "report",
+            metrics = evaluate_split(best_model, info, test_ds, opts, env, run_dir / "report",
                                      f"test (best epoch selected on {sel_split})")
             if env.is_main:
                 summary["test_metrics"] = metrics
                 info["test_metrics"] = metrics
                 save_json_atomic(info, run_dir / "checkpoint_best.json")
         if env.is_main:
-            _package(args, run_dir, best_model, info, metrics, sel_split)
+            _package(opts, run_dir, best_model, info, metrics, sel_split)
         if env.is_main:
             run_logger.log({"final": summary})
             run_logger.close()
@@ -538,7 +483,7 @@ def run_finetune(args: Any) -> int:
         cleanup_distributed()
 
 
-def _package(args: Any, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str, Any] | None,
+def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str, Any] | None,
              sel_split: str) -> Path:
     """``<run>/model/``: the selected epoch's fine-tuned encoder + head as a model folder."""
     from visionfm.packaging import model_folder_from_training
@@ -549,7 +494,7 @@ def _package(args: Any, run_dir: Path, model: FinetuneModel, info: dict[str, Any
                                      "bn_momentum": float(info.get("bn_momentum", 0.1))}
     else:
         head_args = {"embed_dim": int(model.in_dim), "num_classes": n_out}
-    data = {"data_path": str(args.data_path), "source": "images (ImageNet layout: train/val/test/<class>/)",
+    data = {"data_path": str(opts.data_path), "source": "images (ImageNet layout: train/val/test/<class>/)",
             "selection_split": sel_split, "best_epoch": info.get("epoch"),
             "evaluated_on": f"the test split, with the epoch selected on {sel_split}" if metrics else "not evaluated",
             "run": str(run_dir)}
@@ -560,36 +505,36 @@ def _package(args: Any, run_dir: Path, model: FinetuneModel, info: dict[str, Any
         features={"type": "pooled", "n_last_blocks": int(info["n_last_blocks"]),
                   "avgpool": int(info["avgpool_patchtokens"])},
         head_type=str(info["head"]), head_args=head_args, class_names=list(info["class_names"]), metrics=metrics,
-        data=data, name=f"{args.name} ({info['modality']}, fine-tuned)", weights_source=str(args.pretrained_weights),
+        data=data, name=f"{opts.name} ({info['modality']}, fine-tuned)", weights_source=str(opts.pretrained_weights),
         encoder_frozen=False)
 
 
 SUMMARY_KEYS = ("accuracy", "auroc", "auroc_macro", "aupr", "aupr_macro", "f1_macro")
 
 
-def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, args: Any, env: Any, out_dir: Path,
+def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opts: FinetuneConfig | EvaluateConfig, env: Any, out_dir: Path,
                    what: str) -> dict[str, Any]:
     """Predict ``dataset`` and write the standard report; returns the headline metrics (rank 0)."""
     from visionfm.reports import evaluate_classification_run
 
     binary_logit = bool(info.get("binary_logit"))
     classes = list(dataset.classes)
-    probs, y, paths = predict_probs(model, dataset, env, args.batch_size_per_gpu, args.num_workers, binary_logit,
-                                    getattr(args, "amp", True))
+    probs, y, paths = predict_probs(model, dataset, env, opts.batch_size_per_gpu, opts.num_workers, binary_logit,
+                                    getattr(opts, "amp", True))
     if not env.is_main:
         return {}
     task = task_of(len(classes), binary_logit)
     scores = binary_scores(probs, binary_logit) if task == "binary" else probs
-    meta = {"name": args.name, "modality": info.get("modality"), "evaluated": what,
+    meta = {"name": opts.name, "modality": info.get("modality"), "evaluated": what,
             "checkpoint_epoch": info.get("epoch"), "task": task, "n": len(y)}
-    m = evaluate_classification_run(out_dir, y, scores, task, classes, paths=paths, n_boot=args.report_n_boot,
-                                    seed=args.seed, title=f"{args.name} ({task}, fine-tuned)", meta=meta)
+    m = evaluate_classification_run(out_dir, y, scores, task, classes, paths=paths, n_boot=opts.report_n_boot,
+                                    seed=opts.seed, title=f"{opts.name} ({task}, fine-tuned)", meta=meta)
     np.save(out_dir / "probs.npy", probs)
     np.save(out_dir / "target.npy", y.reshape(-1, 1))
     return {k: m[k] for k in SUMMARY_KEYS if k in m}
 
 
-def run_evaluate(args: Any) -> int:
+def run_evaluate(opts: EvaluateConfig) -> int:
     """``visionfm evaluate``: a fine-tuned checkpoint on ``<data_path>/<split>``."""
     from visionfm.data.layouts import ImageFolderDataset
     from visionfm.engine.distributed import cleanup_distributed, init_distributed
@@ -597,32 +542,32 @@ def run_evaluate(args: Any) -> int:
     from visionfm.engine.logging import setup_logging
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(getattr(args, "device", "auto"))
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        source = getattr(args, "model", None) or args.load_from
-        if getattr(args, "model", None) and args.load_from:
+        source = getattr(opts, "model", None) or opts.load_from
+        if getattr(opts, "model", None) and opts.load_from:
             raise ConfigError("give --model (a model folder) or --load_from (a checkpoint), not both")
         if not source:
             raise ConfigError("--model FOLDER or --load_from CHECKPOINT is required")
-        if getattr(args, "model", None) and not is_model_folder(source):
+        if getattr(opts, "model", None) and not is_model_folder(source):
             raise ConfigError(f"--model {source}: not a model folder (config.json + model.safetensors); "
                               "use --load_from for checkpoint files")
-        model, info = load_finetuned(source, env.device, args)
+        model, info = load_finetuned(source, env.device, opts)
         classes = info.get("class_names")
-        if args.class_order or args.class_order_preset or not classes:
-            classes = resolve_classes(args.data_path, args.class_order, args.class_order_preset)
+        if opts.class_order or opts.class_order_preset or not classes:
+            classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset)
         if len(classes) != max(int(info.get("num_outputs", 0)), 2):
             raise ConfigError(f"the checkpoint has {info.get('num_outputs')} outputs but the class order has "
                               f"{len(classes)} classes ({', '.join(classes)})")
-        size = int(info.get("input_size") or args.input_size)
-        modality = info.get("modality") or args.modality
-        ds = ImageFolderDataset(args.data_path, args.split, class_order=classes,
+        size = int(info.get("input_size") or opts.input_size)
+        modality = info.get("modality") or opts.modality
+        ds = ImageFolderDataset(opts.data_path, opts.split, class_order=classes,
                                 transform=eval_transform(size, modality, interpolation=info.get("interpolation", "bicubic")))
-        run_dir = Path(args.output_dir) / args.name
-        metrics = evaluate_split(model, info, ds, args, env, run_dir / "report", f"{args.split} ({source})")
+        run_dir = Path(opts.output_dir) / opts.name
+        metrics = evaluate_split(model, info, ds, opts, env, run_dir / "report", f"{opts.split} ({source})")
         if env.is_main:
-            save_json_atomic({"checkpoint": str(source), "split": args.split, "metrics": metrics},
+            save_json_atomic({"checkpoint": str(source), "split": opts.split, "metrics": metrics},
                              run_dir / "evaluate.json")
             print(json.dumps(metrics))
         return 0

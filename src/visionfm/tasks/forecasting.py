@@ -10,7 +10,7 @@ meant to do, working:
   plus a sinusoidal encoding of the interval in days → one logit, "progresses within the interval";
   intervals outside ``[0, max_len)`` are rejected when the label file is read;
 * ``BCEWithLogits`` with a float ``pos_weight`` tensor, SGD (momentum 0.9) or AdamW, trained on the
-  cached features by :func:`~visionfm.engine.decoder_trainer.train_decoder`; the best epoch is chosen
+  cached features by :func:`~visionfm.engine.trainer.fit`; the best epoch is chosen
   on ``val`` (else ``test``, logged) by AUROC — never by F1 on logits, never with best = 1.0 at start;
 * test metrics over the whole set: AUROC, AUPR, F1 at ``--threshold`` on the probabilities,
   sensitivity at ``--specificity``; the same per interval bucket (``--interval_buckets``, default
@@ -26,13 +26,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from visionfm.errors import ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainForecastConfig
 
 __all__ = [
     "ForecastSplit",
@@ -166,55 +169,47 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _cached_split(args: Any, encoder: nn.Module, ident: dict[str, Any], env: Any, role: str,
+def _cached_split(opts: TrainForecastConfig, encoder: nn.Module, ident: dict[str, Any], env: Any, role: str,
                   cache_dir: Path) -> ForecastSplit | None:
-    """Features of one split from the cache, or computed once with the frozen encoder and cached."""
-    from safetensors.torch import load_file
-
+    """Features of one split from the run's feature store (``<run>/features/<split>``), or computed once
+    with the frozen encoder and stored there (the same :class:`~visionfm.data.features.FeatureStore`
+    format ``visionfm extract`` writes)."""
+    from visionfm.data.features import FeatureStore
     from visionfm.data.layouts import ForecastingDataset
     from visionfm.data.layouts.forecasting import forecasting_label_file
-    from visionfm.engine.features import eval_transform, features_in_memory
-    from visionfm.io import save_json_atomic, save_safetensors_atomic
+    from visionfm.engine.features import eval_transform, features_in_memory, store_matches
 
     split = SPLIT_ROLES[role]
     try:
-        label_file = forecasting_label_file(args.data_path, split)
+        label_file = forecasting_label_file(opts.data_path, split)
     except DataFormatError:
         if role == "val":
             return None
         raise
-    tf = eval_transform(args.input_size, args.modality)
-    ds = ForecastingDataset(args.data_path, split, transform=tf, max_days=args.max_len)
-    want = {**ident, "label_file_sha256": _file_sha(label_file), "n": len(ds)}
-    wpath, jpath = cache_dir / f"{split}.safetensors", cache_dir / f"{split}.json"
+    tf = eval_transform(opts.input_size, opts.modality)
+    ds = ForecastingDataset(opts.data_path, split, transform=tf, max_days=opts.max_len)
+    want = {**ident, "label_file_sha256": _file_sha(label_file), "split": split}
+    folder = cache_dir / split
     paths = [str(s.path) for s in ds.samples]
     labels = torch.from_numpy(ds.labels).float()
     days = torch.from_numpy(ds.days)
-    if wpath.is_file() and jpath.is_file():
-        try:
-            found = json.loads(jpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            found = None
-        if found == want:
-            t = load_file(str(wpath))
-            if env.is_main:
-                log.info("features %s: reusing the cache in %s", split, cache_dir)
-            return ForecastSplit(split, t["cls"], t["patch_mean"], labels, days, paths)
-    f = features_in_memory(encoder, _DropDays(ds), env, args.batch_size_per_gpu, args.num_workers,
+    if store_matches(FeatureStore.read_meta(folder), want, len(ds)):
+        st = FeatureStore.open(folder, expect=ident)
+        if env.is_main:
+            log.info("features %s: reusing the feature store %s", split, folder)
+        return ForecastSplit(split, st.cls, st.patch_mean, labels, days, paths)
+    f = features_in_memory(encoder, _DropDays(ds), env, opts.batch_size_per_gpu, opts.num_workers,
                            desc=f"features {split}" if env.is_main else None)
     if env.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_safetensors_atomic({"cls": f["cls"].contiguous(), "patch_mean": f["patch_mean"].contiguous()}, wpath)
-        save_json_atomic(want, jpath)
+        FeatureStore.write(folder, f["cls"].contiguous(), f["labels"], f["index"], want,
+                           patch_mean=f["patch_mean"].contiguous())
     return ForecastSplit(split, f["cls"], f["patch_mean"], labels, days, paths)
 
 
 def head_features(s: ForecastSplit, n_last_blocks: int, avgpool: int) -> torch.Tensor:
     """0: last-n CLS concat ``[N, n·D]``; 1: mean patch token ``[N, D]``; 2: both ``[N, (n+1)·D]``."""
-    from visionfm.engine.features import pool_tokens
+    from visionfm.models.pooling import pool_tokens
 
-    if avgpool == 2:
-        return torch.cat([pool_tokens(s.cls, None, n_last_blocks, 0), s.patch_mean.float()], dim=1)
     return pool_tokens(s.cls, s.patch_mean, n_last_blocks, avgpool)
 
 
@@ -238,87 +233,95 @@ def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout
 # -- the command ----------------------------------------------------------------------------------------
 
 
-def _load_encoder(args: Any):
+def _load_encoder(opts: TrainForecastConfig):
     from visionfm import load_encoder
 
-    if not args.pretrained_weights:
+    if not opts.pretrained_weights:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-    return load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size, args.input_size)
+    return load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size, opts.input_size)
 
 
-def run_train_forecast(args: Any) -> int:
+def run_train_forecast(opts: TrainForecastConfig) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
+    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
+                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
 
-    if args.max_len < 1:
-        raise ConfigError(f"--max_len must be positive, got {args.max_len}")
-    if args.pos_weight <= 0:
-        raise ConfigError(f"--pos_weight must be > 0, got {args.pos_weight}")
-    if not 0.0 < args.specificity < 1.0:
-        raise ConfigError(f"--specificity must be in (0, 1), got {args.specificity}")
-    if args.avgpool_patchtokens not in (0, 1, 2):
+    if opts.max_len < 1:
+        raise ConfigError(f"--max_len must be positive, got {opts.max_len}")
+    if opts.pos_weight <= 0:
+        raise ConfigError(f"--pos_weight must be > 0, got {opts.pos_weight}")
+    if not 0.0 < opts.specificity < 1.0:
+        raise ConfigError(f"--specificity must be in (0, 1), got {opts.specificity}")
+    if opts.avgpool_patchtokens not in (0, 1, 2):
         raise ConfigError("--avgpool_patchtokens must be 0, 1 or 2")
-    edges = parse_buckets(args.interval_buckets)
-    env = init_distributed(getattr(args, "device", "auto"))
+    edges = parse_buckets(opts.interval_buckets)
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        seed_everything(args.seed)
-        run_dir = Path(args.output_dir) / args.name
-        encoder = _load_encoder(args).to(env.device)
-        ident = encoder_identity(encoder, args.modality, args.input_size, "cls")
+        seed_everything(opts.seed)
+        run_dir = Path(opts.output_dir) / opts.name
+        encoder = _load_encoder(opts).to(env.device)
+        ident = encoder_identity(encoder, opts.modality, opts.input_size, "cls")
         ident.pop("visionfm_version", None)
         cache_dir = run_dir / "features"
-        splits = {role: _cached_split(args, encoder, ident, env, role, cache_dir) for role in ("train", "val", "test")}
+        splits = {role: _cached_split(opts, encoder, ident, env, role, cache_dir) for role in ("train", "val", "test")}
         embed_dim = int(encoder.embed_dim)
         train, val, test = splits["train"], splits["val"], splits["test"]
         assert train is not None and test is not None
         val, sel_split = selection_split(val, test, warn=env.is_main)
-        x_train = head_features(train, args.n_last_blocks, args.avgpool_patchtokens)
+        x_train = head_features(train, opts.n_last_blocks, opts.avgpool_patchtokens)
         in_dim = int(x_train.shape[1])
         mean, std = x_train.mean(0), x_train.std(0) if len(x_train) > 1 else torch.ones(in_dim)
-        model = build_forecast_model(embed_dim, in_dim, args.max_len, args.dropout,
-                                     mean if args.standardize else None, std if args.standardize else None)
-        meta = {"task": "forecasting", "embed_dim": embed_dim, "in_dim": in_dim, "max_len": args.max_len,
-                "n_last_blocks": args.n_last_blocks, "avgpool_patchtokens": args.avgpool_patchtokens,
-                "standardize": bool(args.standardize), "dropout": args.dropout, "modality": args.modality,
-                "pos_weight": args.pos_weight, "threshold": args.threshold, "selection_split": sel_split,
+        model = build_forecast_model(embed_dim, in_dim, opts.max_len, opts.dropout,
+                                     mean if opts.standardize else None, std if opts.standardize else None)
+        meta = {"task": "forecasting", "embed_dim": embed_dim, "in_dim": in_dim, "max_len": opts.max_len,
+                "n_last_blocks": opts.n_last_blocks, "avgpool_patchtokens": opts.avgpool_patchtokens,
+                "standardize": bool(opts.standardize), "dropout": opts.dropout, "modality": opts.modality,
+                "pos_weight": opts.pos_weight, "threshold": opts.threshold, "selection_split": sel_split,
                 "class_names": ["no progression", "progression"]}
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         if sel_split == "test":
             run_logger.log({"note": "no val split: model selection on the test split"})
         packed = torch.cat([x_train, train.days.float().unsqueeze(1)], dim=1)
-        x_val = head_features(val, args.n_last_blocks, args.avgpool_patchtokens)
+        x_val = head_features(val, opts.n_last_blocks, opts.avgpool_patchtokens)
         y_val = val.labels.numpy()
 
         def evaluate(m: nn.Module) -> dict[str, Any]:
             p = predict_forecast(m, x_val, val.days)
-            return forecast_metrics(y_val, p, args.threshold, args.specificity)
+            return forecast_metrics(y_val, p, opts.threshold, opts.specificity)
 
-        bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(args.pos_weight)], device=env.device))
+        bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(opts.pos_weight)], device=env.device))
 
         def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return bce(logits.reshape(-1), y.reshape(-1))
 
-        cfg = DecoderTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size_per_gpu,
-                                 optimizer=args.optimizer, weight_decay=args.weight_decay, scheduler="cosine",
-                                 val_freq=args.val_freq, seed=args.seed)
-        result = train_decoder(model, packed, train.labels.clone(), loss_fn, evaluate, args.selection, True, run_dir,
-                               cfg, env, run_logger, meta, resume_from=args.load_from or None)
+        cfg = FitConfig(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size_per_gpu, optimizer=opts.optimizer,
+                        weight_decay=opts.weight_decay, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed,
+                        amp=False)
+        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        batches = TensorBatches(packed, train.labels.clone(), cfg.batch_size, cfg.seed, env.rank, env.world_size,
+                                env.device)
+        identity = {k: meta[k] for k in ("task", "embed_dim", "in_dim", "max_len", "n_last_blocks",
+                                         "avgpool_patchtokens", "standardize", "dropout", "modality", "pos_weight")}
+        identity["data"], identity["pretrained_weights"] = str(opts.data_path), str(opts.pretrained_weights)
+        result = fit(model, batches, loss_step(loss_fn), evaluate, selection_key=opts.selection, higher_is_better=True,
+                     run_dir=run_dir, cfg=cfg, env=env, run_logger=run_logger, meta=meta, identity=identity,
+                     resume_from=resume_from, init_from=init_from)
         best = run_dir / "checkpoint_best"
         sd, info, _ = load_decoder_checkpoint(best)
         model.load_state_dict(sd)
         model.to(env.device)
-        x_test = head_features(test, args.n_last_blocks, args.avgpool_patchtokens)
+        x_test = head_features(test, opts.n_last_blocks, opts.avgpool_patchtokens)
         probs = predict_forecast(model, x_test, test.days)
         if env.is_main:
-            metrics = _report(args, run_dir, test, train, probs, edges, result.best_epoch, sel_split)
+            metrics = _report(opts, run_dir, test, train, probs, edges, result.best_epoch, sel_split)
             info["test_metrics"] = metrics["forecast"]
             save_json_atomic(info, best.with_suffix(".json"))
-            _package(args, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
+            _package(opts, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
             run_logger.log({"final_test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"],
                             "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
@@ -328,7 +331,7 @@ def run_train_forecast(args: Any) -> int:
         cleanup_distributed()
 
 
-def _package(args: Any, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int, in_dim: int,
+def _package(opts: TrainForecastConfig, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int, in_dim: int,
              metrics: dict[str, Any], sel_split: str) -> Path:
     """``<run>/model/``: the frozen encoder + the selected ``forecast_std`` head, usable by ``visionfm predict
     --days``. Its features are computed exactly as the cached ones (bilinear resize, final norm)."""
@@ -337,21 +340,21 @@ def _package(args: Any, run_dir: Path, encoder: nn.Module, model: nn.Module, emb
     fm = metrics["forecast"]
     summary = {k: fm.get(k) for k in ("auroc", "aupr", "f1")}
     summary["baseline_interval_only_auroc"] = metrics["baseline_interval_only"].get("auroc")
-    data = {"data_path": str(args.data_path), "selection_split": sel_split,
+    data = {"data_path": str(opts.data_path), "selection_split": sel_split,
             "evaluated_on": f"the test split, with the epoch selected on {sel_split}", "run": str(run_dir)}
     return model_folder_from_training(
         run_dir / "model", encoder=encoder, head=model, task="forecasting", task_kind="binary",
-        modality=args.modality, input_size=int(args.input_size), interpolation="bilinear",
-        features={"type": "pooled", "n_last_blocks": int(args.n_last_blocks), "avgpool": int(args.avgpool_patchtokens)},
+        modality=opts.modality, input_size=int(opts.input_size), interpolation="bilinear",
+        features={"type": "pooled", "n_last_blocks": int(opts.n_last_blocks), "avgpool": int(opts.avgpool_patchtokens)},
         head_type="forecast_std",
-        head_args={"embed_dim": int(embed_dim), "max_len": int(args.max_len), "in_features": int(in_dim),
-                   "dropout": float(args.dropout)},
-        class_names=["no progression", "progression"], thresholds=[float(args.threshold)],
-        max_days=float(args.max_len - 1), metrics=summary, data=data, name=f"{args.name} ({args.modality})",
-        weights_source=str(args.pretrained_weights))
+        head_args={"embed_dim": int(embed_dim), "max_len": int(opts.max_len), "in_features": int(in_dim),
+                   "dropout": float(opts.dropout)},
+        class_names=["no progression", "progression"], thresholds=[float(opts.threshold)],
+        max_days=float(opts.max_len - 1), metrics=summary, data=data, name=f"{opts.name} ({opts.modality})",
+        weights_source=str(opts.pretrained_weights))
 
 
-def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit, probs: np.ndarray,
+def _report(opts: TrainForecastConfig, run_dir: Path, test: ForecastSplit, train: ForecastSplit, probs: np.ndarray,
             edges: Sequence[int], epoch: int, sel_split: str) -> dict[str, Any]:
     from visionfm.io import save_json_atomic
     from visionfm.reports import evaluate_classification_run, write_report
@@ -359,17 +362,17 @@ def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit,
     y = test.labels.numpy().astype(np.int64)
     days = test.days.numpy()
     report_dir = run_dir / "report"
-    meta = {"name": args.name, "modality": args.modality, "checkpoint_epoch": epoch,
+    meta = {"name": opts.name, "modality": opts.modality, "checkpoint_epoch": epoch,
             "evaluated": f"test (best epoch selected on {sel_split})", "n_test": len(test),
-            "max_len": args.max_len, "pos_weight": args.pos_weight}
-    title = f"{args.name}: progression forecasting ({args.modality})"
+            "max_len": opts.max_len, "pos_weight": opts.pos_weight}
+    title = f"{opts.name}: progression forecasting ({opts.modality})"
     metrics = evaluate_classification_run(report_dir, y, probs, "binary", ["no progression", "progression"],
-                                          paths=test.paths, threshold=args.threshold, n_boot=args.report_n_boot,
-                                          seed=args.seed, title=title, meta=meta)
-    fm = forecast_metrics(y, probs, args.threshold, args.specificity)
-    strat = stratified_metrics(y, probs, days, edges, args.threshold, args.specificity)
+                                          paths=test.paths, threshold=opts.threshold, n_boot=opts.report_n_boot,
+                                          seed=opts.seed, title=title, meta=meta)
+    fm = forecast_metrics(y, probs, opts.threshold, opts.specificity)
+    strat = stratified_metrics(y, probs, days, edges, opts.threshold, opts.specificity)
     base_p = interval_baseline(train.days.numpy(), train.labels.numpy(), days)
-    base = (forecast_metrics(y, base_p, args.threshold, args.specificity) if base_p is not None
+    base = (forecast_metrics(y, base_p, opts.threshold, opts.specificity) if base_p is not None
             else {"auroc": None, "note": "training labels have a single class"})
     metrics["forecast"] = fm
     metrics["by_interval"] = strat
@@ -377,7 +380,7 @@ def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit,
     images = [(cap, report_dir / f) for cap, f in (("ROC curve", "roc.png"), ("Precision–recall curve", "pr.png"),
                                                    ("Confusion matrix", "confusion_matrix.png"),
                                                    ("Calibration", "calibration.png")) if (report_dir / f).is_file()]
-    spec_key = f"sensitivity_at_specificity_{args.specificity:g}"
+    spec_key = f"sensitivity_at_specificity_{opts.specificity:g}"
     rows = [{"interval": name, "n": m["n"], "positives": m["n_positive"], "AUROC": m["auroc"], "AUPR": m["aupr"],
              "F1": m["f1"], spec_key: m[spec_key]} for name, m in strat.items()]
     rows.append({"interval": "all", "n": fm["n"], "positives": fm["n_positive"], "AUROC": fm["auroc"],
@@ -388,5 +391,5 @@ def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit,
                          "Baseline": [brow, {"model": "forecaster", "AUROC": fm["auroc"], "AUPR": fm["aupr"]}]})
     # the per-image list the original would have produced, with the interval
     per = {p: {"gt": int(t), "pred": float(s), "days": int(d)} for p, t, s, d in zip(test.paths, y, probs, days)}
-    save_json_atomic(per, run_dir / f"{args.name}_{args.modality}_results.json")
+    save_json_atomic(per, run_dir / f"{opts.name}_{opts.modality}_results.json")
     return metrics

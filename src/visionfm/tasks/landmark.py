@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ from visionfm.data.paired import LandmarkTransform, decode_heatmaps, render_heat
 from visionfm.errors import ConfigError
 from visionfm.tasks.dense_common import DenseSamples, run_dense
 from visionfm.tasks.losses import spatial_softmax_ce
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainLandmarkConfig
 
 __all__ = ["LandmarkTask", "run_train_landmark"]
 
@@ -132,16 +135,16 @@ class _LandmarkWriter:
         return self.figures
 
 
-def run_train_landmark(args: Any) -> int:
+def run_train_landmark(opts: TrainLandmarkConfig) -> int:
     from visionfm.data.modalities import get_stats
 
-    mean, std = get_stats(args.modality)
-    rc = run_dense(args, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
+    mean, std = get_stats(opts.modality)
+    rc = run_dense(opts, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
                                                 augment_affine_p=a.affine_p))
     # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
     if rc == 0:
-        from visionfm.packaging import package_dense_run
+        from visionfm.tasks.dense_common import package_dense_run
 
-        package_dense_run(args, "landmark")
+        package_dense_run(opts, "landmark")
     return rc
 

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainMultiClsConfig
 
 import numpy as np
 import torch
@@ -45,7 +48,6 @@ __all__ = [
     "VISIONFM13_NAMES",
     "DR_GRADES",
     "FINDINGS",
-    "Visionfm13Loss",
     "visionfm13_loss",
     "visionfm13_probabilities",
     "visionfm13_metrics",
@@ -73,11 +75,6 @@ def visionfm13_loss(logits: torch.Tensor, target: torch.Tensor, grade_weight: fl
     bce = nn.functional.binary_cross_entropy_with_logits(logits[:, 5:].float(), t[:, 5:], reduction="none").mean(dim=0)
     w = torch.as_tensor(list(finding_weights), dtype=bce.dtype, device=bce.device)
     return grade_weight * ce + (w * bce).sum()
-
-
-class Visionfm13Loss(nn.Module):
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return visionfm13_loss(logits, target)
 
 
 def visionfm13_probabilities(logits: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -208,9 +205,9 @@ class MultiLabelSpec:
     selection_key = "selection"
     higher_is_better = True
 
-    def __init__(self, args: Any) -> None:
-        self.args = args
-        self.layout = args.label_layout
+    def __init__(self, opts: TrainMultiClsConfig) -> None:
+        self.opts = opts
+        self.layout = opts.label_layout
         self.names: list[str] = []
 
     def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor, info: Any) -> dict[str, Any]:
@@ -222,8 +219,8 @@ class MultiLabelSpec:
             raise ConfigError(f"--label_layout {self.layout!r}; expected one of {', '.join(LABEL_LAYOUTS)}")
         ref = train_labels if train_labels is not None else test_labels
         n = int(ref.shape[1])
-        if n != int(self.args.num_labels):
-            raise ConfigError(f"--num_labels {self.args.num_labels} but the stores hold {n} labels per image")
+        if n != int(self.opts.num_labels):
+            raise ConfigError(f"--num_labels {self.opts.num_labels} but the stores hold {n} labels per image")
         for lab in (train_labels, test_labels):
             if lab is not None and not bool(((lab == 0) | (lab == 1)).all()):
                 raise DataFormatError("multi-label targets must be 0/1 vectors; found other values (regression data?)")
@@ -259,7 +256,7 @@ class MultiLabelSpec:
         from visionfm.io import save_json_atomic
         from visionfm.tasks.multimodal import write_members
 
-        a = self.args
+        a = self.opts
         probs = self.probabilities(outputs)
         y = inputs.labels.numpy().astype(np.float64)
         title = f"{a.name} ({', '.join(meta.get('modalities', []))}; {self.layout}, fusion {a.fusion})"
@@ -280,8 +277,8 @@ class MultiLabelSpec:
         return head
 
 
-def run_train_multi_cls(args: Any) -> int:
+def run_train_multi_cls(opts: TrainMultiClsConfig) -> int:
     """``visionfm train-multi-cls``: see docs/multimodal-and-regression.md."""
     from visionfm.tasks.multimodal import run_multi_store_command
 
-    return run_multi_store_command(args, MultiLabelSpec(args))
+    return run_multi_store_command(opts, MultiLabelSpec(opts))

@@ -26,13 +26,15 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from visionfm.errors import ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from visionfm.config import StoreDecoderConfig
 
 __all__ = [
     "EntrySplit",
@@ -364,7 +366,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tenso
     return torch.cat(outs) if outs else torch.zeros(0, 1)
 
 
-def read_fused_inputs(args: Any, roles: Sequence[str], modalities: Sequence[str] | None,
+def read_fused_inputs(opts: StoreDecoderConfig, roles: Sequence[str], modalities: Sequence[str] | None,
                       embed_dim: int | None) -> tuple[dict[str, ModelInputs | None], list[str], dict[str, Any]]:
     """Load the ``roles`` (``train``/``val``/``test``) of ``--datasets`` and build their inputs.
 
@@ -372,18 +374,18 @@ def read_fused_inputs(args: Any, roles: Sequence[str], modalities: Sequence[str]
     (modality, encoder arch and weights fingerprint, sample counts) for checkpoints and reports.
     """
     split_of = {"train": "training", "val": "val", "test": "test"}
-    subject_map = SubjectMap.read(args.subject_map) if getattr(args, "subject_map", None) else None
-    if subject_map is not None and args.fusion == "pooled":
+    subject_map = SubjectMap.read(opts.subject_map) if getattr(opts, "subject_map", None) else None
+    if subject_map is not None and opts.fusion == "pooled":
         log.warning("--subject_map has no effect with --fusion pooled (every image is its own sample)")
-    loaded = {r: load_entries(args.data_path, args.datasets, split_of[r], embed_dim) for r in roles}
+    loaded = {r: load_entries(opts.data_path, opts.datasets, split_of[r], embed_dim) for r in roles}
     found = [p for r in roles for p in loaded[r]]
     if not found:
-        raise DataFormatError(f"no feature stores of {', '.join(args.datasets)} under {args.data_path}")
+        raise DataFormatError(f"no feature stores of {', '.join(opts.datasets)} under {opts.data_path}")
     base = loaded.get("train") or loaded.get("test") or found
     slots = list(modalities) if modalities is not None else modality_slots(base)
     out: dict[str, ModelInputs | None] = {}
     for r in roles:
-        out[r] = build_inputs(loaded[r], args.fusion, slots, subject_map) if loaded[r] else None
+        out[r] = build_inputs(loaded[r], opts.fusion, slots, subject_map) if loaded[r] else None
     info = {
         "encoder": shared_encoder(found),
         "entries": {p.entry: {"modality": p.modality, "arch": p.meta.get("arch"),
@@ -410,16 +412,16 @@ def shared_encoder(parts: Sequence[EntrySplit]) -> dict[str, Any]:
     return out
 
 
-def package_multi_store_run(args: Any, spec: Any, run_dir: Path, model: nn.Module, meta: Mapping[str, Any],
+def package_multi_store_run(opts: StoreDecoderConfig, spec: Any, run_dir: Path, model: nn.Module, meta: Mapping[str, Any],
                             metrics: Mapping[str, Any] | None) -> Path | None:
     """``<run>/model/`` for a pooled single-encoder run (see the module docstring); ``None`` with a warning
     saying why when no single-image model can be written."""
     from visionfm.engine.features import weights_fingerprint
     from visionfm.packaging import encoder_for_package, model_folder_from_training
 
-    if args.fusion != "pooled":
+    if opts.fusion != "pooled":
         log.warning("model folder not written: --fusion %s combines the images of a subject (per modality) into "
-                    "one prediction, and a model folder is a single-image model", args.fusion)
+                    "one prediction, and a model folder is a single-image model", opts.fusion)
         return None
     enc = dict((meta.get("data") or {}).get("encoder") or {})
     if "mismatch" in enc:
@@ -437,14 +439,14 @@ def package_multi_store_run(args: Any, spec: Any, run_dir: Path, model: nn.Modul
         log.warning("model folder not written: the encoder rebuilt from %s does not match the stores' weights "
                     "fingerprint", src)
         return None
-    data = {"data_path": str(args.data_path), "datasets": ", ".join(args.datasets), "source": "feature stores",
+    data = {"data_path": str(opts.data_path), "datasets": ", ".join(opts.datasets), "source": "feature stores",
             "selection_split": meta.get("selection_split"),
             "evaluated_on": f"the test split, with the epoch selected on {meta.get('selection_split')}",
             "run": str(run_dir)}
     common: dict[str, Any] = dict(
         encoder=encoder, head=model, modality=str(enc["modality"]), input_size=int(enc["input_size"]),
         interpolation="bilinear", features={"type": "pooled", "n_last_blocks": N_LAST_BLOCKS, "avgpool": 0},
-        metrics=metrics, data=data, name=f"{args.name} ({enc['modality']})", weights_source=str(src))
+        metrics=metrics, data=data, name=f"{opts.name} ({enc['modality']})", weights_source=str(src))
     n_out = int(meta["num_outputs"])
     bn = float(meta.get("bn_momentum", 0.1))
     feat_dim = int(meta["feat_dim"])
@@ -494,72 +496,77 @@ class TaskSpec(Protocol):
         ...
 
 
-def run_multi_store_command(args: Any, spec: TaskSpec) -> int:
-    """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.decoder_trainer.train_decoder`
+def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
+    """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.trainer.fit`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
-    from visionfm.engine.decoder_trainer import DecoderTrainConfig, load_decoder_checkpoint, selection_split, train_decoder
+    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
+                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(getattr(args, "device", "auto"))
+    env = init_distributed(getattr(opts, "device", "auto"))
     setup_logging(env.is_main)
     try:
-        seed_everything(args.seed)
-        run_dir = Path(args.output_dir) / args.name
-        if args.test and not args.load_from:
+        seed_everything(opts.seed)
+        run_dir = Path(opts.output_dir) / opts.name
+        if opts.test and not opts.load_from:
             raise ConfigError("--test needs --load_from CHECKPOINT")
         ckpt_info: dict[str, Any] | None = None
         modalities = None
-        if args.test:
-            sd, ckpt_info, _ = load_decoder_checkpoint(args.load_from)
-            if ckpt_info.get("fusion") and ckpt_info["fusion"] != args.fusion:
-                log.info("using --fusion %s recorded in %s", ckpt_info["fusion"], args.load_from)
-                args.fusion = ckpt_info["fusion"]
+        if opts.test:
+            sd, ckpt_info, _ = load_decoder_checkpoint(opts.load_from)
+            if ckpt_info.get("fusion") and ckpt_info["fusion"] != opts.fusion:
+                log.info("using --fusion %s recorded in %s", ckpt_info["fusion"], opts.load_from)
+                opts.fusion = ckpt_info["fusion"]
             modalities = ckpt_info.get("modalities")
-        roles = ["test"] if args.test else ["train", "val", "test"]
-        inputs, slots, data_info = read_fused_inputs(args, roles, modalities, args.embed_dim)
+        roles = ["test"] if opts.test else ["train", "val", "test"]
+        inputs, slots, data_info = read_fused_inputs(opts, roles, modalities, opts.embed_dim)
         test = inputs.get("test")
         if test is None:
-            raise DataFormatError(f"no test split in the stores of {', '.join(args.datasets)}")
+            raise DataFormatError(f"no test split in the stores of {', '.join(opts.datasets)}")
         train = inputs.get("train")
-        if not args.test and train is None:
-            raise DataFormatError(f"no training split in the stores of {', '.join(args.datasets)}")
+        if not opts.test and train is None:
+            raise DataFormatError(f"no training split in the stores of {', '.join(opts.datasets)}")
         task_meta = spec.setup(train.labels if train is not None else None, test.labels, ckpt_info)
         n_out = int(task_meta["num_outputs"])
-        feat_dim = N_LAST_BLOCKS * int(args.embed_dim)
-        model = build_fused_model(spec.kind, args.fusion, len(slots), feat_dim, n_out, args.bn_momentum)
-        meta = {**task_meta, "fusion": args.fusion, "modalities": slots, "feat_dim": feat_dim,
-                "embed_dim": int(args.embed_dim), "datasets": list(args.datasets), "bn_momentum": args.bn_momentum,
+        feat_dim = N_LAST_BLOCKS * int(opts.embed_dim)
+        model = build_fused_model(spec.kind, opts.fusion, len(slots), feat_dim, n_out, opts.bn_momentum)
+        meta = {**task_meta, "fusion": opts.fusion, "modalities": slots, "feat_dim": feat_dim,
+                "embed_dim": int(opts.embed_dim), "datasets": list(opts.datasets), "bn_momentum": opts.bn_momentum,
                 "data": data_info}
-        if args.test:
+        if opts.test:
             model.load_state_dict(sd)
             model.to(env.device)
             outputs = predict(model, test.x)
             if env.is_main:
                 spec.report(run_dir, outputs, test,
-                            {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(args.load_from),
+                            {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(opts.load_from),
                              "checkpoint_epoch": ckpt_info.get("epoch") if ckpt_info else None})
             return 0
         val, sel_split = selection_split(inputs.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
         run_logger = RunLogger(run_dir, enabled=env.is_main)
-        run_logger.log({"run": args.name, "fusion": args.fusion, "modalities": slots, "samples": data_info["n_samples"],
+        run_logger.log({"run": opts.name, "fusion": opts.fusion, "modalities": slots, "samples": data_info["n_samples"],
                         "selection_split": sel_split})
         x_val, y_val = val.x, val.labels
 
         def evaluate(m: nn.Module) -> dict[str, Any]:
             return spec.evaluate(predict(m, x_val), y_val)
 
-        optimizer = getattr(args, "optimizer", "adamw")
-        lr = args.lr * args.batch_size_per_gpu * env.world_size / 256.0
-        cfg = DecoderTrainConfig(epochs=args.epochs, lr=lr, batch_size=args.batch_size_per_gpu, optimizer=optimizer,
-                                 weight_decay=0.0 if optimizer == "sgd" else 0.05,
-                                 scheduler="constant" if optimizer == "sgd" else "cosine",
-                                 val_freq=args.val_freq, seed=args.seed)
-        result = train_decoder(model, train.x, spec.train_targets(train.labels), spec.loss, evaluate,  # type: ignore[union-attr]
-                               spec.selection_key, spec.higher_is_better, run_dir, cfg, env, run_logger, meta,
-                               resume_from=args.load_from or None)
+        optimizer = getattr(opts, "optimizer", "adamw")
+        lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
+        cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer=optimizer,
+                        weight_decay=0.0 if optimizer == "sgd" else 0.05,
+                        scheduler="constant" if optimizer == "sgd" else "cosine",
+                        val_freq=opts.val_freq, seed=opts.seed, amp=False)
+        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        batches = TensorBatches(train.x, spec.train_targets(train.labels), cfg.batch_size, cfg.seed,  # type: ignore[union-attr]
+                                env.rank, env.world_size, env.device)
+        identity = {k: v for k, v in meta.items() if k != "data"}
+        result = fit(model, batches, loss_step(spec.loss), evaluate, selection_key=spec.selection_key,
+                     higher_is_better=spec.higher_is_better, run_dir=run_dir, cfg=cfg, env=env, run_logger=run_logger,
+                     meta=meta, identity=identity, resume_from=resume_from, init_from=init_from)
         best = run_dir / "checkpoint_best"
         sd, info, _ = load_decoder_checkpoint(best)
         model.load_state_dict(sd)
@@ -569,7 +576,7 @@ def run_multi_store_command(args: Any, spec: TaskSpec) -> int:
                                                            "evaluated": f"test (best epoch selected on {sel_split})"})
             info["test_metrics"] = metrics
             save_json_atomic(info, best.with_suffix(".json"))
-            package_multi_store_run(args, spec, run_dir, model, meta, metrics)
+            package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
         return 0

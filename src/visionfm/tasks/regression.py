@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from visionfm.errors import ConfigError, DataFormatError
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainRegConfig
 
 __all__ = ["standardisation", "masked_smooth_l1", "standardised_mae", "read_target_names", "RegressionSpec",
            "run_train_reg"]
@@ -121,16 +124,16 @@ class RegressionSpec:
     selection_key = "mae_std_mean"
     higher_is_better = False
 
-    def __init__(self, args: Any) -> None:
-        self.args = args
+    def __init__(self, opts: TrainRegConfig) -> None:
+        self.opts = opts
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
         self.names: list[str] = []
 
     def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor, info: Any) -> dict[str, Any]:
         n = int(test_labels.shape[1])
-        if n != int(self.args.num_labels):
-            raise ConfigError(f"--num_labels {self.args.num_labels} but the stores hold {n} targets per image")
+        if n != int(self.opts.num_labels):
+            raise ConfigError(f"--num_labels {self.opts.num_labels} but the stores hold {n} targets per image")
         if train_labels is not None:
             self.mean, self.std = standardisation(train_labels)
         elif info and info.get("target_mean") is not None:
@@ -140,8 +143,8 @@ class RegressionSpec:
             raise ConfigError("--load_from has no target_mean/target_std (not a train-reg checkpoint)")
         if self.mean.numel() != n:
             raise ConfigError(f"the checkpoint standardises {self.mean.numel()} targets, the stores hold {n}")
-        roots = [Path(self.args.data_path) / e for e in self.args.datasets]
-        self.names, sources = read_target_names(n, self.args.targets_json or (), roots)
+        roots = [Path(self.opts.data_path) / e for e in self.opts.datasets]
+        self.names, sources = read_target_names(n, self.opts.targets_json or (), roots)
         if len(set(self.names)) != len(self.names):
             self.names = [f"{j}:{nm}" for j, nm in enumerate(self.names)]
         return {"task": "regression", "num_outputs": n, "target_names": self.names, "target_files": sources,
@@ -169,7 +172,7 @@ class RegressionSpec:
         from visionfm.reports import evaluate_regression_run
         from visionfm.tasks.multimodal import write_members
 
-        a = self.args
+        a = self.opts
         pred = self.to_units(outputs).double().numpy()
         y = inputs.labels.double().numpy()
         zmae, _ = standardised_mae(outputs.float(), self.train_targets(inputs.labels))
@@ -186,8 +189,8 @@ class RegressionSpec:
         return head
 
 
-def run_train_reg(args: Any) -> int:
+def run_train_reg(opts: TrainRegConfig) -> int:
     """``visionfm train-reg``: see docs/multimodal-and-regression.md."""
     from visionfm.tasks.multimodal import run_multi_store_command
 
-    return run_multi_store_command(args, RegressionSpec(args))
+    return run_multi_store_command(opts, RegressionSpec(opts))

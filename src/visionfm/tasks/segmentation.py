@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from visionfm.data.paired import SegTransform, to_uint8_image
 from visionfm.errors import ConfigError
 from visionfm.tasks.dense_common import DenseSamples, run_dense
 from visionfm.tasks.losses import DiceFocalLoss
+
+if TYPE_CHECKING:
+    from visionfm.config import TrainSegConfig
 
 __all__ = ["SegmentationTask", "predict_labels", "run_train_seg", "PALETTE"]
 
@@ -133,16 +136,16 @@ class _SegWriter:
         return self.figures
 
 
-def run_train_seg(args: Any) -> int:
+def run_train_seg(opts: TrainSegConfig) -> int:
     from visionfm.data.modalities import get_stats
 
-    mean, std = get_stats(args.modality)
-    names = args.class_names if getattr(args, "class_names", None) else None
-    rc = run_dense(args, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
+    mean, std = get_stats(opts.modality)
+    names = opts.class_names if getattr(opts, "class_names", None) else None
+    rc = run_dense(opts, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
     # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
     if rc == 0:
-        from visionfm.packaging import package_dense_run
+        from visionfm.tasks.dense_common import package_dense_run
 
-        package_dense_run(args, "segmentation", SegmentationTask(args.num_labels, args.input_size, mean, std,
+        package_dense_run(opts, "segmentation", SegmentationTask(opts.num_labels, opts.input_size, mean, std,
                                                                  names).class_names)
     return rc

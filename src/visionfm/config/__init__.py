@@ -1,0 +1,400 @@
+"""One typed configuration per command (design §2.4): field names, types and defaults are those of the
+command's flags (the original's spellings and defaults).
+
+The command line builds these in :mod:`visionfm.cli` from the parsed flags (``--config file.yaml``
+and flags merged there); the Python API (:func:`visionfm.train`) builds them from keyword arguments.
+Everything below the CLI receives a config or plain values, never an ``argparse.Namespace``. A test
+checks that every command's flags and its config's fields stay the same set with the same defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, TypeVar
+
+from visionfm.errors import ConfigError
+
+__all__ = [
+    "CommandConfig",
+    "PretrainConfig",
+    "TrainClsConfig",
+    "StoreDecoderConfig",
+    "DenseDecoderConfig",
+    "TrainMultiClsConfig",
+    "TrainRegConfig",
+    "TrainSegConfig",
+    "TrainLandmarkConfig",
+    "TrainForecastConfig",
+    "FinetuneConfig",
+    "EvaluateConfig",
+    "CONFIGS",
+]
+
+C = TypeVar("C", bound="CommandConfig")
+
+
+@dataclass
+class CommandConfig:
+    """Base of the command configs: conversion from/to plain mappings with clear errors."""
+
+    command: ClassVar[str] = ""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls: type[C], values: Mapping[str, Any], where: str = "") -> C:
+        """Build from ``{field: value}``; an unknown key or a missing required field is a
+        :class:`~visionfm.errors.ConfigError` naming ``where`` and listing the valid names."""
+        names = cls.field_names()
+        unknown = sorted(k for k in values if k not in names)
+        prefix = f"{where}: " if where else ""
+        if unknown:
+            raise ConfigError(f"{prefix}unknown option(s) {', '.join(unknown)} for '{cls.command}'; "
+                              f"valid: {', '.join(sorted(names))}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{prefix}'{cls.command}' needs {', '.join(missing)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class PretrainConfig(CommandConfig):
+    """``visionfm pretrain``."""
+
+    command: ClassVar[str] = "pretrain"
+    name: str
+    arch: str = "vit_base"
+    patch_size: int = 16
+    out_dim: int = 8192
+    patch_out_dim: int = 8192
+    shared_head: bool = False
+    shared_head_teacher: bool = True
+    norm_last_layer: bool = True
+    momentum_teacher: float = 0.996
+    norm_in_head: str | None = None
+    act_in_head: str = "gelu"
+    use_masked_im_modeling: bool = True
+    drop_path: float = 0.1
+    use_flash: bool = False
+    load_pretrain: bool = False
+    pretrain_path: str | None = None
+    pred_ratio: list[float] = field(default_factory=lambda: [0.3])
+    pred_ratio_var: list[float] = field(default_factory=lambda: [0.0])
+    pred_shape: str = "block"
+    pred_start_epoch: int = 0
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    warmup_teacher_temp: float = 0.07
+    teacher_temp: float = 0.04
+    warmup_teacher_patch_temp: float = 0.04
+    teacher_patch_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    use_fp16: bool = True
+    precision: str = "auto"
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    clip_mode: str = "per_param"
+    batch_size_per_gpu: int = 128
+    epochs: int = 100
+    freeze_last_layer: int = 3
+    lr: float = 7.5e-05
+    warmup_epochs: int = 50
+    min_lr: float = 2e-06
+    optimizer: str = "adamw"
+    official_weight_decay: bool = False
+    compile: bool = False
+    grad_checkpointing: bool = False
+    max_nonfinite_steps: int = 10
+    data_path: str = "/path/to/train/"
+    modality: str = "Fundus"
+    scheme: str = "single"
+    modality_weights: str = "uniform"
+    input_size: int = 224
+    global_crops_number: int = 2
+    global_crops_scale: tuple[float, float] | list[float] = (0.32, 1.0)
+    local_crops_number: int = 0
+    local_crops_scale: tuple[float, float] | list[float] = (0.05, 0.4)
+    local_crops_size: int = 96
+    num_workers: int = 10
+    on_corrupt: str = "fail"
+    augment_on: str = "auto"
+    decode: str = "reduced"
+    output_dir: str = "."
+    saveckp_freq: int = 40
+    saveckp_iters: int = 0
+    seed: int = 0
+    load_from: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    log_freq: int = 10
+    use_wandb: bool = False
+    no_progress: bool = False
+
+
+@dataclass
+class TrainClsConfig(CommandConfig):
+    """``visionfm train-cls``."""
+
+    command: ClassVar[str] = "train-cls"
+    name: str
+    n_last_blocks: int = 4
+    avgpool_patchtokens: int = 0
+    arch: str = "vit_base"
+    input_size: int = 224
+    patch_size: int = 16
+    pretrained_weights: str | None = None
+    checkpoint_key: str = "teacher"
+    modality: str = "Fundus"
+    epochs: int = 100
+    lr: float = 0.001
+    batch_size_per_gpu: int = 512
+    data_path: str = "/path/to/data/"
+    dataset_format: str = "vfm"
+    seed: int = 0
+    num_workers: int = 10
+    val_freq: int = 1
+    output_dir: str = "./results"
+    num_labels: int = 5
+    load_from: str | None = None
+    test: bool = False
+    head: str = "cls"
+    bn_momentum: float = 0.1
+    features: str | None = None
+    task: str = "auto"
+    report_n_boot: int = 1000
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class StoreDecoderConfig(CommandConfig):
+    """Fields shared by the decoders trained on several feature stores (``train-multi-cls``, ``train-reg``)."""
+
+    name: str
+    datasets: list[str]
+    epochs: int = 100
+    lr: float = 0.001
+    batch_size_per_gpu: int = 128
+    data_path: str = "/path/to/data/"
+    seed: int = 0
+    num_workers: int = 4
+    val_freq: int = 1
+    output_dir: str = "."
+    num_labels: int = 13
+    load_from: str | None = None
+    test: bool = False
+    embed_dim: int = 768
+    fusion: str = "pooled"
+    subject_map: str | None = None
+    bn_momentum: float = 0.1
+    report_n_boot: int = 1000
+    device: str = "auto"
+    resume: bool = False
+    optimizer: str = "sgd"
+
+
+@dataclass
+class TrainMultiClsConfig(StoreDecoderConfig):
+    """``visionfm train-multi-cls``."""
+
+    command: ClassVar[str] = "train-multi-cls"
+    label_layout: str = "visionfm13"
+
+
+@dataclass
+class TrainRegConfig(StoreDecoderConfig):
+    """``visionfm train-reg``."""
+
+    command: ClassVar[str] = "train-reg"
+    epochs: int = 500
+    output_dir: str = "./results"
+    num_labels: int = 38
+    optimizer: str = "adamw"
+    targets_json: list[str] | None = None
+
+
+@dataclass
+class DenseDecoderConfig(CommandConfig):
+    """Fields shared by the dense decoders (``train-seg``, ``train-landmark``)."""
+
+    name: str
+    arch: str = "vit_base"
+    input_size: int = 224
+    patch_size: int = 16
+    pretrained_weights: str = ""
+    checkpoint_key: str = "teacher"
+    epochs: int = 100
+    lr: float = 0.001
+    batch_size_per_gpu: int = 128
+    seed: int = 0
+    num_workers: int = 4
+    val_freq: int = 1
+    data_path: str = "./dataset/seg_random/VesselSegmentation"
+    modality: str = "Fundus"
+    head_type: str = "unetr"
+    output_dir: str = "./results"
+    num_labels: int = 4
+    load_from: str | None = None
+    block_ids: list[int] | None = None
+    no_augment: bool = False
+    scheduler: str = "cosine"
+    weight_decay: float = 0.05
+    n_overlays: int = 8
+    cache_max_gb: float = 8.0
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class TrainSegConfig(DenseDecoderConfig):
+    """``visionfm train-seg``."""
+
+    command: ClassVar[str] = "train-seg"
+    class_names: list[str] | None = None
+
+
+@dataclass
+class TrainLandmarkConfig(DenseDecoderConfig):
+    """``visionfm train-landmark``."""
+
+    command: ClassVar[str] = "train-landmark"
+    data_path: str = ""
+    modality: str = "UBM"
+    output_dir: str = "."
+    num_labels: int = 3
+    sigma: float = 2.0
+    affine_p: float = 0.5
+
+
+@dataclass
+class TrainForecastConfig(CommandConfig):
+    """``visionfm train-forecast``."""
+
+    command: ClassVar[str] = "train-forecast"
+    name: str
+    data_path: str
+    n_last_blocks: int = 4
+    avgpool_patchtokens: int = 0
+    epochs: int = 500
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    batch_size_per_gpu: int = 128
+    seed: int = 0
+    num_workers: int = 4
+    val_freq: int = 1
+    output_dir: str = "."
+    num_labels: int = 1
+    load_from: str | None = None
+    embed_dim: int | None = None
+    modality: str = "Fundus"
+    pos_weight: float = 10.0
+    max_len: int = 6500
+    arch: str = "vit_base"
+    patch_size: int = 16
+    input_size: int = 224
+    pretrained_weights: str | None = None
+    checkpoint_key: str = "teacher"
+    threshold: float = 0.5
+    specificity: float = 0.9
+    interval_buckets: str = "365,1095"
+    selection: str = "auroc"
+    standardize: bool = True
+    dropout: float = 0.0
+    report_n_boot: int = 1000
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class FinetuneConfig(CommandConfig):
+    """``visionfm finetune``."""
+
+    command: ClassVar[str] = "finetune"
+    name: str
+    data_path: str
+    n_last_blocks: int = 4
+    avgpool_patchtokens: int = 0
+    arch: str = "vit_base"
+    input_size: int = 224
+    patch_size: int = 16
+    pretrained_weights: str | None = None
+    checkpoint_key: str = "teacher"
+    epochs: int = 100
+    lr: float = 0.001
+    encoder_lr_scale: float = 0.1
+    layer_decay: float = 0.75
+    min_lr: float = 1e-06
+    warmup_epochs: int = 0
+    weight_decay: float = 0.05
+    clip_grad: float = 0.0
+    drop_path: float = 0.1
+    accum_iter: int = 1
+    amp: bool = True
+    min_crop_scale: float = 0.08
+    randaug: str = ""
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    reprob: float = 0.0
+    head: str = "cls"
+    bn_momentum: float = 0.1
+    batch_size_per_gpu: int = 128
+    seed: int = 0
+    modality: str = "Fundus"
+    task: str = ""
+    num_workers: int = 10
+    val_freq: int = 1
+    output_dir: str = "."
+    num_labels: int | None = None
+    load_from: str | None = None
+    class_order: str | None = None
+    class_order_preset: str | None = None
+    report_n_boot: int = 1000
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class EvaluateConfig(CommandConfig):
+    """``visionfm evaluate``."""
+
+    command: ClassVar[str] = "evaluate"
+    name: str
+    data_path: str
+    load_from: str | None = None
+    model: str | None = None
+    split: str = "test"
+    arch: str = "vit_base"
+    input_size: int = 224
+    patch_size: int = 16
+    num_labels: int | None = None
+    checkpoint_key: str = "visionfm_state_dict"
+    modality: str = "Fundus"
+    class_order: str | None = None
+    class_order_preset: str | None = None
+    batch_size_per_gpu: int = 128
+    num_workers: int = 10
+    amp: bool = True
+    seed: int = 0
+    output_dir: str = "."
+    report_n_boot: int = 1000
+    device: str = "auto"
+
+
+CONFIGS: dict[str, type[CommandConfig]] = {c.command: c for c in (
+    PretrainConfig, TrainClsConfig, TrainMultiClsConfig, TrainRegConfig, TrainSegConfig, TrainLandmarkConfig,
+    TrainForecastConfig, FinetuneConfig, EvaluateConfig)}
