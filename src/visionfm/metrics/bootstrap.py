@@ -51,7 +51,7 @@ class BootstrapCI(tuple):
         alpha: float = 0.05,
         seed: int | None = None,
         stratified: bool = False,
-    ) -> "BootstrapCI":
+    ) -> BootstrapCI:
         obj = super().__new__(cls, (low, high))
         obj.n_boot = int(n_boot)
         obj.n_valid = int(n_valid)

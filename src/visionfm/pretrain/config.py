@@ -26,13 +26,17 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--shared_head_teacher", type=bool_flag, default=True)
     g.add_argument("--norm_last_layer", type=bool_flag, default=True)
     g.add_argument("--momentum_teacher", type=float, default=0.996)
-    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "syncbn", "ln"], help="norm inside the head MLP")
+    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "syncbn", "ln"],
+                   help="norm inside the head MLP")
     g.add_argument("--act_in_head", default="gelu", choices=["gelu", "relu"])
     g.add_argument("--use_masked_im_modeling", type=bool_flag, default=True)
     g.add_argument("--drop_path", type=float, default=0.1, help="student stochastic depth (teacher: 0)")
-    g.add_argument("--use_flash", action="store_true", help="accepted for compatibility: fused SDPA attention is always on")
-    g.add_argument("--load_pretrain", action="store_true", help="initialise student and teacher backbones from --pretrain_path")
-    g.add_argument("--pretrain_path", default=None, help="local checkpoint for --load_pretrain (official, DINO/iBOT, RETFound or ours)")
+    g.add_argument("--use_flash", action="store_true",
+                   help="accepted for compatibility: fused SDPA attention is always on")
+    g.add_argument("--load_pretrain", action="store_true",
+                   help="initialise student and teacher backbones from --pretrain_path")
+    g.add_argument("--pretrain_path", default=None,
+                   help="local checkpoint for --load_pretrain (official, DINO/iBOT, RETFound or ours)")
 
     g = p.add_argument_group("masking")
     g.add_argument("--pred_ratio", type=float, nargs="+", default=[0.3])
@@ -57,7 +61,8 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--weight_decay_end", type=float, default=0.4)
     g.add_argument("--clip_grad", type=float, default=3.0, help="gradient clip threshold (0 disables)")
     g.add_argument("--clip_mode", default="per_param", choices=["per_param", "global"],
-                   help="per_param reproduces the original (each tensor clipped to norm ≤ clip); global clips the total norm")
+                   help="per_param reproduces the original (each tensor clipped to norm ≤ clip); "
+                        "global clips the total norm")
     g.add_argument("--batch_size_per_gpu", type=int, default=128)
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--freeze_last_layer", type=int, default=3)
@@ -66,7 +71,8 @@ def add_pretrain_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--min_lr", type=float, default=2e-6)
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
     g.add_argument("--official_weight_decay", type=bool_flag, default=False,
-                   help="decay cls_token/pos_embed/masked_embed/weight_g as the original did (default: no decay on them)")
+                   help="decay cls_token/pos_embed/masked_embed/weight_g as the original did "
+                        "(default: no decay on them)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the student, the teacher, the loss and the device-side augmentation")
     g.add_argument("--grad_checkpointing", action="store_true",
@@ -120,7 +126,9 @@ def validate_pretrain_args(args: argparse.Namespace) -> argparse.Namespace:
     """Normalise list flags and reject inconsistent values with one clear message each."""
     from visionfm.errors import ConfigError
 
-    args.pred_ratio = _float_list(list(args.pred_ratio) if isinstance(args.pred_ratio, (list, tuple)) else [args.pred_ratio])
+    args.pred_ratio = _float_list(
+        list(args.pred_ratio) if isinstance(args.pred_ratio, (list, tuple)) else [args.pred_ratio]
+    )
     args.pred_ratio_var = _float_list(
         list(args.pred_ratio_var) if isinstance(args.pred_ratio_var, (list, tuple)) else [args.pred_ratio_var]
     )

@@ -53,7 +53,9 @@ class ForecastHead(nn.Module):
     packed ``[B, F+1]`` form used when training on cached feature tensors).
     """
 
-    def __init__(self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.max_len = int(max_len)
