@@ -570,8 +570,8 @@ class LandmarkMeter(_PerImageMeter):
         if scaled:
             result.update(self._summary(err_or, truth, pred, "_original_px", und))
         else:
-            for k in ("mre_original_px", "mre_std_original_px", "median_re_original_px"):
-                result[k] = und.check(k, None, scale_reason)
+            for key in ("mre_original_px", "mre_std_original_px", "median_re_original_px"):
+                result[key] = und.check(key, None, scale_reason)
             result["success_rate_original_px"] = {
                 f"{t:g}px": und.check(f"success_rate_original_px[{t:g}px]", None, scale_reason) for t in self.thresholds
             }

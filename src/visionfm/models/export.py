@@ -37,7 +37,7 @@ def export_encoder(
     grid_tokens = enc.pos_embed.shape[1] - 1
     native = enc.img_size
     sd = {k: v for k, v in enc.state_dict().items()}
-    rep = enc.load_report  # type: ignore[attr-defined]
+    rep = enc.load_report
     raw_sd, _ = _raw_backbone(weights, checkpoint_key)
     if "pos_embed" in raw_sd and raw_sd["pos_embed"].shape != sd["pos_embed"].shape:
         n = raw_sd["pos_embed"].shape[1] - 1

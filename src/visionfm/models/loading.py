@@ -150,7 +150,7 @@ def load_encoder(
         if arch is None:
             raise CheckpointError("arch must be given for a randomly initialised encoder")
         enc = VisionFMEncoder(arch, img_size, patch_size or 16, drop_path_rate, masked_im_modeling)
-        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size or 16, img_size)  # type: ignore[attr-defined]
+        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size or 16, img_size)
         return enc
     if str(weights).strip() == "":
         raise CheckpointError("no weights given; pass a weights file, or 'random' for a randomly initialised encoder")
@@ -218,7 +218,7 @@ def load_encoder(
         pos_embed_resized=resized,
         modality=meta.get("modality"),
     )
-    enc.load_report = report  # type: ignore[attr-defined]
+    enc.load_report = report
     log.info("loaded %s (%s, key=%s) into %s/%d", source, report.format, report.checkpoint_key, arch, patch_size)
     return enc
 

@@ -53,6 +53,8 @@ class ForecastHead(nn.Module):
     packed ``[B, F+1]`` form used when training on cached feature tensors).
     """
 
+    pe: torch.Tensor  # buffer [max_len, D]
+
     def __init__(
         self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0
     ) -> None:
@@ -100,6 +102,9 @@ class ForecastHead(nn.Module):
 
 class Standardize(nn.Module):
     """Fixed per-feature standardisation ``(x - mean) / std`` (training-split statistics, saved buffers)."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
