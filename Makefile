@@ -25,5 +25,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
 
+# ruff over all of src/ and benchmarks/; mypy on the typed packages (settings in pyproject.toml).
+lint: $(STAMP)
+	$(PY) -m ruff check src benchmarks
+	$(PY) -m mypy -p visionfm.models -p visionfm.metrics -p visionfm.io
+
 clean:
-	rm -rf $(VENV) demo_output build dist src/*.egg-info
+	rm -rf $(VENV) demo_output build dist src/*.egg-info .mypy_cache .ruff_cache

@@ -151,11 +151,14 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats(device)
         enc = encoder_rate(encoder, device, args.input_size, args.batch, args.encoder_iters)
         peak = _peak_mb(device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+        else:
+            name = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
         precision = "bf16 autocast" if device.type == "cuda" else "fp32"
         print(f"# extract throughput — {datetime.date.today().isoformat()}, torch {torch.__version__}")
-        print(f"# {args.arch} @ {args.input_size}px, {args.num_images} PNG files of {args.image_size}px, batch {args.batch}, "
-              f"workers {args.workers}")
+        print(f"# {args.arch} @ {args.input_size}px, {args.num_images} PNG files of {args.image_size}px, "
+              f"batch {args.batch}, workers {args.workers}")
         print("| device | ours img/s | baseline img/s (fp32 + pickle per image) | ratio | encoder-only img/s "
               f"({precision}) | peak memory MiB |")
         print("|---|---|---|---|---|---|")

@@ -106,7 +106,8 @@ def main() -> None:
         dst_bytes = sum(p.stat().st_size for p in (dst / "Fundus").iterdir())
         print(f"prepare (short side {args.short_side}, {args.workers} workers): "
               f"{summary['images_per_second']:.1f} images/s; "
-              f"mean pixels {summary['mean_source_pixels'] / 1e6:.3f} MP -> {summary['mean_output_pixels'] / 1e6:.3f} MP; "
+              f"mean pixels {summary['mean_source_pixels'] / 1e6:.3f} MP "
+              f"-> {summary['mean_output_pixels'] / 1e6:.3f} MP; "
               f"bytes/image {src_bytes / args.num_images / 1e3:.0f} kB -> {dst_bytes / args.num_images / 1e3:.0f} kB")
 
         rows = []
@@ -117,7 +118,7 @@ def main() -> None:
             orig = fn(src)
             prep = fn(dst)
             rows.append((label, orig, prep))
-        print(f"\npretraining input pipeline (PretrainImages + IBOTAugmentation, 2 global crops at 224), images/s")
+        print("\npretraining input pipeline (PretrainImages + IBOTAugmentation, 2 global crops at 224), images/s")
         print(f"{'':<28}{'original':>12}{'prepared':>12}{'ratio':>8}")
         for label, orig, prep in rows:
             print(f"{label:<28}{orig:>12.1f}{prep:>12.1f}{prep / orig:>7.2f}x")

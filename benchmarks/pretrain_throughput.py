@@ -285,7 +285,9 @@ def flop_counter() -> FlopCounterMode:
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-def synthetic_batch(trainer: IBOTTrainer, batch: int, epoch: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def synthetic_batch(
+    trainer: IBOTTrainer, batch: int, epoch: int, seed: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Normal-noise crops and real block masks (the trainer's masker), already on the device."""
     aug = trainer.augmentation
     dev = trainer.device
@@ -312,7 +314,9 @@ def loop_clip_gradients(model: torch.nn.Module, clip: float) -> list[float]:
     return norms
 
 
-def original_style_step(tr: IBOTTrainer, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int) -> float:
+def original_style_step(
+    tr: IBOTTrainer, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int
+) -> float:
     """One iteration as ``main_pretrain.py`` runs it (reference §4.5), on the trainer's own modules.
 
     Same models, loss, optimizer and schedules as :meth:`IBOTTrainer.train_step`; what differs is
@@ -450,7 +454,9 @@ def import_official(path: str) -> types.SimpleNamespace:
     for name in ("main_pretrain", "utils", "loader", "models"):
         mod = sys.modules.get(name)
         if mod is not None and not str(getattr(mod, "__file__", "") or "").startswith(root):
-            raise SystemExit(f"a module named {name!r} is already imported from elsewhere; run the benchmark in a fresh process")
+            raise SystemExit(
+                f"a module named {name!r} is already imported from elsewhere; run the benchmark in a fresh process"
+            )
     stubbed = []
     for name in _OFFICIAL_STUBS:
         if importlib.util.find_spec(name) is None:
@@ -470,7 +476,8 @@ def import_official(path: str) -> types.SimpleNamespace:
     with contextlib.suppress(Exception):
         import subprocess  # noqa: PLC0415
 
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        git = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip()
     return types.SimpleNamespace(main=o_main, utils=o_utils, loader=o_loader, models=o_models, head=iBOTHead,
                                  stubbed=stubbed, path=root, commit=commit)
 
@@ -535,7 +542,8 @@ class OfficialRun:
         teacher = o.utils.MultiCropWrapper(t_vit, o.head(dim, 8192, patch_out_dim=8192, norm=None, act="gelu",
                                                            shared_head=True))
         student, teacher = student.to(device), teacher.to(device)
-        self.student = DistributedDataParallel(student, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        device_ids = [device.index or 0] if device.type == "cuda" else None
+        self.student = DistributedDataParallel(student, device_ids=device_ids)
         self.teacher = teacher
         teacher.load_state_dict(self.student.module.state_dict(), strict=False)
         for p in teacher.parameters():
@@ -678,13 +686,15 @@ def _pipeline_costs(a: argparse.Namespace, folders: dict[int, Path], tr_cpu: IBO
         row: dict[str, Any] = {}
         if o is not None:
             ods = _official_dataset(o, a, root)
-            row["official_ms"] = _ms_per_image(lambda i: ods[i % len(ods)], n)
+            row["official_ms"] = _ms_per_image(lambda i, ods=ods: ods[i % len(ods)], n)
         for name, tr in (("ours_cpu_path_ms", tr_cpu), ("ours_device_path_worker_ms", tr_dev)):
             images = PretrainImages(root, [MODALITY], min_pixels=tr.images.min_pixels)
             ds = PretrainCropDataset(images, tr.augmentation, a.seed)
-            row[name] = _ms_per_image(lambda i: ds[(0, i % len(images))], n)
+            row[name] = _ms_per_image(lambda i, ds=ds, images=images: ds[(0, i % len(images))], n)
             if tr is tr_dev:
-                row["ours_device_path_photometric_ms"] = _photometric_ms_per_image(tr, ds, min(a.batch_size, len(images)))
+                row["ours_device_path_photometric_ms"] = _photometric_ms_per_image(
+                    tr, ds, min(a.batch_size, len(images))
+                )
                 probe = images[0][0]
                 row["decoded_size"] = list(probe.size)
         if o is not None:
@@ -957,8 +967,9 @@ def format_table(res: dict[str, Any]) -> str:
         "VisionFM iBOT pretraining throughput",
         f"  date      {res['date']}   torch {res['torch']}",
         f"  device    {res['device']}",
-        f"  config    {c['arch']}/{c['patch_size']}, batch {c['batch_size']}, {c['global_crops']}×{c['input_size']}px global"
-        f" + {c['local_crops']}×{c['local_crops_size']}px local crops; {c['steps']} timed steps after {c['warmup']} warm-up",
+        f"  config    {c['arch']}/{c['patch_size']}, batch {c['batch_size']}, "
+        f"{c['global_crops']}×{c['input_size']}px global + {c['local_crops']}×{c['local_crops_size']}px local crops; "
+        f"{c['steps']} timed steps after {c['warmup']} warm-up",
     ]
     if "official_source" in res:
         src = res["official_source"]
@@ -983,9 +994,12 @@ def format_table(res: dict[str, Any]) -> str:
         for size, r in p["per_image"].items():
             dec = "×".join(str(v) for v in r["decoded_size"])
             lines.append(
-                f"  {size:>9}{dec:>12}{num(r.get('official_ms'), '{:.2f}'):>11}{num(r['ours_cpu_path_ms'], '{:.2f}'):>15}"
-                f"{num(r['ours_device_path_worker_ms'], '{:.2f}'):>18}{num(r['ours_device_path_photometric_ms'], '{:.3f}'):>15}"
-                f"{num(r.get('device_worker_over_official'), '{:.3f}'):>13}{num(r.get('cpu_path_over_official'), '{:.2f}'):>10}"
+                f"  {size:>9}{dec:>12}{num(r.get('official_ms'), '{:.2f}'):>11}"
+                f"{num(r['ours_cpu_path_ms'], '{:.2f}'):>15}"
+                f"{num(r['ours_device_path_worker_ms'], '{:.2f}'):>18}"
+                f"{num(r['ours_device_path_photometric_ms'], '{:.3f}'):>15}"
+                f"{num(r.get('device_worker_over_official'), '{:.3f}'):>13}"
+                f"{num(r.get('cpu_path_over_official'), '{:.2f}'):>10}"
             )
         def rates(d: dict[str, Any]) -> str:
             parts = [f"original {num(d['official_images_per_s'])}"] if "official_images_per_s" in d else []
@@ -996,15 +1010,18 @@ def format_table(res: dict[str, Any]) -> str:
                 parts.append(txt)
             return "    " + "   ".join(parts)
 
-        lines += ["", f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), images/s:",
+        lines += ["",
+                  f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), "
+                  "images/s:",
                   rates(p)]
         e = res.get("end_to_end")
         if e:
             lines += ["  end to end (each loader feeding its own step), images/s:", rates(e)]
     tg = res.get("targets")
     if tg:
-        lines += ["", f"  target (H100/H200 ViT-B/16 b128): ≥ {tg['images_per_s']:,.0f} images/s and ≤ {tg['peak_memory_gib']:.0f} GiB"
-                  f" → {'MET' if tg['met'] else 'NOT MET'}"]
+        lines += ["",
+                  f"  target (H100/H200 ViT-B/16 b128): ≥ {tg['images_per_s']:,.0f} images/s "
+                  f"and ≤ {tg['peak_memory_gib']:.0f} GiB → {'MET' if tg['met'] else 'NOT MET'}"]
     return "\n".join(lines)
 
 

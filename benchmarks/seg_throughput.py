@@ -79,7 +79,8 @@ def main() -> None:
         dt = time.perf_counter() - t0
         results[name] = b * args.steps / dt
     mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if dev.type == "cuda" else ""
-    print(f"device={dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}) "
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device={dev} ({where}) "
           f"arch={args.arch} head={args.head_type} input={s} batch={b} steps={args.steps}{mem}")
     for name, ips in results.items():
         print(f"  {name:<11} {ips:8.2f} images/s")

@@ -196,7 +196,7 @@ class FeatureStore:
         folder: str | os.PathLike[str],
         expect: Mapping[str, Any] | None = None,
         verify_hash: bool = True,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """Open and validate a store.
 
         Args:

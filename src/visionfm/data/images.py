@@ -9,7 +9,6 @@ file, and skipping a bad file is an explicit, logged choice (``on_error="skip"``
 from __future__ import annotations
 
 import abc
-
 import io
 import logging
 import math

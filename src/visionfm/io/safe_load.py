@@ -90,7 +90,9 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> tuple[Any, dict[str, s
         msg = str(exc)
         match = re.search(r"GLOBAL ([\w.]+)", msg)
         if match is None:
-            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from None
+            raise CheckpointError(
+                f"{p}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)"
+            ) from None
         raise UnsafeCheckpointError(
             f"{p}: refused to load — unpickling it would need {match.group(1)}, which could run arbitrary code. "
             "visionfm only loads tensors, argparse.Namespace and numpy scalars. If you trust this file, "

@@ -34,13 +34,19 @@ REPORT_N_BOOT = 500
 _CHUNK_ELEMENTS = 4_000_000  # resampled elements held at once, per chunk
 
 
-class BootstrapCI(tuple):
+class BootstrapCI(tuple[float | None, float | None]):
     """``(low, high)`` that also carries how it was obtained.
 
     Unpacks as a 2-tuple (``low, high = ci``); ``low``/``high`` are ``None`` when no resample gave
     a defined value. Extra attributes: ``n_boot``, ``n_valid``, ``n_skipped``, ``alpha``, ``seed``,
     ``stratified``.
     """
+
+    n_boot: int
+    n_valid: int
+    alpha: float
+    seed: int | None
+    stratified: bool
 
     def __new__(
         cls,
@@ -51,7 +57,7 @@ class BootstrapCI(tuple):
         alpha: float = 0.05,
         seed: int | None = None,
         stratified: bool = False,
-    ) -> "BootstrapCI":
+    ) -> BootstrapCI:
         obj = super().__new__(cls, (low, high))
         obj.n_boot = int(n_boot)
         obj.n_valid = int(n_valid)
@@ -403,6 +409,7 @@ def with_confidence_intervals(
     task = result.get("task")
     out = copy.deepcopy(result)
     strat_note = None
+    y: np.ndarray  # 1-D labels or [N, C] targets, depending on the task
     if task == "binary":
         y = as_numpy(y_true, name="y_true").reshape(-1).astype(np.int64)
         s = as_numpy(scores, name="scores", dtype=np.float64)

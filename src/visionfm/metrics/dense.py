@@ -29,7 +29,6 @@ Samples duplicated by a padding ``DistributedSampler`` are counted twice; drop t
 from __future__ import annotations
 
 import abc
-
 from typing import Any, Sequence
 
 import numpy as np
@@ -247,14 +246,14 @@ class _PerImageMeter(abc.ABC):
         if config != self._config():
             raise ValueError(f"cannot combine meters with different settings: {config!r} vs {self._config()!r}")
 
-    def merge(self, other: "_PerImageMeter | dict[str, Any]") -> "_PerImageMeter":
+    def merge(self, other: _PerImageMeter | dict[str, Any]) -> _PerImageMeter:
         """Append the images of ``other`` (a meter of the same settings or its ``state_dict()``)."""
         state = other.state_dict() if isinstance(other, _PerImageMeter) else other
         self._check_config(state.get("config"))
         self._append(**{k: np.asarray(state[k]) for k in self._STATE})
         return self
 
-    def all_reduce(self) -> "_PerImageMeter":
+    def all_reduce(self) -> _PerImageMeter:
         """Gather every rank's images so that each rank holds the full set (rank order).
 
         Uses ``torch.distributed.all_gather_object``; does nothing when no process group is
@@ -571,8 +570,8 @@ class LandmarkMeter(_PerImageMeter):
         if scaled:
             result.update(self._summary(err_or, truth, pred, "_original_px", und))
         else:
-            for k in ("mre_original_px", "mre_std_original_px", "median_re_original_px"):
-                result[k] = und.check(k, None, scale_reason)
+            for key in ("mre_original_px", "mre_std_original_px", "median_re_original_px"):
+                result[key] = und.check(key, None, scale_reason)
             result["success_rate_original_px"] = {
                 f"{t:g}px": und.check(f"success_rate_original_px[{t:g}px]", None, scale_reason) for t in self.thresholds
             }

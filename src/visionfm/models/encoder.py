@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 from visionfm.models.archs import get_arch
+
+if TYPE_CHECKING:
+    from visionfm.models.loading import LoadReport
 
 __all__ = ["VisionFMEncoder", "build_encoder", "resample_pos_embed"]
 
@@ -56,6 +59,13 @@ class VisionFMEncoder(VisionTransformer):
             created by default so official student checkpoints load as they are; a mask is
             only applied when one is passed to :meth:`forward`.
     """
+
+    # timm types these Optional (a ViT may be built without them); this encoder always has both.
+    cls_token: nn.Parameter
+    pos_embed: nn.Parameter
+    masked_embed: nn.Parameter | None
+    # Set by :func:`visionfm.models.load_encoder`; absent on an encoder built directly.
+    load_report: LoadReport
 
     def __init__(
         self,
@@ -105,7 +115,8 @@ class VisionFMEncoder(VisionTransformer):
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return tuple(self.patch_embed.grid_size)  # type: ignore[return-value]
+        gh, gw = self.patch_embed.grid_size
+        return int(gh), int(gw)
 
     # -- token path ----------------------------------------------------------------------------------
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
@@ -213,8 +224,8 @@ class VisionFMEncoder(VisionTransformer):
         x = self.prepare_tokens(x)
         for blk in self.blocks[:-1]:
             x = blk(x)
-        last = self.blocks[-1]
-        attn = last.attn
+        last = cast(Block, self.blocks[-1])  # the blocks timm builds by default
+        attn = cast(Attention, last.attn)
         y = last.norm1(x)
         b, n, c = y.shape
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)

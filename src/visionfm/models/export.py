@@ -37,12 +37,14 @@ def export_encoder(
     grid_tokens = enc.pos_embed.shape[1] - 1
     native = enc.img_size
     sd = {k: v for k, v in enc.state_dict().items()}
-    rep = enc.load_report  # type: ignore[attr-defined]
+    rep = enc.load_report
     raw_sd, _ = _raw_backbone(weights, checkpoint_key)
     if "pos_embed" in raw_sd and raw_sd["pos_embed"].shape != sd["pos_embed"].shape:
         n = raw_sd["pos_embed"].shape[1] - 1
         native = int(round(n ** 0.5)) * rep.patch_size
-        enc = load_encoder(weights, arch=rep.arch, checkpoint_key=checkpoint_key, patch_size=rep.patch_size, img_size=native)
+        enc = load_encoder(
+            weights, arch=rep.arch, checkpoint_key=checkpoint_key, patch_size=rep.patch_size, img_size=native
+        )
         sd = dict(enc.state_dict())
         grid_tokens = n
     if "masked_embed" in sd and "masked_embed" not in raw_sd:
@@ -104,9 +106,10 @@ def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
             top[str(key)] = f"dict ({len(value)} entries, {n_t} tensors)"
         else:
             top[str(key)] = type(value).__name__ + (f" = {value}" if isinstance(value, (int, float, str)) else "")
-    info["top_level_keys"] = top if not all(isinstance(v, torch.Tensor) for v in raw.values()) else f"{len(raw)} tensors"
+    all_tensors = all(isinstance(v, torch.Tensor) for v in raw.values())
+    info["top_level_keys"] = top if not all_tensors else f"{len(raw)} tensors"
     candidates = [k for k in ("teacher", "student", "model", "visionfm_state_dict") if isinstance(raw.get(k), Mapping)]
-    if all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if all_tensors:
         candidates = [None]  # type: ignore[list-item]
     backbones = {}
     for key in candidates:
@@ -119,11 +122,15 @@ def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
             "embed_dim": spec.get("embed_dim"),
             "depth": spec.get("depth"),
             "patch_size": spec.get("patch_size"),
-            "native_img_size": (spec["grid"] * spec["patch_size"]) if spec.get("grid") and spec.get("patch_size") else None,
+            "native_img_size": (
+                (spec["grid"] * spec["patch_size"]) if spec.get("grid") and spec.get("patch_size") else None
+            ),
             "backbone_params": _count(bb),
             "has_masked_embed": "masked_embed" in bb,
             "head_tensors": len(head_keys),
-            "weight_norm_keys": sorted({k.rsplit(".", 1)[-1] for k in head_keys if k.endswith(("weight_g", "weight_v"))}),
+            "weight_norm_keys": sorted(
+                {k.rsplit(".", 1)[-1] for k in head_keys if k.endswith(("weight_g", "weight_v"))}
+            ),
         }
     info["backbones"] = backbones
     info["has_optimizer"] = "optimizer" in raw
@@ -132,7 +139,8 @@ def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
         info["epoch"] = raw["epoch"]
     if "args" in raw and hasattr(raw["args"], "__dict__"):
         args = vars(raw["args"])
-        info["args_summary"] = {k: args[k] for k in ("arch", "modality", "patch_size", "input_size", "epochs") if k in args}
+        summary_keys = ("arch", "modality", "patch_size", "input_size", "epochs")
+        info["args_summary"] = {k: args[k] for k in summary_keys if k in args}
     return info
 
 

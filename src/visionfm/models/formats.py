@@ -81,8 +81,15 @@ def _detect_bare(obj: Any, meta: Mapping[str, str]) -> bool:
 FORMATS: list[WeightFormat] = [
     WeightFormat("visionfm-safetensors", "visionfm exported encoder (.safetensors)", _detect_safetensors, None),
     WeightFormat("ibot-training", "VisionFM/iBOT/DINO training checkpoint (teacher/student)", _detect_ibot, "teacher"),
-    WeightFormat("visionfm-finetuned", "original VisionFM fine-tuned classifier checkpoint", _detect_finetuned, "visionfm_state_dict"),
-    WeightFormat("retfound-mae", "RETFound MAE checkpoint (encoder + decoder under 'model')", _detect_retfound, "model"),
+    WeightFormat(
+        "visionfm-finetuned",
+        "original VisionFM fine-tuned classifier checkpoint",
+        _detect_finetuned,
+        "visionfm_state_dict",
+    ),
+    WeightFormat(
+        "retfound-mae", "RETFound MAE checkpoint (encoder + decoder under 'model')", _detect_retfound, "model"
+    ),
     WeightFormat("bare-vit", "plain ViT state dict (DINO/iBOT ViT file or torch.save(state_dict))", _detect_bare, None),
 ]
 
@@ -94,7 +101,9 @@ def detect_format(obj: Any, meta: Mapping[str, str] | None = None) -> WeightForm
     return None
 
 
-def select_state_dict(obj: Any, fmt: WeightFormat | None, checkpoint_key: str | None, source: str) -> tuple[dict, str | None]:
+def select_state_dict(
+    obj: Any, fmt: WeightFormat | None, checkpoint_key: str | None, source: str
+) -> tuple[dict, str | None]:
     """Pick the sub-dict that holds the backbone.
 
     ``checkpoint_key`` wins when it is a key of the file. A bare state dict needs no key (the

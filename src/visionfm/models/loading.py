@@ -97,7 +97,9 @@ def read_backbone_state_dict(
             if not enc:
                 raise CheckpointError(f"{model}: model folder holds no 'encoder.*' tensors")
             cfg = json.loads(config.read_text())
-            info = {"format": "visionfm-model-folder", "checkpoint_key": None, "dropped": 0, "meta": cfg.get("encoder", {})}
+            info = {
+                "format": "visionfm-model-folder", "checkpoint_key": None, "dropped": 0, "meta": cfg.get("encoder", {})
+            }
             return enc, info
     raw, meta = load_checkpoint_file(path)
     fmt = detect_format(raw, meta)
@@ -148,7 +150,7 @@ def load_encoder(
         if arch is None:
             raise CheckpointError("arch must be given for a randomly initialised encoder")
         enc = VisionFMEncoder(arch, img_size, patch_size or 16, drop_path_rate, masked_im_modeling)
-        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size or 16, img_size)  # type: ignore[attr-defined]
+        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size or 16, img_size)
         return enc
     if str(weights).strip() == "":
         raise CheckpointError("no weights given; pass a weights file, or 'random' for a randomly initialised encoder")
@@ -172,7 +174,9 @@ def load_encoder(
     if patch_size is None:
         patch_size = file_ps or 16
     if file_ps is not None and file_ps != patch_size:
-        raise CheckpointError(f"{source}: the file's patch size is {file_ps}, but patch_size={patch_size} was requested")
+        raise CheckpointError(
+            f"{source}: the file's patch size is {file_ps}, but patch_size={patch_size} was requested"
+        )
 
     enc = VisionFMEncoder(arch, img_size, patch_size, drop_path_rate, masked_im_modeling)
     resized = False
@@ -214,6 +218,6 @@ def load_encoder(
         pos_embed_resized=resized,
         modality=meta.get("modality"),
     )
-    enc.load_report = report  # type: ignore[attr-defined]
+    enc.load_report = report
     log.info("loaded %s (%s, key=%s) into %s/%d", source, report.format, report.checkpoint_key, arch, patch_size)
     return enc

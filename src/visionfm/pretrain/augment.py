@@ -21,7 +21,6 @@ Python's ``random`` (difference from the original, same distributions).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 import numpy as np
 import torch
@@ -90,7 +89,7 @@ class IBOTAugmentation:
         local_crops_size: int = 96,
         normalize: bool = True,
         patch_size: int = 16,
-        mask_fn: Optional[MaskFn] = None,
+        mask_fn: MaskFn | None = None,
         photometric: bool = True,
     ) -> None:
         if global_crops_number < 1 or local_crops_number < 0:
@@ -159,14 +158,14 @@ class IBOTAugmentation:
             norm = self._normalizers[name] = v2.Normalize(mean=list(mean), std=list(std))
         return norm
 
-    def _finish(self, img: Image.Image, norm: Optional[v2.Normalize]) -> Tensor:
+    def _finish(self, img: Image.Image, norm: v2.Normalize | None) -> Tensor:
         x = self.to_tensor(img)
         if norm is not None:
             x = norm(x)
         return x.as_subclass(Tensor)
 
     def __call__(
-        self, img: Image.Image, modality: Optional[str] = None, rng: Optional[np.random.Generator] = None
+        self, img: Image.Image, modality: str | None = None, rng: np.random.Generator | None = None
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Return ``(crops, masks)``.
 

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
 __all__ = ["ResumableSampler", "PretrainCropDataset", "collate_crops"]
 
 

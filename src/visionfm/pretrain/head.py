@@ -13,7 +13,7 @@ load unchanged and ours look like official ones.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ class _TokenMLP(nn.Sequential):
         return x
 
 
-def _make_norm(norm: Optional[str], dim: int) -> Optional[nn.Module]:
+def _make_norm(norm: str | None, dim: int) -> nn.Module | None:
     if norm is None:
         return None
     if norm == "bn":
@@ -163,7 +163,7 @@ class IBOTHead(nn.Module):
         in_dim: int,
         out_dim: int = 8192,
         patch_out_dim: int = 8192,
-        norm: Optional[Literal["bn", "syncbn", "ln"]] = None,
+        norm: Literal["bn", "syncbn", "ln"] | None = None,
         act: Literal["gelu", "relu"] = "gelu",
         nlayers: int = 3,
         hidden_dim: int = 2048,
@@ -219,7 +219,7 @@ class IBOTHead(nn.Module):
         """BatchNorm statistics depend on which tokens pass, so such a head must see all of them."""
         return any(isinstance(m, (nn.BatchNorm1d, nn.SyncBatchNorm)) for m in self.mlp.modules())
 
-    def forward(self, x: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if x.dim() == 2:
             return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
         if x.dim() != 3:
@@ -229,7 +229,7 @@ class IBOTHead(nn.Module):
 
     def forward_selected(
         self, x: Tensor, select: Tensor, patch_mean: bool = False
-    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """CLS output plus the patch outputs of ``K`` chosen tokens per image only.
 
         Args:

@@ -24,7 +24,9 @@ class LARS(torch.optim.Optimizer):
                     param_norm = torch.norm(p)
                     update_norm = torch.norm(d_p)
                     q = torch.where(
-                        (param_norm > 0) & (update_norm > 0), group["eta"] * param_norm / update_norm, torch.ones_like(param_norm)
+                        (param_norm > 0) & (update_norm > 0),
+                        group["eta"] * param_norm / update_norm,
+                        torch.ones_like(param_norm),
                     )
                     d_p = d_p.mul(q)
                 state = self.state[p]

@@ -16,7 +16,6 @@ Differences from the original (behaviour otherwise identical):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -125,9 +124,9 @@ class IBOTLoss(nn.Module):
         student_patch: Tensor,
         teacher_cls: Tensor,
         teacher_patch: Tensor,
-        student_masks: Union[Sequence[Tensor], Tensor],
+        student_masks: Sequence[Tensor] | Tensor,
         epoch: int,
-        student_local_cls: Optional[Tensor] = None,
+        student_local_cls: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Compute the loss, then update the centres.
 
@@ -188,7 +187,7 @@ class IBOTLoss(nn.Module):
         teacher_patch_mean: Tensor,
         valid: Tensor,
         epoch: int,
-        student_local_cls: Optional[Tensor] = None,
+        student_local_cls: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The same loss from the patch outputs of selected tokens only (the training path).
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -30,7 +30,7 @@ __all__ = [
 
 PRED_SHAPES = ("block", "rand")
 
-RatioArg = Union[float, Sequence[float]]
+RatioArg = float | Sequence[float]
 
 
 def _uniform(rng: np.random.Generator, a: float, b: float) -> float:
@@ -186,7 +186,7 @@ class RandomMaskGenerator:
         return flat.reshape(self.h, self.w)
 
 
-CropSize = Union[int, tuple[int, int]]
+CropSize = int | tuple[int, int]
 
 
 class PretrainMasker:

@@ -28,25 +28,22 @@ from visionfm import __version__
 from visionfm.config import PretrainConfig
 from visionfm.data.layouts.pretrain import PretrainImages
 from visionfm.data.modalities import MODALITY_NAMES, canonical_modality
-from visionfm.engine.checkpoint import capture_rng_state, find_resume, load_training_checkpoint, restore_rng_state, save_checkpoint
+from visionfm.engine.checkpoint import (
+    capture_rng_state,
+    find_resume,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from visionfm.engine.distributed import DistEnv, init_distributed, seed_everything
 from visionfm.engine.logging import RunLogger, progress
 from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
 from visionfm.io.atomic import save_text_atomic
 from visionfm.pretrain.augment import IBOTAugmentation
 from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
-from visionfm.pretrain.views import (
-    BatchPhotometric,
-    GeometricViews,
-    ViewBatch,
-    collate_views,
-    decode_deferred,
-    min_decode_pixels,
-    view_specs,
-)
+from visionfm.pretrain.lars import LARS
 from visionfm.pretrain.loss import IBOTLoss
 from visionfm.pretrain.masking import PretrainMasker
-from visionfm.pretrain.lars import LARS
 from visionfm.pretrain.model import MultiCropNetwork, build_student_teacher
 from visionfm.pretrain.optim import (
     cancel_last_layer_grads,
@@ -58,6 +55,15 @@ from visionfm.pretrain.optim import (
     set_group_hparams,
 )
 from visionfm.pretrain.schedules import cosine_schedule
+from visionfm.pretrain.views import (
+    BatchPhotometric,
+    GeometricViews,
+    ViewBatch,
+    collate_views,
+    decode_deferred,
+    min_decode_pixels,
+    view_specs,
+)
 
 __all__ = ["IBOTTrainer", "run_pretrain", "resolve_precision", "NonFiniteLossError"]
 
@@ -131,7 +137,7 @@ class EpochMeters:
     steps: torch.Tensor
 
     @classmethod
-    def zeros(cls, device: torch.device) -> "EpochMeters":
+    def zeros(cls, device: torch.device) -> EpochMeters:
         z = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
         return cls(z(), z(), z(), z(), z())
 
@@ -152,7 +158,9 @@ class EpochMeters:
         if all_reduce and torch.distributed.is_initialized():
             torch.distributed.all_reduce(vec)
         n = max(float(vec[4]), 1.0)
-        return {"loss": float(vec[0]) / n, "cls": float(vec[1]) / n, "patch": float(vec[2]) / n, "acc": float(vec[3]) / n}
+        return {
+            "loss": float(vec[0]) / n, "cls": float(vec[1]) / n, "patch": float(vec[2]) / n, "acc": float(vec[3]) / n
+        }
 
 
 class IBOTTrainer:
@@ -175,7 +183,9 @@ class IBOTTrainer:
         # data
         self.modalities = resolve_modalities(args)
         normalize = True  # --scheme mix normalises each image with its own modality (the original did not normalise)
-        self.masker = PretrainMasker(args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch, args.pred_shape, args.patch_size)
+        self.masker = PretrainMasker(
+            args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch, args.pred_shape, args.patch_size
+        )
         specs = view_specs(args.input_size, args.global_crops_scale, args.local_crops_scale,
                            args.global_crops_number, args.local_crops_number, args.local_crops_size)
         self.augment_on = resolve_augment_on(args.augment_on, self.device)
@@ -284,7 +294,9 @@ class IBOTTrainer:
         self.device_skip = args.optimizer in ("adamw", "sgd") and self.scaler is None
         total_batch = args.batch_size_per_gpu * self.env.world_size
         ipe = self.iters_per_epoch
-        self.lr_schedule = cosine_schedule(args.lr * total_batch / 256.0, args.min_lr, args.epochs, ipe, args.warmup_epochs)
+        self.lr_schedule = cosine_schedule(
+            args.lr * total_batch / 256.0, args.min_lr, args.epochs, ipe, args.warmup_epochs
+        )
         self.wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, ipe)
         self.momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, ipe)
         self._momentum_dev = torch.as_tensor(self.momentum_schedule, dtype=torch.float32, device=self.device)
@@ -428,7 +440,9 @@ class IBOTTrainer:
                 raise RuntimeError(f"a mask has {most} masked patches, more than the bound {self.k_select}")
         return crops, [m.to(self.device, non_blocking=True) for m in masks]
 
-    def train_step(self, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int, meters: EpochMeters) -> None:
+    def train_step(
+        self, crops: list[torch.Tensor], masks: list[torch.Tensor], epoch: int, it: int, meters: EpochMeters
+    ) -> None:
         """One optimisation step. A non-finite loss leaves weights, optimizer state and teacher as
         they were (on the device with fused optimizers; see :meth:`_check_nonfinite`)."""
         args = self.args
@@ -490,7 +504,10 @@ class IBOTTrainer:
         ema_update_(self.ema_teacher, self.ema_student, momentum)
         with torch.no_grad():
             b = crops[0].shape[0]
-            acc = (t_cls[:b].argmax(-1) == s_cls[b : 2 * b].argmax(-1)).float().mean() if g > 1 else torch.zeros((), device=self.device)
+            if g > 1:
+                acc = (t_cls[:b].argmax(-1) == s_cls[b : 2 * b].argmax(-1)).float().mean()
+            else:
+                acc = torch.zeros((), device=self.device)
         meters.add(out, acc, ok)
 
     def _check_nonfinite(self, it: int) -> None:
@@ -537,7 +554,8 @@ class IBOTTrainer:
             t0 = time.perf_counter()
             last_t, last_i = t0, start_iter
             bar_items = progress(enumerate(loader, start=start_iter), total=self.iters_per_epoch - start_iter,
-                                 desc=f"epoch {epoch + 1}/{args.epochs}", enabled=self.env.is_main and not args.no_progress)
+                                 desc=f"epoch {epoch + 1}/{args.epochs}",
+                                 enabled=self.env.is_main and not args.no_progress)
             i = start_iter
             for i, batch in bar_items:
                 it = epoch * self.iters_per_epoch + i
@@ -550,8 +568,9 @@ class IBOTTrainer:
                     rate = (done - last_i) * imgs_per_step / max(now - last_t, 1e-9)
                     last_t, last_i = now, done
                     avg = meters.averages(all_reduce=False)
-                    scalars = {"loss": avg["loss"], "cls": avg["cls"], "patch": avg["patch"], "lr": float(self.lr_schedule[it]),
-                               "wd": float(self.wd_schedule[it]), "momentum": float(self.momentum_schedule[it]),
+                    scalars = {"loss": avg["loss"], "cls": avg["cls"], "patch": avg["patch"],
+                               "lr": float(self.lr_schedule[it]), "wd": float(self.wd_schedule[it]),
+                               "momentum": float(self.momentum_schedule[it]),
                                "teacher_temp": self.loss_fn.teacher_temperature(epoch), "images_per_s": rate}
                     if self.device.type == "cuda":
                         scalars["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -99,9 +99,12 @@ def view_specs(
 ) -> list[ViewSpec]:
     """The crops of one sample in output order: global 1, globals 2..G, then the locals."""
     r = RECIPE
-    gs, ls = (float(global_crops_scale[0]), float(global_crops_scale[1])), (float(local_crops_scale[0]), float(local_crops_scale[1]))
+    gs = (float(global_crops_scale[0]), float(global_crops_scale[1]))
+    ls = (float(local_crops_scale[0]), float(local_crops_scale[1]))
     specs = [ViewSpec(input_size, gs, r.global_ratio, r.blur_p_global1, 0.0)]
-    specs += [ViewSpec(input_size, gs, r.global_ratio, r.blur_p_global, r.solarize_p_global)] * (global_crops_number - 1)
+    specs += [ViewSpec(input_size, gs, r.global_ratio, r.blur_p_global, r.solarize_p_global)] * (
+        global_crops_number - 1
+    )
     specs += [ViewSpec(local_crops_size, ls, r.local_ratio, r.blur_p_local, 0.0)] * local_crops_number
     return specs
 
@@ -173,8 +176,8 @@ class ViewSample(NamedTuple):
     masks: list[Tensor]  # bool [S/p, S/p] per crop
     params: Tensor  # float32 [C, N_PARAMS]
     modality: int  # index into MODALITY_NAMES
-    jpeg: Optional[Tensor] = None  # uint8 [n_bytes]: the undecoded file (--decode gpu)
-    geometry: Optional[Tensor] = None  # int64 [C, 5]: top, left, height, width, flip (with jpeg)
+    jpeg: Tensor | None = None  # uint8 [n_bytes]: the undecoded file (--decode gpu)
+    geometry: Tensor | None = None  # int64 [C, 5]: top, left, height, width, flip (with jpeg)
 
 
 class ViewBatch(NamedTuple):
@@ -184,10 +187,10 @@ class ViewBatch(NamedTuple):
     masks: list[Tensor]  # bool [B, h, w] per crop
     params: list[Tensor]  # float32 [B, N_PARAMS] per crop
     modality: Tensor  # int64 [B]
-    jpeg: Optional[list[Optional[Tensor]]] = None  # per sample: undecoded bytes or None
-    geometry: Optional[Tensor] = None  # int64 [B, C, 5]
+    jpeg: list[Tensor | None] | None = None  # per sample: undecoded bytes or None
+    geometry: Tensor | None = None  # int64 [B, C, 5]
 
-    def pin_memory(self) -> "ViewBatch":  # DataLoader(pin_memory=True) calls this
+    def pin_memory(self) -> ViewBatch:  # DataLoader(pin_memory=True) calls this
         return self._replace(crops=[c.pin_memory() for c in self.crops], masks=[m.pin_memory() for m in self.masks],
                              params=[p.pin_memory() for p in self.params], modality=self.modality.pin_memory())
 
@@ -214,7 +217,7 @@ class GeometricViews:
     def crop_sizes(self) -> list[int]:
         return [s.size for s in self.specs]
 
-    def __call__(self, img: Image.Image | EncodedJPEG, modality: Optional[str], rng: np.random.Generator) -> ViewSample:
+    def __call__(self, img: Image.Image | EncodedJPEG, modality: str | None, rng: np.random.Generator) -> ViewSample:
         deferred = isinstance(img, EncodedJPEG)
         if deferred:
             w, h = img.size
@@ -374,12 +377,12 @@ class BatchPhotometric(nn.Module):
             op = order[:, pos]
             # each operation runs on every sample; where it is not this sample's turn the factor is
             # the identity (brightness/contrast/saturation 1) or the hue result is discarded.
-            on = lambda k: (jitter & (op == k)).view(-1, 1, 1, 1)  # noqa: E731
-            x = _blend(x, black, torch.where(on(0), col("brightness"), one))
+            on = [(jitter & (op == k)).view(-1, 1, 1, 1) for k in range(4)]
+            x = _blend(x, black, torch.where(on[0], col("brightness"), one))
             mean = TF.rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
-            x = _blend(x, mean, torch.where(on(1), col("contrast"), one))
-            x = _blend(x, TF.rgb_to_grayscale(x), torch.where(on(2), col("saturation"), one))
-            x = torch.where(on(3), _adjust_hue(x, col("hue")), x)
+            x = _blend(x, mean, torch.where(on[1], col("contrast"), one))
+            x = _blend(x, TF.rgb_to_grayscale(x), torch.where(on[2], col("saturation"), one))
+            x = torch.where(on[3], _adjust_hue(x, col("hue")), x)
         x = torch.where(col("grayscale") > 0, TF.rgb_to_grayscale(x).expand_as(x), x)
         x = self._blur(x, p[:, PARAM["sigma"]])
         threshold = RECIPE.solarize_threshold / 255.0

@@ -108,7 +108,9 @@ def sample_geometry(rng: np.random.Generator, size: int, findings: Findings, cup
     if cup_ratio is None:
         cup_ratio = rng.uniform(0.65, 0.85) if findings.glaucoma else rng.uniform(0.2, 0.45)
     macula = (disc[0] - side * rng.uniform(0.26, 0.30) * S, disc[1] + rng.uniform(0.0, 0.03) * S)
-    geom = FundusGeometry(size, (float(c[0]), float(c[1])), 0.47 * S, side, disc, float(disc_r), float(cup_ratio), macula)
+    geom = FundusGeometry(
+        size, (float(c[0]), float(c[1])), 0.47 * S, side, disc, float(disc_r), float(cup_ratio), macula
+    )
     geom.vessels = _vessel_tree(rng, geom, findings)
     return geom
 
@@ -240,7 +242,8 @@ def render_fundus(
         dr = dist_from(S, *rc) + 0.03 * S * smooth_noise(rng, S, 5)
         alpha = soft_disc(dr, rr, 3.0) * fov_alpha
         beta = phi + np.pi / 2
-        folds = 0.86 + 0.14 * np.sin((xs * math.cos(beta) + ys * math.sin(beta)) * (2 * np.pi / (0.05 * S)) + 2.0 * dr / rr)
+        along = xs * math.cos(beta) + ys * math.sin(beta)
+        folds = 0.86 + 0.14 * np.sin(along * (2 * np.pi / (0.05 * S)) + 2.0 * dr / rr)
         grey = np.array([0.62, 0.6, 0.6], np.float32) * (0.75 + 0.25 * shade)[..., None] * folds[..., None]
         blend(img, alpha, grey, 0.85)
 
@@ -340,7 +343,8 @@ def render_fundus(
     if f.cataract:
         img = blur_image(img, rng.uniform(0.010, 0.018) * S)
         haze = rng.uniform(0.35, 0.55)
-        blend(img, np.full((S, S), haze, np.float32), np.array([0.72, 0.64, 0.56], np.float32) * (0.6 + 0.4 * shade)[..., None])
+        tint = np.array([0.72, 0.64, 0.56], np.float32) * (0.6 + 0.4 * shade)[..., None]
+        blend(img, np.full((S, S), haze, np.float32), tint)
 
     if noise > 0:
         img += rng.normal(0.0, noise, img.shape).astype(np.float32)

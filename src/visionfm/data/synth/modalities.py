@@ -29,10 +29,10 @@ from visionfm.data.synth.render import (
     blend,
     blur_mask,
     dist_from,
+    draw_branches,
     gray_to_rgb,
     grid,
     grow_branch,
-    draw_branches,
     mask_array,
     new_mask,
     smooth_noise,
@@ -134,7 +134,8 @@ def _eye(rng: np.random.Generator, S: int, zoom: float, light: float) -> tuple[n
         y0 = cy - h * max(1.0 - uu * uu, 0.0) ** 0.75
         ang = -math.pi / 2 + uu * 0.9 + rng.normal(0, 0.15)
         ln = rng.uniform(0.025, 0.045) * Sf * zoom
-        ld.line((x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang)), fill=255, width=max(1, int(0.004 * Sf * zoom)))
+        ld.line((x0, y0, x0 + ln * math.cos(ang), y0 + ln * math.sin(ang)), fill=255,
+                width=max(1, int(0.004 * Sf * zoom)))
     blend(img, mask_array(lm).astype(np.float32), (0.08, 0.06, 0.05), 0.9)
     masks = {"opening": opening, "iris": iris_in & ~pupil, "pupil": pupil}
     params = {

@@ -73,7 +73,10 @@ def render_oct(rng: np.random.Generator, size: int, findings: Findings | None = 
     dr = np.zeros(S, np.float32)
     if f.amd:
         k = int(rng.integers(2, 6))
-        for c, w, h in zip(rng.normal(xf, 0.12 * Sf, k), rng.uniform(0.025, 0.05, k) * Sf, rng.uniform(0.03, 0.06, k) * Sf):
+        centres = rng.normal(xf, 0.12 * Sf, k)
+        widths = rng.uniform(0.025, 0.05, k) * Sf
+        heights = rng.uniform(0.03, 0.06, k) * Sf
+        for c, w, h in zip(centres, widths, heights):
             dr = np.maximum(dr, h * np.exp(-(((x - c) / w) ** 2)))
         counts["drusen"] = k
     rpe_top = bruch - rpe_th - dr

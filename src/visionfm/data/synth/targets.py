@@ -17,7 +17,15 @@ import numpy as np
 from visionfm.data.synth.fundus import FundusResult
 from visionfm.data.synth.modalities import EyeResult
 
-__all__ = ["NUM_TARGETS", "GENERIC", "FUNDUS_SPECIFIC", "EXTERNAL_SPECIFIC", "target_specs", "fundus_targets", "external_targets"]
+__all__ = [
+    "NUM_TARGETS",
+    "GENERIC",
+    "FUNDUS_SPECIFIC",
+    "EXTERNAL_SPECIFIC",
+    "target_specs",
+    "fundus_targets",
+    "external_targets",
+]
 
 NUM_TARGETS = 38
 IRIS_MM = 11.7  # nominal horizontal visible iris diameter used to express external-eye sizes in mm
@@ -100,8 +108,9 @@ def target_specs(dataset: str) -> list[dict[str, object]]:
     roi = "circular field of view" if dataset.startswith("Fundus") else "whole image"
     out = []
     for i, (name, unit, definition) in enumerate(GENERIC + specific):
-        out.append({"index": i, "name": name, "unit": unit, "definition": definition.replace("the ROI", f"the ROI ({roi})")
-                    if i < len(GENERIC) else definition})
+        if i < len(GENERIC):
+            definition = definition.replace("the ROI", f"the ROI ({roi})")
+        out.append({"index": i, "name": name, "unit": unit, "definition": definition})
     return out
 
 

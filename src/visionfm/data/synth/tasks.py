@@ -315,7 +315,8 @@ def generate(
             label_files.append(str(ddir / f"{split}_labels.txt"))
             dist[key] = dict(zip(MULTI_LABEL_NAMES, np.asarray(items).sum(axis=0).tolist()))
         elif task == "metric_reg":
-            _write_lines(ddir / f"{split}_labels.txt", [f"{n};" + ",".join(f"{v:.4f}" for v in vals) for n, vals in zip(names, items)])
+            rows = [f"{n};" + ",".join(f"{v:.4f}" for v in vals) for n, vals in zip(names, items)]
+            _write_lines(ddir / f"{split}_labels.txt", rows)
             label_files.append(str(ddir / f"{split}_labels.txt"))
             arr = np.asarray(items, dtype=np.float64)
             dist[key] = {"mean": arr.mean(axis=0).round(4).tolist(), "std": arr.std(axis=0).round(4).tolist()}
@@ -335,7 +336,8 @@ def generate(
     if task == "metric_reg":
         for group in lay.groups:
             p = root / group / DATASET / "targets.json"
-            p.write_text(json.dumps({"dataset": group, "targets": target_specs(group)}, indent=2) + "\n", encoding="utf-8")
+            spec = {"dataset": group, "targets": target_specs(group)}
+            p.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
             label_files.append(str(p))
     files += len(label_files)
 

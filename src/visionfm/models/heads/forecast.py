@@ -53,7 +53,11 @@ class ForecastHead(nn.Module):
     packed ``[B, F+1]`` form used when training on cached feature tensors).
     """
 
-    def __init__(self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0) -> None:
+    pe: torch.Tensor  # buffer [max_len, D]
+
+    def __init__(
+        self, embed_dim: int, max_len: int = 6500, in_features: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.max_len = int(max_len)
@@ -98,6 +102,9 @@ class ForecastHead(nn.Module):
 
 class Standardize(nn.Module):
     """Fixed per-feature standardisation ``(x - mean) / std`` (training-split statistics, saved buffers)."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()

@@ -29,7 +29,8 @@ class LinearSegHead(nn.Module):
 
     def __init__(self, embed_dim: int, num_classes: int, patch_size: int = 16, num_levels: int = 4) -> None:
         super().__init__()
-        self.embed_dim, self.num_classes, self.patch_size, self.num_levels = embed_dim, num_classes, patch_size, num_levels
+        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.patch_size, self.num_levels = patch_size, num_levels
         self.conv = nn.Conv2d(num_levels * embed_dim, num_classes, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor], image: torch.Tensor | None = None) -> torch.Tensor:
