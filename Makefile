@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/visionfm demo --output_dir demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --timeout 900
+	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --timeout 900 --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 # ruff over all of src/ and benchmarks/; mypy on the typed packages (settings in pyproject.toml).
 lint: $(STAMP)
 	$(PY) -m ruff check src benchmarks
-	$(PY) -m mypy -p visionfm.models -p visionfm.metrics -p visionfm.io
+	$(PY) -m mypy -p visionfm.models -p visionfm.engine -p visionfm.metrics -p visionfm.io
 
 clean:
 	rm -rf $(VENV) demo_output build dist src/*.egg-info .mypy_cache .ruff_cache

@@ -57,8 +57,8 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from visionfm.data.layouts.pretrain import PretrainImages
 from visionfm.cli.pretrain import config_from_argv
+from visionfm.data.layouts.pretrain import PretrainImages
 from visionfm.pretrain.data import PretrainCropDataset
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.optim import cancel_last_layer_grads, set_group_hparams

@@ -78,7 +78,7 @@ def _run(fn_path: str, cfg: CommandConfig) -> None:
 
 
 def _result(cfg: CommandConfig) -> TrainResult:
-    run_dir = Path(getattr(cfg, "output_dir")) / getattr(cfg, "name")
+    run_dir = Path(cfg.output_dir) / cfg.name
     metrics = None
     for candidate in (run_dir / "metrics.json", run_dir / "report" / "metrics.json"):
         if candidate.is_file():

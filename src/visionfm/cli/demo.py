@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_dir / "report" / "report.html"
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     history = [json.loads(x) for x in (out / run_name / "log.txt").read_text().splitlines()]
-    pick = {k: metrics.get(k) for k in ("accuracy", "balanced_accuracy", "auroc_macro", "f1_macro", "quadratic_weighted_kappa")}
+    pick = {k: metrics.get(k) for k in ("accuracy", "balanced_accuracy", "auroc_macro", "f1_macro",
+                                        "quadratic_weighted_kappa")}
     summary = {
         "pretraining_loss_per_epoch": [round(h["train_loss"], 4) for h in history],
         "test_metrics": pick,

@@ -1,4 +1,5 @@
-"""``visionfm evaluate``: a fine-tuned checkpoint or model folder on the test split, with the standard report (reference §5.9)."""
+"""``visionfm evaluate``: a fine-tuned checkpoint or model folder on the test split, with the standard
+report (reference §5.9)."""
 
 from __future__ import annotations
 

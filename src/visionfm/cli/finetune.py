@@ -6,6 +6,7 @@ import argparse
 
 from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
 
+
 def add_class_order_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--class_order", default=None,
                    help="comma-separated class folders in label order (default: alphabetical)")
@@ -28,7 +29,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.001,
                    help="head base LR, scaled by batch_size_per_gpu*accum_iter*world/256")
-    p.add_argument("--encoder_lr_scale", type=float, default=0.1, help="encoder LR = head LR x this (the original's 0.1)")
+    p.add_argument("--encoder_lr_scale", type=float, default=0.1,
+                   help="encoder LR = head LR x this (the original's 0.1)")
     p.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise LR decay over encoder blocks (1: none)")
     p.add_argument("--min_lr", type=float, default=1e-6)
     p.add_argument("--warmup_epochs", type=int, default=0)

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short_side", type=int, default=None,
                       help="shorter output side in px (default 448 = 2 x 224 when --max_side is not given: "
                            "every 224-px global crop at scale >= 0.32 is still down-sampled)")
-    parser.add_argument("--max_side", type=int, default=None, help="longer output side in px, instead of --short_side (the two are exclusive)")
+    parser.add_argument("--max_side", type=int, default=None,
+                        help="longer output side in px, instead of --short_side (the two are exclusive)")
     parser.add_argument("--format", default="jpeg", choices=["jpeg", "png", "webp"], help="output encoding")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (1-100)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")

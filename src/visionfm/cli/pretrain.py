@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from typing import TYPE_CHECKING
 
 from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, parse_with_config, to_config
@@ -24,13 +23,17 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--shared_head_teacher", type=bool_flag, default=True)
     g.add_argument("--norm_last_layer", type=bool_flag, default=True)
     g.add_argument("--momentum_teacher", type=float, default=0.996)
-    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "syncbn", "ln"], help="norm inside the head MLP")
+    g.add_argument("--norm_in_head", default=None, choices=[None, "bn", "syncbn", "ln"],
+                   help="norm inside the head MLP")
     g.add_argument("--act_in_head", default="gelu", choices=["gelu", "relu"])
     g.add_argument("--use_masked_im_modeling", type=bool_flag, default=True)
     g.add_argument("--drop_path", type=float, default=0.1, help="student stochastic depth (teacher: 0)")
-    g.add_argument("--use_flash", action="store_true", help="accepted for compatibility: fused SDPA attention is always on")
-    g.add_argument("--load_pretrain", action="store_true", help="initialise student and teacher backbones from --pretrain_path")
-    g.add_argument("--pretrain_path", default=None, help="local checkpoint for --load_pretrain (official, DINO/iBOT, RETFound or ours)")
+    g.add_argument("--use_flash", action="store_true",
+                   help="accepted for compatibility: fused SDPA attention is always on")
+    g.add_argument("--load_pretrain", action="store_true",
+                   help="initialise student and teacher backbones from --pretrain_path")
+    g.add_argument("--pretrain_path", default=None,
+                   help="local checkpoint for --load_pretrain (official, DINO/iBOT, RETFound or ours)")
 
     g = p.add_argument_group("masking")
     g.add_argument("--pred_ratio", type=float, nargs="+", default=[0.3])
@@ -55,7 +58,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--weight_decay_end", type=float, default=0.4)
     g.add_argument("--clip_grad", type=float, default=3.0, help="gradient clip threshold (0 disables)")
     g.add_argument("--clip_mode", default="per_param", choices=["per_param", "global"],
-                   help="per_param reproduces the original (each tensor clipped to norm ≤ clip); global clips the total norm")
+                   help="per_param reproduces the original (each tensor clipped to norm ≤ clip); "
+                        "global clips the total norm")
     g.add_argument("--batch_size_per_gpu", type=int, default=128)
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--freeze_last_layer", type=int, default=3)
@@ -64,7 +68,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--min_lr", type=float, default=2e-6)
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
     g.add_argument("--official_weight_decay", type=bool_flag, default=False,
-                   help="decay cls_token/pos_embed/masked_embed/weight_g as the original did (default: no decay on them)")
+                   help="decay cls_token/pos_embed/masked_embed/weight_g as the original did "
+                        "(default: no decay on them)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the student, the teacher, the loss and the device-side augmentation")
     g.add_argument("--grad_checkpointing", action="store_true",
@@ -114,7 +119,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_config_argument()
 
 
-def config_from_argv(argv: list[str]) -> "PretrainConfig":
+def config_from_argv(argv: list[str]) -> PretrainConfig:
     """The validated :class:`~visionfm.config.PretrainConfig` of ``visionfm pretrain ARGV`` (benchmarks, tests)."""
     from visionfm.config import PretrainConfig
     from visionfm.pretrain.config import validate_pretrain_args

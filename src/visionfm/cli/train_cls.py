@@ -6,6 +6,7 @@ import argparse
 
 from visionfm.cli.options import VFMArgumentParser, arch_choices, to_config
 
+
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")

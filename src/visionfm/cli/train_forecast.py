@@ -6,6 +6,7 @@ import argparse
 
 from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
 
+
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
@@ -17,7 +18,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--weight_decay", type=float, default=0.0)
     p.add_argument("--batch_size_per_gpu", type=int, default=128)
     p.add_argument("--data_path", required=True,
-                   help="folder with training.txt / test.txt (or *_labels.txt), optional val.txt; lines 'path, label, days'")
+                   help="folder with training.txt / test.txt (or *_labels.txt), optional val.txt; "
+                        "lines 'path, label, days'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_workers", type=int, default=4, help="image-loading workers for the one feature pass")
     p.add_argument("--val_freq", type=int, default=1)
@@ -28,7 +30,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="ignored: the width is taken from the encoder (kept for the original's command lines)")
     p.add_argument("--modality", default="Fundus")
     p.add_argument("--pos_weight", type=float, default=10.0, help="BCE weight of the positive (progression) class")
-    p.add_argument("--max_len", type=int, default=6500, help="largest interval + 1, in days; longer intervals are rejected")
+    p.add_argument("--max_len", type=int, default=6500,
+                   help="largest interval + 1, in days; longer intervals are rejected")
     p.add_argument("--arch", default="vit_base", choices=arch_choices())
     p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--input_size", type=int, default=224)

@@ -96,14 +96,14 @@ def eval_transform(input_size: int, modality: str, interpolation: str = "bilinea
     return T.Compose([T.Resize((input_size, input_size), interpolation=interp), T.ToTensor(), T.Normalize(mean, std)])
 
 
-class FlipView(Dataset):  # type: ignore[type-arg]
+class FlipView(Dataset):
     """A dataset view with seeded random horizontal and vertical flips (p = 0.5 each) on the tensor.
 
     The original flips the resized PIL image before ToTensor/Normalize; flipping the normalised
     tensor gives the same pixels. Flips are a pure function of ``(seed, pass_id, index)``.
     """
 
-    def __init__(self, base: Dataset, seed: int, pass_id: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, base: Dataset, seed: int, pass_id: int) -> None:
         self.base = base
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(pass_id) * 7_919 + 17)
         self.flips = torch.randint(0, 2, (len(base), 2), generator=g).bool()  # type: ignore[arg-type]
@@ -135,7 +135,7 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
 @torch.no_grad()
 def compute_features(
     encoder: torch.nn.Module,
-    dataset: Dataset,  # type: ignore[type-arg]
+    dataset: Dataset,
     device: torch.device,
     batch_size: int = 128,
     num_workers: int = 0,
@@ -201,7 +201,7 @@ def _concat(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def features_in_memory(
     encoder: torch.nn.Module,
-    dataset: Dataset,  # type: ignore[type-arg]
+    dataset: Dataset,
     env: Any,
     batch_size: int,
     num_workers: int = 0,
@@ -221,7 +221,7 @@ def features_in_memory(
 
 def extract_to_store(
     encoder: torch.nn.Module,
-    dataset: Dataset,  # type: ignore[type-arg]
+    dataset: Dataset,
     folder: str | Path,
     identity: Mapping[str, Any],
     meta: Mapping[str, Any],

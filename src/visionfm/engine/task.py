@@ -50,7 +50,7 @@ T = TypeVar("T", bound=type)
 TASK_PACKAGE = "visionfm.tasks"  # built-in task ``x`` is the module ``visionfm.tasks.x``
 ENTRY_POINT_GROUP = "visionfm.tasks"
 
-_REGISTRY: dict[str, "Task"] = {}
+_REGISTRY: dict[str, Task] = {}
 
 
 @dataclass

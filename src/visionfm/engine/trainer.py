@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Sized
 
 import torch
 from torch import nn
@@ -270,7 +270,9 @@ def save_decoder_checkpoint(stem: str | Path, model: nn.Module, info: Mapping[st
     return wpath
 
 
-def load_decoder_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+def load_decoder_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
     """Read a decoder checkpoint: ``(model state dict, info json, optimizer tensors)``.
 
     Accepts our ``.safetensors`` + ``.json`` pair (either path, or the stem) and, for weights only,
@@ -433,13 +435,11 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = 0
     if per_step:
-        n_batches = batches_per_epoch if batches_per_epoch is not None else (
-            len(batches) if hasattr(batches, "__len__") else None)  # type: ignore[arg-type]
+        n_batches = batches_per_epoch if batches_per_epoch is not None else _length(batches)
         if n_batches is None:
-            first = batches(0)
-            if not hasattr(first, "__len__"):
-                raise ConfigError("the warmup_cosine schedule needs batches_per_epoch")
-            n_batches = len(first)  # type: ignore[arg-type]
+            n_batches = _length(batches(0))
+        if n_batches is None:
+            raise ConfigError("the warmup_cosine schedule needs batches_per_epoch")
         steps_per_epoch = max(n_batches // cfg.accum_iter, 1)
         total_steps = cfg.epochs * steps_per_epoch
         warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
@@ -454,9 +454,9 @@ def fit(
         count = 0
         optimizer.zero_grad(set_to_none=True)
         epoch_batches = batches(epoch)
-        n_epoch = len(epoch_batches) if hasattr(epoch_batches, "__len__") else (  # type: ignore[arg-type]
-            batches_per_epoch if batches_per_epoch is not None else (
-                len(batches) if hasattr(batches, "__len__") else None))  # type: ignore[arg-type]
+        n_epoch = _length(epoch_batches)
+        if n_epoch is None:
+            n_epoch = batches_per_epoch if batches_per_epoch is not None else _length(batches)
         bar = progress(epoch_batches, n_epoch, f"epoch {epoch + 1}/{cfg.epochs}", env.is_main and log.isEnabledFor(
             logging.INFO) and _bars_wanted())
         lr = optimizer.param_groups[0]["lr"]
@@ -504,11 +504,12 @@ def fit(
             stats.update({f"{log_prefix}{k}": v for k, v in shown.items()})
             improved = value is not None and (
                 best_value is None or (value >= best_value if higher_is_better else value <= best_value))
-            if improved:
+            if improved and value is not None:
                 best_value, best_epoch, best_metrics = float(value), epoch, dict(metrics)
                 if env.is_main:
                     save_decoder_checkpoint(run_dir / "checkpoint_best", model, {
-                        **record, "epoch": epoch, "best_value": best_value, "val_metrics": _json_plain(stored_of(metrics))})
+                        **record, "epoch": epoch, "best_value": best_value,
+                        "val_metrics": _json_plain(stored_of(metrics))})
             stats["improved"] = bool(improved)
         stats.update({"best_epoch": best_epoch, f"best_{selection_key}": best_value,
                       "epoch_time_s": round(time.perf_counter() - t0, 3)})
@@ -534,6 +535,11 @@ def fit(
 
         barrier()
     return FitResult(best_epoch, best_value, best_metrics, cfg.epochs - 1, history)
+
+
+def _length(obj: Any) -> int | None:
+    """``len(obj)`` for sized objects (a DataLoader, :class:`TensorBatches`), else ``None`` (a generator)."""
+    return len(obj) if isinstance(obj, Sized) else None
 
 
 def _bars_wanted() -> bool:

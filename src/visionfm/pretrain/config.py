@@ -17,7 +17,9 @@ def validate_pretrain_args(args: PretrainConfig) -> PretrainConfig:
     """Normalise list flags and reject inconsistent values with one clear message each."""
     from visionfm.errors import ConfigError
 
-    args.pred_ratio = _float_list(list(args.pred_ratio) if isinstance(args.pred_ratio, (list, tuple)) else [args.pred_ratio])
+    args.pred_ratio = _float_list(
+        list(args.pred_ratio) if isinstance(args.pred_ratio, (list, tuple)) else [args.pred_ratio]
+    )
     args.pred_ratio_var = _float_list(
         list(args.pred_ratio_var) if isinstance(args.pred_ratio_var, (list, tuple)) else [args.pred_ratio_var]
     )
