@@ -38,6 +38,7 @@ __all__ = [
     "extract_to_store",
     "shard_indices",
     "pool_tokens",
+    "load_frozen_encoder",
     "store_matches",
     "CLS_LEVELS",
 ]
@@ -83,6 +84,17 @@ def encoder_identity(encoder: Any, modality: str, input_size: int, mode: str = "
     if mode == "seg":
         ident["patch_block_ids"] = list(dense_block_ids(depth))
     return ident
+
+
+def load_frozen_encoder(weights: str | None, arch: str, checkpoint_key: str, patch_size: int, input_size: int,
+                        **kwargs: Any) -> torch.nn.Module:
+    """The encoder a decoder command trains on: ``weights`` is required (a file, a model folder or 'random')."""
+    from visionfm.errors import ConfigError
+    from visionfm.models.loading import load_encoder
+
+    if not weights:
+        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
+    return load_encoder(weights, arch, checkpoint_key, patch_size, input_size, **kwargs)
 
 
 def eval_transform(input_size: int, modality: str, interpolation: str = "bilinear"):

@@ -253,20 +253,12 @@ def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
     return [f"label_{i}" for i in range(n_out)]
 
 
-def _load_encoder(opts: TrainClsConfig):
-    from visionfm import load_encoder
-
-    if not opts.pretrained_weights:
-        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-    return load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size, opts.input_size)
-
-
 def run_train_cls(opts: TrainClsConfig) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
     from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
                                          selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
-    from visionfm.engine.features import encoder_identity, pool_tokens
+    from visionfm.engine.features import encoder_identity, load_frozen_encoder, pool_tokens
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
@@ -283,7 +275,8 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         if opts.features:
             expect = None
             if opts.pretrained_weights:
-                enc = _load_encoder(opts)
+                enc = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key,
+                                          opts.patch_size, opts.input_size)
                 expect = encoder_identity(enc, opts.modality, opts.input_size, "cls")
                 expect = {k: expect[k] for k in ("weights_sha256", "weights_fingerprint", "arch", "patch_size",
                                                  "input_size", "modality")}
@@ -292,7 +285,8 @@ def run_train_cls(opts: TrainClsConfig) -> int:
             for role in roles:
                 splits[role] = load_store_split(opts.features, VFM_STORE_SPLITS[role], expect)
         else:
-            encoder = _load_encoder(opts).to(env.device)
+            encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key,
+                                          opts.patch_size, opts.input_size).to(env.device)
             roles = ["test"] if opts.test else ["train", "val", "test"]
             for role in roles:
                 splits[role], cl = _image_split(opts, encoder, env, role)

@@ -233,20 +233,12 @@ def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout
 # -- the command ----------------------------------------------------------------------------------------
 
 
-def _load_encoder(opts: TrainForecastConfig):
-    from visionfm import load_encoder
-
-    if not opts.pretrained_weights:
-        raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-    return load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size, opts.input_size)
-
-
 def run_train_forecast(opts: TrainForecastConfig) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
     from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
                                          selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
-    from visionfm.engine.features import encoder_identity
+    from visionfm.engine.features import encoder_identity, load_frozen_encoder
     from visionfm.engine.logging import RunLogger, setup_logging
     from visionfm.io import save_json_atomic
 
@@ -264,7 +256,8 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
     try:
         seed_everything(opts.seed)
         run_dir = Path(opts.output_dir) / opts.name
-        encoder = _load_encoder(opts).to(env.device)
+        encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
+                                      opts.input_size).to(env.device)
         ident = encoder_identity(encoder, opts.modality, opts.input_size, "cls")
         ident.pop("visionfm_version", None)
         cache_dir = run_dir / "features"
