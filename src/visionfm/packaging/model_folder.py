@@ -48,6 +48,7 @@ __all__ = [
     "get_head_constructor",
     "from_pretrained",
     "validate_config",
+    "num_outputs",
     "read_config",
     "build_model",
     "encoder_config",
@@ -197,6 +198,16 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     return cfg
 
 
+def num_outputs(cfg: Mapping[str, Any]) -> int:
+    """Number of head outputs: the head's ``num_classes`` / ``num_targets`` / ``num_outputs`` argument, or
+    the number of class / target names."""
+    args = cfg["head"].get("args", {})
+    for key in ("num_classes", "num_targets", "num_outputs"):
+        if key in args:
+            return int(args[key])
+    return len(cfg.get("class_names") or cfg.get("target_names") or [])
+
+
 def _thresholds(cfg: Mapping[str, Any], n: int) -> np.ndarray:
     t = cfg.get("thresholds")
     if t is None:
@@ -260,11 +271,7 @@ class VisionFMModel(nn.Module):
         return list(c.get("class_names") or [])
 
     def _num_outputs(self) -> int:
-        args = self.config["head"].get("args", {})
-        for key in ("num_classes", "num_targets", "num_outputs"):
-            if key in args:
-                return int(args[key])
-        return len(self.config.get("class_names") or self.config.get("target_names") or [])
+        return num_outputs(self.config)
 
     # -- preprocessing ------------------------------------------------------------------------------------
     def transform(self):

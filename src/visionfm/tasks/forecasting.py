@@ -390,3 +390,45 @@ def _report(args: Any, run_dir: Path, test: ForecastSplit, train: ForecastSplit,
     per = {p: {"gt": int(t), "pred": float(s), "days": int(d)} for p, t, s, d in zip(test.paths, y, probs, days)}
     save_json_atomic(per, run_dir / f"{args.name}_{args.modality}_results.json")
     return metrics
+
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training code above.
+
+from collections.abc import Callable, Mapping
+
+from visionfm.engine.task import register_task
+from visionfm.tasks.classification import KIND_TEXT, Classification
+
+
+@register_task
+class Forecasting(Classification):
+    """A classifier of the state ``days`` days after the image: read like :class:`Classification` (the
+    event at the horizon), with the horizon as a second head input (``head(features, days)``)."""
+
+    name = "forecasting"
+    needs_days = True
+    selection_key = "auroc"  # train-forecast's default --selection
+
+    def validate_config(self, cfg: Mapping[str, Any], bad: Callable[[str], Exception]) -> None:
+        super().validate_config(cfg, bad)
+        md = cfg.get("max_days")
+        if not (isinstance(md, (int, float)) and md > 0):
+            raise bad(f"a forecasting model needs a positive max_days, got {md!r}")
+
+    def forward(self, head: nn.Module, x: Any, images: torch.Tensor, cfg: Mapping[str, Any],
+                days: torch.Tensor | None = None) -> torch.Tensor:
+        if days is None:
+            raise ConfigError("a forecasting model needs days (the horizon) for every image")
+        days = torch.as_tensor(days, device=images.device).reshape(-1)
+        if days.numel() == 1:
+            days = days.expand(images.shape[0])
+        max_days = float(cfg["max_days"])
+        if bool(((days < 0) | (days > max_days)).any()):
+            raise ConfigError(f"days must be within [0, {max_days:g}] for this model, got {days.tolist()}")
+        return head(x, days)
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        kind = cfg.get("task_kind")
+        return f"forecasting ({KIND_TEXT.get(str(kind), kind)} of the state after `days` days, " \
+               f"0 to {cfg.get('max_days')})"
