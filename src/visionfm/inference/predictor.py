@@ -6,8 +6,12 @@ Outputs in the output folder:
 * ``predictions.json`` — the same records with nested values, plus the model's task and names;
 * ``attention/<name>.png`` — the encoder's last-block CLS attention (mean over heads) as a heat map
   over the image (unless disabled);
-* segmentation: ``masks/<name>.png`` (palette PNG of class ids at the image's original size) and
+* the task's own files (:meth:`visionfm.engine.task.Task.save_outputs`) — segmentation:
+  ``masks/<name>.png`` (palette PNG of class ids at the image's original size) and
   ``overlays/<name>.png`` (contours); landmarks: ``overlays/<name>.png`` (crosses).
+
+The records' fields come from the task (:meth:`visionfm.engine.task.Task.record`); nothing here
+branches on the task's name.
 
 ``<name>`` is the file's path relative to the input folder with ``/`` replaced by ``__`` and the
 extension dropped, so files with the same name in different sub-folders do not collide.
@@ -27,9 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visionfm.engine.task import task_names
 from visionfm.errors import ConfigError
+from visionfm.reports.colours import attention_overlay
 
-__all__ = ["Predictor", "run_predict", "attention_heatmap", "safe_name"]
+__all__ = ["Predictor", "run_predict", "safe_name"]
 
 log = logging.getLogger("visionfm.predict")
 
@@ -38,22 +44,6 @@ def safe_name(rel: str) -> str:
     p = Path(rel)
     stem = p.with_suffix("").as_posix() if p.suffix else p.as_posix()
     return stem.replace("/", "__").replace("\\", "__") or "image"
-
-
-def attention_heatmap(image: Image.Image, attention: np.ndarray, alpha: float = 0.5, max_side: int = 1024
-                      ) -> Image.Image:
-    """``attention`` ``[gh, gw]`` in [0, 1] up-sampled over ``image`` with the ``jet`` colour map."""
-    import matplotlib
-
-    img = image.convert("RGB")
-    if max(img.size) > max_side:
-        s = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BILINEAR)
-    a = Image.fromarray(np.clip(attention * 255.0, 0, 255).astype(np.uint8), mode="L")
-    a = np.asarray(a.resize(img.size, Image.BILINEAR), dtype=np.float64) / 255.0
-    heat = (matplotlib.colormaps["jet"](a)[..., :3] * 255.0)
-    out = (1 - alpha) * np.asarray(img, dtype=np.float64) + alpha * heat
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -106,42 +96,13 @@ class Predictor:
     def records(self, names: Sequence[str], images: Sequence[Image.Image], pred: dict[str, Any],
                 days: float | None = None) -> list[dict[str, Any]]:
         """One JSON-ready dict per image."""
-        cfg, task = self.config, self.model.task
+        cfg, task, outputs = self.config, self.model.task_plugin, self.model.output_names
         out = []
         for i, (name, im) in enumerate(zip(names, images)):
             r: dict[str, Any] = {"image": name, "height": im.height, "width": im.width}
             if days is not None:
                 r["days"] = float(days)
-            if task in ("classification", "forecasting"):
-                cls = list(cfg["class_names"])
-                kind = cfg["task_kind"]
-                p = np.asarray(pred["probabilities"][i], dtype=np.float64).reshape(-1)
-                if kind == "binary":
-                    positive = cls[-1] if len(cls) == 2 else "1"
-                    r["prediction"] = pred["label_names"][i]
-                    r["index"] = int(pred["labels"][i])
-                    r["probabilities"] = {positive: float(p[0])}
-                elif kind == "multiclass":
-                    r["prediction"] = pred["label_names"][i]
-                    r["index"] = int(pred["labels"][i])
-                    r["probabilities"] = {n: float(v) for n, v in zip(cls, p)}
-                else:
-                    r["prediction"] = list(pred["label_names"][i])
-                    r["labels"] = {n: int(v) for n, v in zip(cls, pred["labels"][i])}
-                    r["probabilities"] = {n: float(v) for n, v in zip(cls, p)}
-            elif task == "regression":
-                r["values"] = {n: float(v) for n, v in zip(cfg["target_names"], pred["values"][i])}
-            elif task == "segmentation":
-                m = pred["masks"][i]
-                names_c = self.model.output_names or [f"class {c}" for c in range(int(m.max()) + 1)]
-                ncls = max(2, len(names_c))
-                counts = np.bincount(m.reshape(-1).astype(np.int64), minlength=ncls)
-                r["class_fraction"] = {str(names_c[c]) if c < len(names_c) else f"class {c}": float(counts[c] / m.size)
-                                       for c in range(ncls)}
-            else:
-                lm = self.model.output_names
-                r["points"] = {lm[k] if k < len(lm) else f"landmark_{k}": [float(v) for v in pt]
-                               for k, pt in enumerate(pred["points"][i])}
+            r.update(task.record(cfg, pred, i, outputs))
             out.append(r)
         return out
 
@@ -192,10 +153,10 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
     t_load = time.perf_counter()
     pred = model if isinstance(model, Predictor) else Predictor(model, device=device, batch_size=batch_size)
     load_s = time.perf_counter() - t_load
-    task = pred.model.task
-    if task == "forecasting":
+    task, spec = pred.model.task, pred.model.task_plugin
+    if spec.needs_days:
         if not days:
-            raise ConfigError("this is a forecasting model: pass --days N (one or more horizons in days)")
+            raise ConfigError(f"this is a {task} model: pass --days N (one or more horizons in days)")
         max_days = float(pred.config["max_days"])
         bad = [d for d in days if not 0 <= float(d) <= max_days]
         if bad:
@@ -203,7 +164,8 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
         horizons: list[float | None] = [float(d) for d in days]
     else:
         if days:
-            raise ConfigError(f"--days only applies to forecasting models; this one is a {task} model")
+            takes_days = " or ".join(task_names(needs_days=True))
+            raise ConfigError(f"--days only applies to {takes_days} models; this one is a {task} model")
         horizons = [None]
     files = list_inputs(inputs)
     out = Path(output_dir)
@@ -225,13 +187,9 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
                 if att is not None:
                     dst = out / "attention" / f"{safe_name(names[i])}.png"
                     dst.parent.mkdir(parents=True, exist_ok=True)
-                    attention_heatmap(images[i], att[i]).save(dst)
+                    attention_overlay(att[i], images[i]).save(dst)
                     r["attention_map"] = dst.relative_to(out).as_posix()
-                if task == "segmentation":
-                    r["mask"] = _save_mask(p["masks"][i], out / "masks" / f"{key}.png").relative_to(out).as_posix()
-                if overlays and task in ("segmentation", "landmark"):
-                    r["overlay"] = _save_overlay(pred, images[i], p, i, out / "overlays" / f"{key}.png", names[i]
-                                                 ).relative_to(out).as_posix()
+                r.update(spec.save_outputs(pred.config, p, i, images[i], out, key, names[i], overlays))
             records.extend(recs)
     total_s = time.perf_counter() - t0
     _write_csv(records, out / "predictions.csv")
@@ -251,24 +209,3 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
     save_json_atomic({**summary, "predictions": records}, out / "predictions.json")
     log.info("%d images → %s (%.3f s/image in the model)", len(files), out, per_image or 0.0)
     return summary
-
-
-def _save_mask(mask: np.ndarray, path: Path) -> Path:
-    from visionfm.tasks.segmentation import PALETTE
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png = Image.fromarray(mask.astype(np.uint8), mode="P")
-    png.putpalette(PALETTE + [0] * (768 - len(PALETTE)))
-    png.save(path)
-    return path
-
-
-def _save_overlay(pred: Predictor, image: Image.Image, p: dict[str, Any], i: int, path: Path, title: str) -> Path:
-    from visionfm.reports import save_overlay
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.asarray(image.convert("RGB"))
-    if pred.model.task == "segmentation":
-        names = pred.model.output_names
-        return save_overlay(img, path, pred_mask=p["masks"][i], class_names=names or None, title=title)
-    return save_overlay(img, path, pred_points=p["points"][i], title=title)

@@ -4,7 +4,6 @@ from visionfm.packaging.card import LICENCE_NOTE, render_model_card
 from visionfm.packaging.model_folder import (
     FORMAT_VERSION,
     HEADS,
-    TASKS,
     VisionFMModel,
     build_model,
     encoder_for_package,
@@ -19,7 +18,6 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADS",
     "LICENCE_NOTE",
-    "TASKS",
     "VisionFMModel",
     "build_model",
     "encoder_for_package",

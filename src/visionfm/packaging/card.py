@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from visionfm.engine.task import get_task
+from visionfm.errors import ConfigError
+
 __all__ = ["render_model_card", "LICENCE_NOTE", "DEFAULT_LICENSE"]
 
 DEFAULT_LICENSE = "cc-by-nc-4.0"
@@ -21,13 +24,6 @@ LICENCE_NOTE = (
     "training data; check both before redistributing."
 )
 
-_KIND_TEXT = {
-    "binary": "binary classification (one sigmoid output)",
-    "multiclass": "multi-class classification (softmax)",
-    "multilabel": "multi-label classification (one sigmoid per label)",
-    "visionfm13": "VisionFM 13-output classification (softmax DR grade over outputs 0-4, a sigmoid per finding)",
-}
-
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -36,21 +32,12 @@ def _fmt(v: Any) -> str:
 
 
 def _task_line(cfg: Mapping[str, Any]) -> str:
-    task = cfg.get("task")
-    kind = cfg.get("task_kind")
-    if task == "classification":
-        return _KIND_TEXT.get(str(kind), "classification")
-    if task == "forecasting":
-        return f"forecasting ({_KIND_TEXT.get(str(kind), kind)} of the state after `days` days, " \
-               f"0 to {cfg.get('max_days')})"
-    if task == "regression":
-        return "regression (values reported in the original units)"
-    if task == "segmentation":
-        n = int(cfg.get("head", {}).get("args", {}).get("num_classes", 1))
-        return "binary segmentation (sigmoid > 0.5)" if n == 1 else f"semantic segmentation ({n} classes, arg-max)"
-    if task == "landmark":
-        return "landmark detection (heatmap arg-max refined by a 3x3 centroid)"
-    return str(task)
+    """The task's own one-line description (:meth:`visionfm.engine.task.Task.card_task_line`)."""
+    try:
+        task = get_task(cfg.get("task"))  # type: ignore[arg-type]
+    except ConfigError:  # not a registered task: its name
+        return str(cfg.get("task"))
+    return task.card_task_line(cfg)
 
 
 def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str | None = None) -> str:

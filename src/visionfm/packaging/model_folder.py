@@ -7,6 +7,10 @@ and how to read their outputs (class names, thresholds, target standardisation, 
 pooling as :func:`visionfm.engine.features.pool_tokens` / ``FrozenFeatures``); :meth:`postprocess`
 turns raw outputs into predictions and is what ``evaluate``, ``predict`` and ``serve`` share (§2.6).
 
+What differs between tasks (which features the head takes, the task's config keys, how outputs are
+read) is asked of the task's plug-in, :func:`visionfm.engine.task.get_task` ``(config["task"])``;
+nothing here branches on the task's name.
+
 Tensor names in ``model.safetensors``: encoder tensors ``encoder.<official name>`` (so the folder is
 also an encoder weights source for :func:`visionfm.load_encoder`), head tensors ``head.<name>``.
 
@@ -17,7 +21,6 @@ be a class or a lazy ``"module:Class"`` string, so a head module registers itsel
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -26,19 +29,18 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from visionfm.engine.task import Task, get_task, task_names
 from visionfm.errors import CheckpointError, ConfigError
+from visionfm.models.heads import HEADS, get_head_constructor, register_head
 
 __all__ = [
     "FORMAT_VERSION",
-    "TASKS",
-    "TASK_KINDS",
     "HEADS",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
@@ -48,6 +50,7 @@ __all__ = [
     "get_head_constructor",
     "from_pretrained",
     "validate_config",
+    "num_outputs",
     "read_config",
     "build_model",
     "encoder_config",
@@ -62,54 +65,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
-TASKS = ("classification", "regression", "segmentation", "landmark", "forecasting")
-# classification and forecasting outputs are read as one of these (forecasting: the event at `days`).
-# ``visionfm13``: the 13-output layout of ``train-multi-cls`` — softmax over outputs 0-4 (DR grade),
-# a sigmoid per output 5-12 (findings); labels are the arg-max grade (one-hot) and the thresholded findings.
-TASK_KINDS = ("binary", "multiclass", "multilabel", "visionfm13")
-VISIONFM13_GRADES = 5
 INTERPOLATIONS = ("bilinear", "bicubic")
-DENSE_TASKS = ("segmentation", "landmark")
-
-# -- head registry -------------------------------------------------------------------------------------
-
-HEADS: dict[str, Callable[..., nn.Module] | str] = {
-    "cls": "visionfm.models.heads.cls:ClsHead",
-    "linear": "visionfm.models.heads.cls:LinearHead",
-    "reg": "visionfm.models.heads.reg:RegHead",
-    "unetr": "visionfm.models.heads.unetr:UnetrHead",
-    "linear_seg": "visionfm.models.heads.linear_seg:LinearSegHead",
-    "forecast": "visionfm.models.heads.forecast:ForecastHead",
-    "forecast_std": "visionfm.models.heads.forecast:StandardizedForecastHead",
-}
-
-
-def register_head(name: str, constructor: Callable[..., nn.Module] | str) -> None:
-    """Make ``config["head"]["type"] == name`` build ``constructor(**config["head"]["args"])``.
-
-    ``constructor`` is a class/callable or a lazy ``"package.module:Class"`` string. Heads of the
-    ``classification``/``regression`` tasks take pooled features ``[B, E]``; ``segmentation``/``landmark``
-    heads take ``(list of 4 patch-token tensors [B, P, D], normalised image)``; ``forecasting`` heads take
-    ``(pooled features [B, E], days [B])``.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a head name must be a non-empty string")
-    HEADS[name] = constructor
-
-
-def get_head_constructor(name: str) -> Callable[..., nn.Module]:
-    if name not in HEADS:
-        raise ConfigError(f"unknown head type {name!r}; registered heads: {', '.join(sorted(HEADS))}")
-    entry = HEADS[name]
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        try:
-            entry = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"head type {name!r} needs {module}.{attr}, which is not available ({exc})") from None
-        HEADS[name] = entry
-    return entry  # type: ignore[return-value]
-
 
 # -- configuration ----------------------------------------------------------------------------------------
 
@@ -118,17 +74,28 @@ def _bad(where: str, msg: str) -> CheckpointError:
     return CheckpointError(f"{where}: {msg}")
 
 
+def _task_of(cfg: Mapping[str, Any], where: str) -> Task:
+    task = cfg.get("task")
+    try:
+        return get_task(task)  # type: ignore[arg-type]
+    except ConfigError:
+        raise _bad(where, f"unknown task {task!r}; expected one of {', '.join(task_names())}") from None
+
+
 def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
-    """Check a model config before anything is built; returns it. Errors name ``where`` (the folder)."""
+    """Check a model config before anything is built; returns it. Errors name ``where`` (the folder).
+
+    The generic keys are checked here (format version, task registered, encoder, preprocessing, the
+    ``features`` section present, head registered); the ``features`` section itself and the task's own
+    keys by the task (:meth:`visionfm.engine.task.Task.validate_config`).
+    """
     if not isinstance(cfg, dict):
         raise _bad(where, f"config.json must hold a JSON object, got {type(cfg).__name__}")
     fv = cfg.get("format_version")
     if fv != FORMAT_VERSION:
         raise _bad(where, f"format_version {fv!r} is not supported (this visionfm reads format_version "
                           f"{FORMAT_VERSION}); was the folder written by another visionfm version?")
-    task = cfg.get("task")
-    if task not in TASKS:
-        raise _bad(where, f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    task = _task_of(cfg, where)
     for key in ("encoder", "preprocess", "features", "head"):
         if not isinstance(cfg.get(key), dict):
             raise _bad(where, f"config.json has no '{key}' section")
@@ -144,67 +111,31 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if not isinstance(size, int) or size < ps or size % ps:
         raise _bad(where, f"preprocess input_size {size!r} must be a positive multiple of the patch size {ps}")
     if pre.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        raise _bad(where, f"preprocess interpolation {pre.get('interpolation')!r}; expected {' or '.join(INTERPOLATIONS)}")
+        raise _bad(where,
+                   f"preprocess interpolation {pre.get('interpolation')!r}; expected {' or '.join(INTERPOLATIONS)}")
     for key in ("mean", "std"):
         v = pre.get(key)
         if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
             raise _bad(where, f"preprocess {key} must be a list of 3 numbers, got {v!r}")
     if any(s <= 0 for s in pre["std"]):
         raise _bad(where, "preprocess std must be positive")
-    feats = cfg["features"]
-    ftype = feats.get("type")
-    if task in DENSE_TASKS:
-        ids = feats.get("block_ids")
-        if ftype != "dense" or not (isinstance(ids, list) and len(ids) == 4 and all(isinstance(i, int) for i in ids)):
-            raise _bad(where, f"task {task} needs features {{'type': 'dense', 'block_ids': [4 ints]}}, got {feats!r}")
-    else:
-        if ftype != "pooled":
-            raise _bad(where, f"task {task} needs features of type 'pooled', got {ftype!r}")
-        avg = feats.get("avgpool", 0)
-        if avg not in (0, 1, 2):
-            raise _bad(where, f"features avgpool must be 0, 1 or 2, got {avg!r}")
-        n = feats.get("n_last_blocks", 1)
-        if avg != 1 and not (isinstance(n, int) and n >= 1):
-            raise _bad(where, f"features n_last_blocks must be a positive integer, got {n!r}")
     head = cfg["head"]
     if head.get("type") not in HEADS:
         raise _bad(where, f"unknown head type {head.get('type')!r}; registered heads: {', '.join(sorted(HEADS))}")
     if not isinstance(head.get("args", {}), dict):
         raise _bad(where, "head args must be a JSON object")
-    if task in ("classification", "forecasting"):
-        kind = cfg.get("task_kind")
-        if kind not in TASK_KINDS:
-            raise _bad(where, f"task {task} needs task_kind in {', '.join(TASK_KINDS)}, got {kind!r}")
-        names = cfg.get("class_names")
-        if not (isinstance(names, list) and names):
-            raise _bad(where, "a classification model needs a non-empty class_names list")
-        if kind == "visionfm13" and len(names) <= VISIONFM13_GRADES:
-            raise _bad(where, f"task_kind visionfm13 needs more than {VISIONFM13_GRADES} class_names, got {len(names)}")
-    if task == "regression":
-        names = cfg.get("target_names")
-        mean, std = cfg.get("target_mean"), cfg.get("target_std")
-        if not (isinstance(names, list) and names):
-            raise _bad(where, "a regression model needs a non-empty target_names list")
-        for key, v in (("target_mean", mean), ("target_std", std)):
-            if v is not None and not (isinstance(v, list) and len(v) == len(names)):
-                raise _bad(where, f"{key} must list one number per target ({len(names)}), got {v!r}")
-    if task == "forecasting":
-        md = cfg.get("max_days")
-        if not (isinstance(md, (int, float)) and md > 0):
-            raise _bad(where, f"a forecasting model needs a positive max_days, got {md!r}")
+    task.validate_config(cfg, lambda msg: _bad(where, msg))
     return cfg
 
 
-def _thresholds(cfg: Mapping[str, Any], n: int) -> np.ndarray:
-    t = cfg.get("thresholds")
-    if t is None:
-        return np.full(n, 0.5)
-    arr = np.asarray(t, dtype=np.float64).reshape(-1)
-    if arr.size == 1:
-        return np.full(n, float(arr[0]))
-    if arr.size != n:
-        raise ConfigError(f"{arr.size} thresholds for {n} outputs")
-    return arr
+def num_outputs(cfg: Mapping[str, Any]) -> int:
+    """Number of head outputs: the head's ``num_classes`` / ``num_targets`` / ``num_outputs`` argument, or
+    the number of class / target names."""
+    args = cfg["head"].get("args", {})
+    for key in ("num_classes", "num_targets", "num_outputs"):
+        if key in args:
+            return int(args[key])
+    return len(cfg.get("class_names") or cfg.get("target_names") or [])
 
 
 # -- the model --------------------------------------------------------------------------------------------
@@ -232,6 +163,11 @@ class VisionFMModel(nn.Module):
         return str(self.config["task"])
 
     @property
+    def task_plugin(self) -> Task:
+        """The task's plug-in (:func:`visionfm.engine.task.get_task`), which reads this model's outputs."""
+        return get_task(self.task)
+
+    @property
     def task_kind(self) -> str | None:
         return self.config.get("task_kind")
 
@@ -250,19 +186,7 @@ class VisionFMModel(nn.Module):
     @property
     def output_names(self) -> list[str]:
         """Class names (classification/forecasting/segmentation), target names or landmark names."""
-        c = self.config
-        if self.task == "regression":
-            return list(c["target_names"])
-        if self.task == "landmark":
-            return list(c.get("landmark_names") or [f"landmark_{i}" for i in range(self._num_outputs())])
-        return list(c.get("class_names") or [])
-
-    def _num_outputs(self) -> int:
-        args = self.config["head"].get("args", {})
-        for key in ("num_classes", "num_targets", "num_outputs"):
-            if key in args:
-                return int(args[key])
-        return len(self.config.get("class_names") or self.config.get("target_names") or [])
+        return self.task_plugin.output_names(self.config)
 
     # -- preprocessing ------------------------------------------------------------------------------------
     def transform(self):
@@ -297,37 +221,19 @@ class VisionFMModel(nn.Module):
         if feats["type"] == "dense":
             outs = self.encoder.forward_intermediates_tokens(images, list(feats["block_ids"]), norm=True)
             return [o[:, 1:] for o in outs]
-        if int(feats.get("avgpool", 0)) == 1:
-            last = self.encoder.forward_intermediates_tokens(images, 1, norm=True)[0]
-            return last[:, 1:].mean(dim=1)
-        ids = feats.get("block_ids")
-        outs = self.encoder.forward_intermediates_tokens(images, list(ids) if ids else int(feats["n_last_blocks"]),
-                                                         norm=True)
-        cls = torch.cat([o[:, 0] for o in outs], dim=-1)
-        if int(feats.get("avgpool", 0)) == 2:  # both: the CLS concat, then the last block's mean patch token
-            return torch.cat([cls, outs[-1][:, 1:].mean(dim=1)], dim=-1)
-        return cls
+        from visionfm.models.pooling import pooled_features
+
+        avgpool = int(feats.get("avgpool", 0))
+        ids = feats.get("block_ids") if avgpool != 1 else None  # avgpool 1: the last block's patch tokens
+        return pooled_features(self.encoder, images, int(feats.get("n_last_blocks", 1)), avgpool, ids)
 
     def forward(self, images: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head outputs: logits ``[B, C]`` / values ``[B, T]`` (standardised) / maps ``[B, C, S, S]``."""
-        x = self.features(images)
-        if self.task in DENSE_TASKS:
-            return self.head(x, images)
-        if self.task == "forecasting":
-            if days is None:
-                raise ConfigError("a forecasting model needs days (the horizon) for every image")
-            days = torch.as_tensor(days, device=images.device).reshape(-1)
-            if days.numel() == 1:
-                days = days.expand(images.shape[0])
-            max_days = float(self.config["max_days"])
-            if bool(((days < 0) | (days > max_days)).any()):
-                raise ConfigError(f"days must be within [0, {max_days:g}] for this model, got {days.tolist()}")
-            return self.head(x, days)
-        return self.head(x)
+        return self.task_plugin.forward(self.head, self.features(images), images, self.config, days)
 
     # -- post-processing (shared by evaluate / predict / serve) ---------------------------------------------
     def postprocess(self, outputs: torch.Tensor, orig_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
-        """Raw outputs → predictions (numpy / lists).
+        """Raw outputs → predictions (numpy / lists), by the task's :meth:`~visionfm.engine.task.Task.postprocess`.
 
         * classification / forecasting: ``probabilities`` (softmax ``[B, C]``; sigmoid ``[B]`` for binary,
           ``[B, L]`` for multilabel), ``labels`` (index ``[B]``; 0/1 ``[B, L]`` for multilabel) and
@@ -339,55 +245,7 @@ class VisionFMModel(nn.Module):
         out = outputs.detach().float().cpu()
         b = out.shape[0]
         sizes = list(orig_sizes) if orig_sizes is not None else [(self.input_size, self.input_size)] * b
-        task, c = self.task, self.config
-        if task in ("classification", "forecasting"):
-            names = list(c["class_names"])
-            kind = c["task_kind"]
-            if kind == "multiclass":
-                probs = torch.softmax(out, dim=1).numpy()
-                idx = probs.argmax(1)
-                return {"probabilities": probs, "labels": idx, "label_names": [names[i] for i in idx]}
-            if kind == "binary":
-                p = torch.sigmoid(out.reshape(b, -1)[:, -1]).numpy()
-                idx = (p >= _thresholds(c, 1)[0]).astype(np.int64)
-                return {"probabilities": p, "labels": idx, "label_names": [names[i] if len(names) == 2 else str(i)
-                                                                           for i in idx]}
-            if kind == "visionfm13":
-                g = VISIONFM13_GRADES
-                grade = torch.softmax(out[:, :g], dim=1)
-                p = torch.cat([grade, torch.sigmoid(out[:, g:])], dim=1).numpy()
-                lab = np.zeros(p.shape, np.int64)
-                lab[np.arange(b), grade.argmax(1).numpy()] = 1
-                lab[:, g:] = (p[:, g:] >= _thresholds(c, p.shape[1] - g)[None]).astype(np.int64)
-                return {"probabilities": p, "labels": lab,
-                        "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
-            p = torch.sigmoid(out).numpy()
-            lab = (p >= _thresholds(c, p.shape[1])[None]).astype(np.int64)
-            return {"probabilities": p, "labels": lab,
-                    "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
-        if task == "regression":
-            v = out.numpy().astype(np.float64)
-            if c.get("target_std") is not None:
-                v = v * np.asarray(c["target_std"], dtype=np.float64)[None]
-            if c.get("target_mean") is not None:
-                v = v + np.asarray(c["target_mean"], dtype=np.float64)[None]
-            return {"values": v}
-        if task == "segmentation":
-            lab = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
-            masks = [F.interpolate(lab[i][None, None].float(), size=tuple(sizes[i]), mode="nearest")[0, 0]
-                     .numpy().astype(np.uint8) for i in range(b)]
-            return {"masks_input": lab.numpy().astype(np.uint8), "masks": masks}
-        # landmark
-        from visionfm.data.paired import decode_heatmaps
-
-        pts = decode_heatmaps(out).double()
-        h, w = out.shape[-2:]
-        full = []
-        for i in range(b):
-            oh, ow = sizes[i]
-            scale = torch.tensor([ow / w, oh / h], dtype=torch.float64)
-            full.append(((pts[i] + 0.5) * scale - 0.5).numpy())
-        return {"points_input": pts.numpy(), "points": np.stack(full) if full else np.zeros((0, 0, 2))}
+        return self.task_plugin.postprocess(self.config, out, sizes)
 
     @torch.no_grad()
     def predict(self, images: Any, days: Any = None, orig_sizes: Sequence[tuple[int, int]] | None = None
@@ -469,7 +327,7 @@ class VisionFMModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        revision: str | None = None, token: str | None = None) -> "VisionFMModel":
+                        revision: str | None = None, token: str | None = None) -> VisionFMModel:
         return from_pretrained(path_or_hub_id, device=device, revision=revision, token=token)
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = True,
@@ -532,7 +390,8 @@ def _resolve(path_or_hub_id: str | os.PathLike[str], revision: str | None, token
         raise CheckpointError(f"model folder not found: {p}")
     if _hub_offline():
         raise CheckpointError(f"{s!r} is not a local folder and offline mode is on (HF_HUB_OFFLINE=1), so it was "
-                              "not looked up on the Hugging Face Hub; pass a local model folder or unset HF_HUB_OFFLINE")
+                              "not looked up on the Hugging Face Hub; pass a local model folder or unset "
+                              "HF_HUB_OFFLINE")
     try:
         from huggingface_hub import snapshot_download
 
@@ -675,8 +534,8 @@ def model_folder_from_training(
     Args:
         encoder: the frozen encoder the head was trained on (exactly those weights).
         head: the trained head with the selected weights (the bare head; dense tasks: not the adapter).
-        task: one of :data:`TASKS`; ``task_kind`` (binary/multiclass/multilabel) for classification
-            and forecasting.
+        task: a registered task (:func:`visionfm.engine.task.task_names`); ``task_kind``
+            (binary/multiclass/multilabel/visionfm13) for classification and forecasting.
         features: ``{"type": "pooled", "n_last_blocks": n, "avgpool": 0|1}`` (optionally ``block_ids``)
             or ``{"type": "dense", "block_ids": [4 ids]}``.
         head_type / head_args: a registered head name and its constructor keyword arguments.

@@ -377,7 +377,7 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
 
         model = reg.get(model_id)
         entry = reg.entry(model_id)
-        days = 0.0 if entry.task == "forecasting" else None
+        days = 0.0 if entry.needs_days else None
         with reg.run_lock(model_id):
             run_model(model, Image.new("RGB", (64, 64), (90, 40, 20)), attention=True, days=days)
 

@@ -6,6 +6,9 @@ is read from the header and checked against a limit before anything is decoded (
 then it is decoded with the same readers as ``visionfm predict`` (:func:`visionfm.inference.io.read_image`,
 which adds PIL's own bomb guard and the DICOM conversions). On Linux the bytes are handed to those
 readers through an anonymous in-memory file (``memfd``), so nothing touches the disk.
+
+What a result shows (class probabilities, values with units, a mask, points) is the task's
+:meth:`visionfm.engine.task.Task.display`; the drawing here is the same for every task.
 """
 
 from __future__ import annotations
@@ -23,26 +26,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from visionfm.errors import ConfigError, DataFormatError
+from visionfm.engine.task import get_task, task_names
+from visionfm.errors import ConfigError, DataFormatError, UploadError
+from visionfm.reports.colours import (
+    ATTENTION_LAYER_SIDE,
+    DISPLAY_COLOURS,
+    attention_overlay,
+    display_colour,
+)
 
 __all__ = ["UploadError", "sniff", "decode_upload", "run_model", "render_result", "PALETTE"]
 
-# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), class 1, 2, ...
-PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (204, 121, 167), (213, 94, 0),
-           (0, 114, 178), (255, 255, 255)]
+PALETTE = DISPLAY_COLOURS  # the display colours of class 1, 2, ... (Okabe-Ito; see visionfm.reports.colours)
 DISPLAY_MAX_SIDE = 768
-ATTENTION_SIDE = 224
+ATTENTION_SIDE = ATTENTION_LAYER_SIDE
 
 FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "bmp": "BMP", "webp": "WebP", "dicom": "DICOM"}
-
-
-class UploadError(Exception):
-    """A request the server refuses, with the HTTP status and a message meant for the person using it."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def sniff(data: bytes) -> str | None:
@@ -203,31 +202,13 @@ def _display_size(w: int, h: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def _colour(i: int) -> tuple[int, int, int]:
-    return PALETTE[(i - 1) % len(PALETTE)]
-
-
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
-
-
-def _attention_layer(att: np.ndarray) -> Image.Image:
-    import matplotlib
-
-    a = Image.fromarray(np.clip(att * 255.0, 0, 255).astype(np.uint8), mode="L")
-    a = np.asarray(a.resize((ATTENTION_SIDE, ATTENTION_SIDE), Image.BILINEAR), dtype=np.float64) / 255.0
-    heat = matplotlib.colormaps["jet"](a) * 255.0
-    heat[..., 3] = np.clip(a * 1.25, 0.0, 1.0) * 255.0  # low attention stays see-through
-    return Image.fromarray(np.clip(np.rint(heat), 0, 255).astype(np.uint8), mode="RGBA")
-
-
 def _mask_layer(mask: np.ndarray, size: tuple[int, int], n_classes: int) -> Image.Image:
     """Class ids → a palette PNG (background transparent) at the display size."""
     m = Image.fromarray(mask.astype(np.uint8), mode="L").resize(size, Image.NEAREST)
     p = m.convert("P")
     pal = [0, 0, 0]
     for c in range(1, 256):
-        pal += list(_colour(c)) if c < max(n_classes, 2) else [0, 0, 0]
+        pal += list(display_colour(c)) if c < max(n_classes, 2) else [0, 0, 0]
     p.putpalette(pal)
     p.info["transparency"] = 0
     return p
@@ -244,9 +225,7 @@ def _composite(display: Image.Image, mask_layer: Image.Image | None, att: np.nda
         a = (alpha / 255.0)[..., None]
         out = Image.fromarray(np.clip(np.rint(base * (1 - a) + rgb * a), 0, 255).astype(np.uint8), mode="RGB")
     elif att is not None:
-        from visionfm.inference.predictor import attention_heatmap
-
-        out = attention_heatmap(out, att, alpha=opacity, max_side=DISPLAY_MAX_SIDE)
+        out = attention_overlay(att, out, alpha=opacity, max_side=DISPLAY_MAX_SIDE)
     if points:
         draw = ImageDraw.Draw(out)
         r = max(4, round(min(out.size) / 60))
@@ -254,7 +233,7 @@ def _composite(display: Image.Image, mask_layer: Image.Image | None, att: np.nda
             if not (np.isfinite(x) and np.isfinite(y)):
                 continue
             cx, cy = x * scale[0], y * scale[1]
-            col = _colour(k + 1)
+            col = display_colour(k + 1)
             draw.line([(cx - r, cy), (cx + r, cy)], fill=col, width=max(2, r // 3))
             draw.line([(cx, cy - r), (cx, cy + r)], fill=col, width=max(2, r // 3))
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(255, 255, 255), width=1)
@@ -265,44 +244,17 @@ def render_result(entry: Any, record: dict[str, Any], raw: RawResult, image: Ima
                   overlay: bool = True) -> dict[str, Any]:
     """The JSON the page and programs get: sorted classes / values with units / segmentation areas /
     landmarks, plus image layers as data URLs (``image``, ``attention``, ``mask``) and ``overlay_png``."""
-    cfg_names = list(entry.output_names)
-    task, kind = entry.task, entry.task_kind
     w, h = image.size
     dsize = _display_size(w, h)
     display = image if image.size == dsize else image.resize(dsize, Image.BILINEAR)
-    out: dict[str, Any] = {}
-    if task in ("classification", "forecasting"):
-        probs = record["probabilities"]
-        if kind == "binary":
-            (pos, p), = probs.items()
-            neg = cfg_names[0] if len(cfg_names) == 2 else f"not {pos}"
-            items = [{"name": pos, "probability": p, "positive": record["index"] == 1},
-                     {"name": neg, "probability": 1.0 - p, "positive": record["index"] == 0}]
-        elif kind == "multiclass":
-            items = [{"name": n, "probability": v, "positive": n == record["prediction"]} for n, v in probs.items()]
-        else:
-            items = [{"name": n, "probability": v, "positive": bool(record["labels"][n])} for n, v in probs.items()]
-        out["classes"] = sorted(items, key=lambda d: -d["probability"])
-    elif task == "regression":
-        units = list(entry.units) + [None] * len(cfg_names)
-        out["values"] = [{"name": n, "value": v, "unit": units[i]}
-                         for i, (n, v) in enumerate(zip(cfg_names, record["values"].values()))]
-    mask_layer = None
-    points: list[tuple[float, float]] = []
-    if task == "segmentation":
-        mask = raw.pred["masks"][0]
-        n_classes = max(len(cfg_names), int(mask.max()) + 1, 2)
-        mask_layer = _mask_layer(mask, dsize, n_classes)
-        fractions = list(record["class_fraction"].items())
-        out["segmentation"] = [{"id": c, "name": n, "fraction": f, "colour": _hex(_colour(c))}
-                               for c, (n, f) in enumerate(fractions) if c > 0]
-    if task == "landmark":
-        out["landmarks"] = [{"name": n, "x": xy[0], "y": xy[1], "colour": _hex(_colour(k + 1))}
-                            for k, (n, xy) in enumerate(record["points"].items())]
-        points = [(d["x"], d["y"]) for d in out["landmarks"]]
+    shown = get_task(entry.task).display(entry.config, record, raw.pred, list(entry.output_names), list(entry.units))
+    out: dict[str, Any] = dict(shown.summary)
+    mask_layer = _mask_layer(shown.mask, dsize, shown.n_classes) if shown.mask is not None else None
+    points = list(shown.points)
     layers: dict[str, str | None] = {
         "image": _data_url(display.convert("RGB"), "JPEG", quality=88),
-        "attention": _data_url(_attention_layer(raw.attention)) if raw.attention is not None else None,
+        "attention": _data_url(attention_overlay(raw.attention, layer_side=ATTENTION_SIDE))
+        if raw.attention is not None else None,
         "mask": _data_url(mask_layer, optimize=False) if mask_layer is not None else None,
     }
     out["layers"] = layers
@@ -317,13 +269,14 @@ def render_result(entry: Any, record: dict[str, Any], raw: RawResult, image: Ima
 
 
 def check_days(entry: Any, days: float | None) -> float | None:
-    """Forecasting needs a horizon within ``[0, max_days]``; other tasks take none."""
-    if entry.task == "forecasting":
+    """A task that takes a horizon (forecasting) needs one within ``[0, max_days]``; other tasks take none."""
+    if entry.needs_days:
         if days is None:
-            raise ConfigError(f"this is a forecasting model: give the horizon in days (0 to {entry.max_days:g})")
+            raise ConfigError(f"this is a {entry.task} model: give the horizon in days (0 to {entry.max_days:g})")
         if not 0 <= float(days) <= float(entry.max_days):
             raise ConfigError(f"days must be between 0 and {entry.max_days:g} for this model, got {days:g}")
         return float(days)
     if days is not None:
-        raise ConfigError(f"days only applies to forecasting models; this one is a {entry.task} model")
+        takes_days = " or ".join(task_names(needs_days=True))
+        raise ConfigError(f"days only applies to {takes_days} models; this one is a {entry.task} model")
     return None

@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 import torch
 
+from visionfm.engine.task import get_task
 from visionfm.errors import ConfigError, VisionFMError
+from visionfm.reports.units import split_unit
 
 __all__ = ["ModelEntry", "ModelRegistry", "UnknownModelError", "DEMO_LABEL", "demo_models", "split_unit"]
 
@@ -31,7 +33,6 @@ log = logging.getLogger("visionfm.serve")
 
 DEMO_LABEL = "demo model (synthetic data, not for clinical use)"
 _MAX_DEPTH = 3
-_UNIT_RE = re.compile(r"^(.*?)\s*[\[(]([^\[\]()]+)[\])]\s*$")
 
 
 class UnknownModelError(VisionFMError, KeyError):
@@ -41,17 +42,14 @@ class UnknownModelError(VisionFMError, KeyError):
         return str(self.args[0]) if self.args else "unknown model"
 
 
-def split_unit(name: str) -> tuple[str, str | None]:
-    """``"cup-to-disc ratio [ratio]"`` → ``("cup-to-disc ratio", "ratio")``; no unit → ``(name, None)``."""
-    m = _UNIT_RE.match(str(name))
-    if m and m.group(1):
-        return m.group(1), m.group(2).strip()
-    return str(name), None
-
-
 @dataclass
 class ModelEntry:
-    """What the page and ``GET /api/models`` show about one model (no weights loaded)."""
+    """What the page and ``GET /api/models`` show about one model (no weights loaded).
+
+    ``output_names`` / ``units`` are the task's :meth:`~visionfm.engine.task.Task.display_names`
+    (``units`` all ``None`` and ``has_units`` false when the task's outputs have no units); ``config`` is
+    the model's ``config.json``, which the task reads to display a result.
+    """
 
     id: str
     name: str
@@ -67,6 +65,13 @@ class ModelEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = field(default=None, repr=False)
     factory: Callable[[], Any] | None = field(default=None, repr=False)
+    has_units: bool = False
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def needs_days(self) -> bool:
+        """Whether a prediction needs a horizon in days (then within ``[0, max_days]``)."""
+        return get_task(self.task).needs_days
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -74,44 +79,23 @@ class ModelEntry:
             "modality": self.modality, "output_names": self.output_names, "arch": self.arch,
             "input_size": self.input_size, "demo": self.demo, "metrics": self.metrics,
         }
-        if self.task == "regression":
+        if self.has_units:
             out["units"] = self.units
         if self.max_days is not None:
             out["max_days"] = self.max_days
         return out
 
 
-def _output_names(cfg: dict[str, Any]) -> list[str]:
-    task = cfg["task"]
-    if task == "regression":
-        return [str(n) for n in cfg["target_names"]]
-    if task == "landmark":
-        names = cfg.get("landmark_names")
-        if names:
-            return [str(n) for n in names]
-        n = int(cfg["head"].get("args", {}).get("num_classes", 0))
-        return [f"landmark_{i}" for i in range(n)]
-    return [str(n) for n in cfg.get("class_names") or []]
-
-
 def _entry_from_config(cfg: dict[str, Any], model_id: str, name: str, **extra: Any) -> ModelEntry:
-    names = _output_names(cfg)
-    units: list[str | None] = [None] * len(names)
-    if cfg["task"] == "regression":
-        given = cfg.get("target_units")
-        if isinstance(given, list) and len(given) == len(names):
-            units = [None if u in (None, "") else str(u) for u in given]
-        else:
-            split = [split_unit(n) for n in names]
-            names = [n for n, _ in split]
-            units = [u for _, u in split]
+    names, units = get_task(str(cfg["task"])).display_names(cfg)
     metrics = {k: v for k, v in (cfg.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return ModelEntry(
         id=model_id, name=name, task=str(cfg["task"]), task_kind=cfg.get("task_kind"),
         modality=str(cfg.get("modality") or cfg["encoder"].get("modality") or "unknown"),
-        output_names=names, units=units, arch=str(cfg["encoder"]["arch"]),
-        input_size=int(cfg["preprocess"]["input_size"]),
-        max_days=float(cfg["max_days"]) if cfg.get("max_days") is not None else None, metrics=metrics, **extra)
+        output_names=names, units=list(units) if units is not None else [None] * len(names),
+        arch=str(cfg["encoder"]["arch"]), input_size=int(cfg["preprocess"]["input_size"]),
+        max_days=float(cfg["max_days"]) if cfg.get("max_days") is not None else None, metrics=metrics,
+        has_units=units is not None, config=cfg, **extra)
 
 
 def _slug(text: str) -> str:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from visionfm.engine.task import Display, Task, register_task
 from visionfm.errors import ConfigError, DataFormatError
 
 if TYPE_CHECKING:
@@ -140,7 +142,8 @@ def truth_for_metrics(labels: torch.Tensor, task: str) -> np.ndarray:
     return y[:, 0].round().astype(np.int64) if task in ("binary", "multiclass") else y.astype(np.float64)
 
 
-def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str,
+                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """The numbers logged every validation: ``selection`` (macro F1; macro AUROC for multilabel),
     ``accuracy``, ``auroc``, ``f1_macro``. Undefined values are ``None``."""
     from visionfm.metrics import classification_metrics
@@ -156,7 +159,8 @@ def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str, class_n
     return out
 
 
-def per_image_results(paths: Sequence[str], y_true: np.ndarray, scores: np.ndarray, task: str, n_out: int) -> dict[str, Any]:
+def per_image_results(paths: Sequence[str], y_true: np.ndarray, scores: np.ndarray, task: str, n_out: int) -> dict[str,
+                                                                                                                   Any]:
     """The original's test JSON: ``{img_path: {"gt": [...], "pred": [...]}}`` (one-hot gt + softmax for
     multiclass, ``[label]`` + ``[sigmoid]`` for binary, multi-hot + sigmoids for multilabel)."""
     out: dict[str, Any] = {}
@@ -216,7 +220,8 @@ def load_store_split(root: str | Path, split: str, expect: dict[str, Any] | None
     )
 
 
-def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None, list[str] | None]:
+def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None,
+                                                                                         list[str] | None]:
     from visionfm.engine.features import eval_transform, features_in_memory
 
     tf = eval_transform(opts.input_size, opts.modality, interpolation="bicubic")
@@ -255,11 +260,18 @@ def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
 
 def run_train_cls(opts: TrainClsConfig) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
-    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
-                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity, load_frozen_encoder, pool_tokens
     from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.trainer import (
+        FitConfig,
+        TensorBatches,
+        fit,
+        load_decoder_checkpoint,
+        loss_step,
+        selection_split,
+        start_point,
+    )
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
 
@@ -459,3 +471,119 @@ def _package_run(opts: TrainClsConfig, run_dir: str | os.PathLike[str], head: nn
                   "avgpool": int(opts.avgpool_patchtokens)},
         class_names=class_names, metrics=metrics, data=data, name=f"{opts.name} ({opts.modality})",
         weights_source=str(weights))
+
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training code above.
+
+
+#: how a packaged classification (or forecasting) model's outputs are read (``config.json``'s ``task_kind``).
+#: ``visionfm13``: the 13-output layout of ``train-multi-cls`` — softmax over outputs 0-4 (DR grade), a
+#: sigmoid per output 5-12 (findings); labels are the arg-max grade (one-hot) and the thresholded findings.
+MODEL_TASK_KINDS = ("binary", "multiclass", "multilabel", "visionfm13")
+VISIONFM13_GRADES = 5
+KIND_TEXT = {
+    "binary": "binary classification (one sigmoid output)",
+    "multiclass": "multi-class classification (softmax)",
+    "multilabel": "multi-label classification (one sigmoid per label)",
+    "visionfm13": "VisionFM 13-output classification (softmax DR grade over outputs 0-4, a sigmoid per finding)",
+}
+
+
+def output_thresholds(cfg: Mapping[str, Any], n: int) -> np.ndarray:
+    """``config["thresholds"]`` for ``n`` sigmoid outputs (one value is repeated; absent: 0.5 each)."""
+    t = cfg.get("thresholds")
+    if t is None:
+        return np.full(n, 0.5)
+    arr = np.asarray(t, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        return np.full(n, float(arr[0]))
+    if arr.size != n:
+        raise ConfigError(f"{arr.size} thresholds for {n} outputs")
+    return arr
+
+
+@register_task
+class Classification(Task):
+    """A pooled-feature classifier read as ``config["task_kind"]`` (:data:`MODEL_TASK_KINDS`).
+
+    Predictions: ``probabilities`` (softmax ``[B, C]``; sigmoid ``[B]`` for binary, ``[B, L]`` for
+    multilabel / visionfm13), ``labels`` (index ``[B]``; 0/1 ``[B, L]``) and ``label_names``.
+    """
+
+    name = "classification"
+    features = "pooled"
+    selection_key = "selection"  # macro F1 (macro AUROC for multilabel), see selection_metrics
+    higher_is_better = True
+
+    def validate_config(self, cfg: Mapping[str, Any], bad: Callable[[str], Exception]) -> None:
+        super().validate_config(cfg, bad)
+        kind = cfg.get("task_kind")
+        if kind not in MODEL_TASK_KINDS:
+            raise bad(f"task {self.name} needs task_kind in {', '.join(MODEL_TASK_KINDS)}, got {kind!r}")
+        names = cfg.get("class_names")
+        if not (isinstance(names, list) and names):
+            raise bad("a classification model needs a non-empty class_names list")
+        if kind == "visionfm13" and len(names) <= VISIONFM13_GRADES:
+            raise bad(f"task_kind visionfm13 needs more than {VISIONFM13_GRADES} class_names, got {len(names)}")
+
+    def postprocess(self, cfg: Mapping[str, Any], outputs: torch.Tensor,
+                    sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        out, b = outputs, outputs.shape[0]
+        names = list(cfg["class_names"])
+        kind = cfg["task_kind"]
+        if kind == "multiclass":
+            probs = torch.softmax(out, dim=1).numpy()
+            idx = probs.argmax(1)
+            return {"probabilities": probs, "labels": idx, "label_names": [names[i] for i in idx]}
+        if kind == "binary":
+            p = torch.sigmoid(out.reshape(b, -1)[:, -1]).numpy()
+            idx = (p >= output_thresholds(cfg, 1)[0]).astype(np.int64)
+            return {"probabilities": p, "labels": idx,
+                    "label_names": [names[i] if len(names) == 2 else str(i) for i in idx]}
+        if kind == "visionfm13":
+            g = VISIONFM13_GRADES
+            grade = torch.softmax(out[:, :g], dim=1)
+            p = torch.cat([grade, torch.sigmoid(out[:, g:])], dim=1).numpy()
+            lab = np.zeros(p.shape, np.int64)
+            lab[np.arange(b), grade.argmax(1).numpy()] = 1
+            lab[:, g:] = (p[:, g:] >= output_thresholds(cfg, p.shape[1] - g)[None]).astype(np.int64)
+            return {"probabilities": p, "labels": lab,
+                    "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
+        p = torch.sigmoid(out).numpy()
+        lab = (p >= output_thresholds(cfg, p.shape[1])[None]).astype(np.int64)
+        return {"probabilities": p, "labels": lab,
+                "label_names": [[names[j] for j in np.flatnonzero(r)] for r in lab]}
+
+    def record(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, names: Sequence[str]) -> dict[str, Any]:
+        cls = list(cfg["class_names"])
+        kind = cfg["task_kind"]
+        p = np.asarray(pred["probabilities"][i], dtype=np.float64).reshape(-1)
+        if kind == "binary":
+            positive = cls[-1] if len(cls) == 2 else "1"
+            return {"prediction": pred["label_names"][i], "index": int(pred["labels"][i]),
+                    "probabilities": {positive: float(p[0])}}
+        if kind == "multiclass":
+            return {"prediction": pred["label_names"][i], "index": int(pred["labels"][i]),
+                    "probabilities": {n: float(v) for n, v in zip(cls, p)}}
+        return {"prediction": list(pred["label_names"][i]),
+                "labels": {n: int(v) for n, v in zip(cls, pred["labels"][i])},
+                "probabilities": {n: float(v) for n, v in zip(cls, p)}}
+
+    def display(self, cfg: Mapping[str, Any], record: Mapping[str, Any], pred: Mapping[str, Any],
+                names: Sequence[str], units: Sequence[str | None]) -> Display:
+        probs = record["probabilities"]
+        kind = cfg["task_kind"]
+        if kind == "binary":
+            (pos, p), = probs.items()
+            neg = names[0] if len(names) == 2 else f"not {pos}"
+            items = [{"name": pos, "probability": p, "positive": record["index"] == 1},
+                     {"name": neg, "probability": 1.0 - p, "positive": record["index"] == 0}]
+        elif kind == "multiclass":
+            items = [{"name": n, "probability": v, "positive": n == record["prediction"]} for n, v in probs.items()]
+        else:
+            items = [{"name": n, "probability": v, "positive": bool(record["labels"][n])} for n, v in probs.items()]
+        return Display(summary={"classes": sorted(items, key=lambda d: -d["probability"])})
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        return KIND_TEXT.get(str(cfg.get("task_kind")), "classification")

@@ -90,7 +90,7 @@ class DenseTask(Protocol):
     higher_is_better: bool
     num_outputs: int
 
-    def dataset(self, root: str, split: str, train: bool) -> "DenseSamples":
+    def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
         """The split wrapped in :class:`DenseSamples` with the train or eval joint transform."""
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -279,17 +279,25 @@ class DenseDecoder(nn.Module):
         return self.head(list(feats.unbind(1)), image)
 
 
+#: ``--head_type`` → registered head (:mod:`visionfm.models.heads`).
+DENSE_HEADS = {"unetr": "unetr", "linear": "linear_seg"}
+
+
 def build_head(head_type: str, embed_dim: int, num_outputs: int, patch_size: int) -> nn.Module:
-    """``unetr`` (:class:`~visionfm.models.heads.unetr.UnetrHead`) or ``linear`` (``LinearSegHead``)."""
-    if head_type == "unetr":
-        from visionfm.models.heads.unetr import UnetrHead
+    """The ``--head_type`` decoder (``unetr``: UNETR, ``linear``: linear patch head) from the head registry."""
+    from visionfm.models.heads import build_head as build
 
-        return UnetrHead(embed_dim, num_outputs, patch_size=patch_size)
-    if head_type == "linear":
-        from visionfm.models.heads.linear_seg import LinearSegHead
+    return build(dense_head_name(head_type), **dense_head_args(embed_dim, num_outputs, patch_size))
 
-        return LinearSegHead(embed_dim, num_outputs, patch_size=patch_size)
-    raise ConfigError(f"unknown head_type {head_type!r}; expected unetr or linear")
+
+def dense_head_name(head_type: str) -> str:
+    if head_type not in DENSE_HEADS:
+        raise ConfigError(f"unknown head_type {head_type!r}; expected one of {', '.join(DENSE_HEADS)}")
+    return DENSE_HEADS[head_type]
+
+
+def dense_head_args(embed_dim: int, num_outputs: int, patch_size: int) -> dict[str, int]:
+    return {"embed_dim": int(embed_dim), "num_classes": int(num_outputs), "patch_size": int(patch_size)}
 
 
 @torch.no_grad()
@@ -345,9 +353,9 @@ def _cache_bytes(n: int, size: int, patch: int, dim: int) -> float:
 def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -> int:
     """``visionfm train-seg`` / ``train-landmark``: train, select, then report on the test split."""
     from visionfm import load_encoder
-    from visionfm.engine.trainer import load_decoder_checkpoint, start_point
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.trainer import load_decoder_checkpoint, start_point
     from visionfm.models import dense_block_ids
     from visionfm.reports import write_report
 
@@ -442,6 +450,7 @@ def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence
     """``train-seg`` / ``train-landmark``: write ``<run>/model/`` from ``<run>/checkpoint_best`` after
     :func:`run_dense` has finished."""
     from visionfm.engine.distributed import is_main_process
+    from visionfm.engine.task import get_task
     from visionfm.engine.trainer import load_decoder_checkpoint
     from visionfm.packaging import encoder_for_package, model_folder_from_training
 
@@ -466,15 +475,16 @@ def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence
             metrics = json.loads(mpath.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             metrics = None
-    head_type = "unetr" if opts.head_type == "unetr" else "linear_seg"
-    head_args = {"embed_dim": int(encoder.embed_dim), "num_classes": num_outputs, "patch_size": int(opts.patch_size)}
+    head_type = dense_head_name(opts.head_type)
+    head_args = dense_head_args(int(encoder.embed_dim), num_outputs, int(opts.patch_size))
+    # the output names under the task's key: the given class names, or the task's default names
+    spec = get_task(task)
+    names = list(class_names) if class_names is not None else spec.output_names({"head": {"args": head_args}}) or None
     data = {"data_path": str(opts.data_path), "selection_split": info.get("selection_split"),
             "evaluated_on": "the test split", "run": str(run_dir)}
     return model_folder_from_training(
         run_dir / "model", encoder=encoder, head=head, task=task, modality=opts.modality,
         input_size=int(opts.input_size), interpolation="bilinear", head_type=head_type, head_args=head_args,
-        features={"type": "dense", "block_ids": block_ids},
-        class_names=class_names if task == "segmentation" else None,
-        landmark_names=[f"landmark_{i}" for i in range(num_outputs)] if task == "landmark" else None,
+        features={"type": "dense", "block_ids": block_ids}, **({spec.names_key: names} if names is not None else {}),
         metrics=metrics, data=data, name=f"{opts.name} ({opts.modality})",
         weights_source=str(opts.pretrained_weights))

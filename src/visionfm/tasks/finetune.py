@@ -110,7 +110,8 @@ def build_train_transform(opts: FinetuneConfig):
 
     mean, std = get_stats(opts.modality)
     steps: list[Any] = [
-        T.RandomResizedCrop(opts.input_size, scale=(opts.min_crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(opts.input_size, scale=(opts.min_crop_scale, 1.0),
+                            interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.RandomVerticalFlip(),
     ]
@@ -277,7 +278,8 @@ def is_model_folder(path: str | Path | None) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_finetuned(path: str | Path, device: torch.device, opts: FinetuneConfig | EvaluateConfig | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
+def load_finetuned(path: str | Path, device: torch.device,
+                   opts: FinetuneConfig | EvaluateConfig | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
     """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``), a model folder (``<run>/model``)
     or the original's ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``;
     needs ``opts.arch/patch_size/input_size`` and ``opts.num_labels``, safe loader)."""
@@ -386,7 +388,8 @@ def run_finetune(opts: FinetuneConfig) -> int:
         if mixup_on and opts.batch_size_per_gpu % 2:
             raise ConfigError("--mixup/--cutmix need an even --batch_size_per_gpu")
         if mixup_on and binary_logit:
-            raise ConfigError("--mixup/--cutmix need softmax outputs; use --num_labels 2 (the default) for binary tasks")
+            raise ConfigError("--mixup/--cutmix need softmax outputs; use --num_labels 2 (the default) for "
+                              "binary tasks")
         train_ds, val_ds, test_ds = _datasets(opts, classes)
         sel_ds, sel_split = selection_split(val_ds, test_ds, warn=env.is_main and test_ds is not None)
         if sel_ds is None:
@@ -483,7 +486,8 @@ def run_finetune(opts: FinetuneConfig) -> int:
         cleanup_distributed()
 
 
-def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str, Any] | None,
+def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str,
+                                                                                                            Any] | None,
              sel_split: str) -> Path:
     """``<run>/model/``: the selected epoch's fine-tuned encoder + head as a model folder."""
     from visionfm.packaging import model_folder_from_training
@@ -512,7 +516,8 @@ def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: di
 SUMMARY_KEYS = ("accuracy", "auroc", "auroc_macro", "aupr", "aupr_macro", "f1_macro")
 
 
-def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opts: FinetuneConfig | EvaluateConfig, env: Any, out_dir: Path,
+def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opts: FinetuneConfig | EvaluateConfig,
+                   env: Any, out_dir: Path,
                    what: str) -> dict[str, Any]:
     """Predict ``dataset`` and write the standard report; returns the headline metrics (rank 0)."""
     from visionfm.reports import evaluate_classification_run
@@ -563,7 +568,8 @@ def run_evaluate(opts: EvaluateConfig) -> int:
         size = int(info.get("input_size") or opts.input_size)
         modality = info.get("modality") or opts.modality
         ds = ImageFolderDataset(opts.data_path, opts.split, class_order=classes,
-                                transform=eval_transform(size, modality, interpolation=info.get("interpolation", "bicubic")))
+                                transform=eval_transform(size, modality, interpolation=info.get("interpolation",
+                                                                                                "bicubic")))
         run_dir = Path(opts.output_dir) / opts.name
         metrics = evaluate_split(model, info, ds, opts, env, run_dir / "report", f"{opts.split} ({source})")
         if env.is_main:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -32,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionfm.engine.task import register_task
 from visionfm.errors import ConfigError, DataFormatError
+from visionfm.tasks.classification import KIND_TEXT, Classification
 
 if TYPE_CHECKING:
     from visionfm.config import TrainForecastConfig
@@ -78,7 +81,8 @@ def parse_buckets(text: str | Sequence[int]) -> list[int]:
         try:
             edges = [int(p) for p in parts]
         except ValueError:
-            raise ConfigError(f"--interval_buckets {text!r}: expected comma-separated whole days, e.g. 365,1095") from None
+            raise ConfigError(f"--interval_buckets {text!r}: expected comma-separated whole days, "
+                              "e.g. 365,1095") from None
     else:
         edges = [int(v) for v in text]
     if any(e <= 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
@@ -105,7 +109,8 @@ def bucket_labels(days: np.ndarray, edges: Sequence[int]) -> tuple[np.ndarray, l
     return idx, names
 
 
-def forecast_metrics(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5, specificity: float = 0.9) -> dict[str, Any]:
+def forecast_metrics(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5, specificity: float = 0.9) -> dict[str,
+                                                                                                                 Any]:
     """AUROC, AUPR, F1 at ``threshold`` and sensitivity at ``specificity``, over the whole set."""
     from visionfm.metrics import average_precision, binary_auroc, f1_at_threshold, sensitivity_at_specificity
 
@@ -235,11 +240,18 @@ def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout
 
 def run_train_forecast(opts: TrainForecastConfig) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
-    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
-                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.features import encoder_identity, load_frozen_encoder
     from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.trainer import (
+        FitConfig,
+        TensorBatches,
+        fit,
+        load_decoder_checkpoint,
+        loss_step,
+        selection_split,
+        start_point,
+    )
     from visionfm.io import save_json_atomic
 
     if opts.max_len < 1:
@@ -315,16 +327,19 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
             info["test_metrics"] = metrics["forecast"]
             save_json_atomic(info, best.with_suffix(".json"))
             _package(opts, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
-            run_logger.log({"final_test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"],
+            run_logger.log({"final_test": metrics["forecast"],
+                            "baseline_interval_only": metrics["baseline_interval_only"],
                             "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
-            print(json.dumps({"test": metrics["forecast"], "baseline_interval_only": metrics["baseline_interval_only"]}))
+            print(json.dumps({"test": metrics["forecast"],
+                              "baseline_interval_only": metrics["baseline_interval_only"]}))
         return 0
     finally:
         cleanup_distributed()
 
 
-def _package(opts: TrainForecastConfig, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int, in_dim: int,
+def _package(opts: TrainForecastConfig, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int,
+             in_dim: int,
              metrics: dict[str, Any], sel_split: str) -> Path:
     """``<run>/model/``: the frozen encoder + the selected ``forecast_std`` head, usable by ``visionfm predict
     --days``. Its features are computed exactly as the cached ones (bilinear resize, final norm)."""
@@ -386,3 +401,40 @@ def _report(opts: TrainForecastConfig, run_dir: Path, test: ForecastSplit, train
     per = {p: {"gt": int(t), "pred": float(s), "days": int(d)} for p, t, s, d in zip(test.paths, y, probs, days)}
     save_json_atomic(per, run_dir / f"{opts.name}_{opts.modality}_results.json")
     return metrics
+
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training code above.
+
+
+@register_task
+class Forecasting(Classification):
+    """A classifier of the state ``days`` days after the image: read like :class:`Classification` (the
+    event at the horizon), with the horizon as a second head input (``head(features, days)``)."""
+
+    name = "forecasting"
+    needs_days = True
+    selection_key = "auroc"  # train-forecast's default --selection
+
+    def validate_config(self, cfg: Mapping[str, Any], bad: Callable[[str], Exception]) -> None:
+        super().validate_config(cfg, bad)
+        md = cfg.get("max_days")
+        if not (isinstance(md, (int, float)) and md > 0):
+            raise bad(f"a forecasting model needs a positive max_days, got {md!r}")
+
+    def forward(self, head: nn.Module, x: Any, images: torch.Tensor, cfg: Mapping[str, Any],
+                days: torch.Tensor | None = None) -> torch.Tensor:
+        if days is None:
+            raise ConfigError("a forecasting model needs days (the horizon) for every image")
+        days = torch.as_tensor(days, device=images.device).reshape(-1)
+        if days.numel() == 1:
+            days = days.expand(images.shape[0])
+        max_days = float(cfg["max_days"])
+        if bool(((days < 0) | (days > max_days)).any()):
+            raise ConfigError(f"days must be within [0, {max_days:g}] for this model, got {days.tolist()}")
+        return head(x, days)
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        kind = cfg.get("task_kind")
+        return f"forecasting ({KIND_TEXT.get(str(kind), kind)} of the state after `days` days, " \
+               f"0 to {cfg.get('max_days')})"

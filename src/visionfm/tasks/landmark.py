@@ -17,12 +17,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 
 from visionfm.data.paired import LandmarkTransform, decode_heatmaps, render_heatmaps, to_uint8_image
+from visionfm.engine.task import Display, Task, register_task
 from visionfm.errors import ConfigError
 from visionfm.tasks.dense_common import DenseSamples, run_dense
 from visionfm.tasks.losses import spatial_softmax_ce
@@ -91,7 +94,7 @@ class LandmarkTask:
             out[f"success_{t}"] = v
         return out
 
-    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> "_LandmarkWriter":
+    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> _LandmarkWriter:
         return _LandmarkWriter(self, Path(out_dir), names, n_overlays)
 
 
@@ -148,3 +151,66 @@ def run_train_landmark(opts: TrainLandmarkConfig) -> int:
         package_dense_run(opts, "landmark")
     return rc
 
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training plug-in above (LandmarkTask, for dense_common.fit).
+
+
+@register_task
+class Landmark(Task):
+    """One heat map per landmark, decoded by :func:`~visionfm.data.paired.decode_heatmaps` (arg-max refined
+    by a 3x3 centroid) and scaled to each image's original pixels.
+
+    Predictions: ``points_input`` ``[B, K, 2]`` (input pixels) and ``points`` (original pixels), ``(x, y)``.
+    """
+
+    name = "landmark"
+    features = "dense"
+    names_key = "landmark_names"
+    selection_key = LandmarkTask.selection_key
+    higher_is_better = LandmarkTask.higher_is_better
+
+    def output_names(self, cfg: Mapping[str, Any]) -> list[Any]:
+        """``landmark_names``, or ``landmark_0``, ``landmark_1``, ... (one per head output)."""
+        from visionfm.packaging.model_folder import num_outputs
+
+        return list(cfg.get(self.names_key) or [f"landmark_{i}" for i in range(num_outputs(cfg))])
+
+    def postprocess(self, cfg: Mapping[str, Any], outputs: torch.Tensor,
+                    sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        pts = decode_heatmaps(outputs).double()
+        h, w = outputs.shape[-2:]
+        full = []
+        for i in range(outputs.shape[0]):
+            oh, ow = sizes[i]
+            scale = torch.tensor([ow / w, oh / h], dtype=torch.float64)
+            full.append(((pts[i] + 0.5) * scale - 0.5).numpy())
+        return {"points_input": pts.numpy(), "points": np.stack(full) if full else np.zeros((0, 0, 2))}
+
+    def record(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, names: Sequence[str]) -> dict[str, Any]:
+        return {"points": {names[k] if k < len(names) else f"landmark_{k}": [float(v) for v in pt]
+                           for k, pt in enumerate(pred["points"][i])}}
+
+    def save_outputs(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, image: Any, folder: Any,
+                     key: str, title: str, overlays: bool) -> dict[str, str]:
+        """With ``overlays``: ``overlays/<key>.png`` (the predicted points as crosses over the image)."""
+        if not overlays:
+            return {}
+        from visionfm.reports import save_overlay
+
+        folder = Path(folder)
+        dst = folder / "overlays" / f"{key}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        save_overlay(np.asarray(image.convert("RGB")), dst, pred_points=pred["points"][i], title=title)
+        return {"overlay": dst.relative_to(folder).as_posix()}
+
+    def display(self, cfg: Mapping[str, Any], record: Mapping[str, Any], pred: Mapping[str, Any],
+                names: Sequence[str], units: Sequence[str | None]) -> Display:
+        from visionfm.reports.colours import display_colour, hex_colour
+
+        marks = [{"name": n, "x": xy[0], "y": xy[1], "colour": hex_colour(display_colour(k + 1))}
+                 for k, (n, xy) in enumerate(record["points"].items())]
+        return Display(summary={"landmarks": marks}, points=[(d["x"], d["y"]) for d in marks])
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        return "landmark detection (heatmap arg-max refined by a 3x3 centroid)"

@@ -188,7 +188,7 @@ class SubjectMap:
         self._suffix: dict[int, dict[str, str | None]] = {}
 
     @classmethod
-    def read(cls, path: str | Path) -> "SubjectMap":
+    def read(cls, path: str | Path) -> SubjectMap:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--subject_map {path}: file not found")
@@ -211,7 +211,8 @@ class SubjectMap:
                 raise DataFormatError(f"row needs an image path and a subject id, found {r}", path, i)
             key = _norm_path(r[pcol])
             if key in mapping and mapping[key] != r[scol].strip():
-                raise DataFormatError(f"image {key!r} is mapped to two subjects ({mapping[key]!r}, {r[scol].strip()!r})",
+                raise DataFormatError(f"image {key!r} is mapped to two subjects "
+                                      f"({mapping[key]!r}, {r[scol].strip()!r})",
                                       path, i)
             mapping[key] = r[scol].strip()
         return cls(mapping, str(path))
@@ -325,14 +326,15 @@ def build_inputs(parts: Sequence[EntrySplit], fusion: str, modalities: Sequence[
     x = pack_modalities(sums / counts.clamp(min=1)[..., None], present)
     subjects = [""] * n_groups
     members: list[dict[str, list[str]]] = [dict() for _ in range(n_groups)]
-    for (k, s), gi in keys.items():
+    for (_, s), gi in keys.items():
         subjects[gi] = s.removeprefix("image:")
     for gi, mi, rid in zip(g.tolist(), m.tolist(), row_ids):
         members[gi].setdefault(slots[mi], []).append(rid)
     return ModelInputs(x, ref, subjects, members)
 
 
-def build_fused_model(kind: str, fusion: str, n_slots: int, feat_dim: int, n_out: int, bn_momentum: float = 0.1) -> nn.Module:
+def build_fused_model(kind: str, fusion: str, n_slots: int, feat_dim: int, n_out: int,
+                      bn_momentum: float = 0.1) -> nn.Module:
     """``kind="cls"`` → ClsHead, ``"reg"`` → RegHead; behind a fusion module unless ``fusion="pooled"``."""
     from visionfm.models.heads.cls import ClsHead
     from visionfm.models.heads.fusion import AttentionFusion, ConcatFusion, FusedModel
@@ -412,7 +414,8 @@ def shared_encoder(parts: Sequence[EntrySplit]) -> dict[str, Any]:
     return out
 
 
-def package_multi_store_run(opts: StoreDecoderConfig, spec: Any, run_dir: Path, model: nn.Module, meta: Mapping[str, Any],
+def package_multi_store_run(opts: StoreDecoderConfig, spec: Any, run_dir: Path, model: nn.Module, meta: Mapping[str,
+                                                                                                                Any],
                             metrics: Mapping[str, Any] | None) -> Path | None:
     """``<run>/model/`` for a pooled single-encoder run (see the module docstring); ``None`` with a warning
     saying why when no single-image model can be written."""
@@ -453,7 +456,8 @@ def package_multi_store_run(opts: StoreDecoderConfig, spec: Any, run_dir: Path, 
     if spec.kind == "cls":
         layout = str(meta.get("label_layout", "multilabel"))
         return model_folder_from_training(
-            run_dir / "model", task="classification", task_kind="visionfm13" if layout == "visionfm13" else "multilabel",
+            run_dir / "model", task="classification",
+            task_kind="visionfm13" if layout == "visionfm13" else "multilabel",
             head_type="cls", head_args={"embed_dim": feat_dim, "num_classes": n_out, "layers": 3, "bn_momentum": bn},
             class_names=list(meta["label_names"]), **common)
     return model_folder_from_training(
@@ -499,10 +503,17 @@ class TaskSpec(Protocol):
 def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
     """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.trainer.fit`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
-    from visionfm.engine.trainer import (FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step,
-                                         selection_split, start_point)
     from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
     from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.trainer import (
+        FitConfig,
+        TensorBatches,
+        fit,
+        load_decoder_checkpoint,
+        loss_step,
+        selection_split,
+        start_point,
+    )
     from visionfm.io import save_json_atomic
 
     env = init_distributed(getattr(opts, "device", "auto"))

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
+from visionfm.engine.task import Display, Task, register_task
 from visionfm.errors import ConfigError, DataFormatError
 
 if TYPE_CHECKING:
@@ -88,7 +90,8 @@ def _targets_files(paths: Sequence[str], search_roots: Sequence[Path]) -> list[P
     return found
 
 
-def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[Path] = ()) -> tuple[list[str], list[str]]:
+def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[Path] = ()) -> tuple[list[str],
+                                                                                                     list[str]]:
     """Target names from ``targets.json`` files (``{"targets": [{"index", "name", "unit"}, ...]}``).
 
     Files come from ``--targets_json`` (files, or folders searched for ``targets.json``, e.g. the
@@ -194,3 +197,62 @@ def run_train_reg(opts: TrainRegConfig) -> int:
     from visionfm.tasks.multimodal import run_multi_store_command
 
     return run_multi_store_command(opts, RegressionSpec(opts))
+
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training code above.
+
+
+@register_task
+class Regression(Task):
+    """Pooled-feature regression of ``target_names``; the head predicts standardised values, which
+    :meth:`postprocess` returns in the original units (``z * target_std + target_mean``)."""
+
+    name = "regression"
+    features = "pooled"
+    names_key = "target_names"
+    selection_key = RegressionSpec.selection_key
+    higher_is_better = RegressionSpec.higher_is_better
+
+    def validate_config(self, cfg: Mapping[str, Any], bad: Callable[[str], Exception]) -> None:
+        super().validate_config(cfg, bad)
+        names = cfg.get("target_names")
+        mean, std = cfg.get("target_mean"), cfg.get("target_std")
+        if not (isinstance(names, list) and names):
+            raise bad("a regression model needs a non-empty target_names list")
+        for key, v in (("target_mean", mean), ("target_std", std)):
+            if v is not None and not (isinstance(v, list) and len(v) == len(names)):
+                raise bad(f"{key} must list one number per target ({len(names)}), got {v!r}")
+
+    def postprocess(self, cfg: Mapping[str, Any], outputs: torch.Tensor,
+                    sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        v = outputs.numpy().astype(np.float64)
+        if cfg.get("target_std") is not None:
+            v = v * np.asarray(cfg["target_std"], dtype=np.float64)[None]
+        if cfg.get("target_mean") is not None:
+            v = v + np.asarray(cfg["target_mean"], dtype=np.float64)[None]
+        return {"values": v}
+
+    def record(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, names: Sequence[str]) -> dict[str, Any]:
+        return {"values": {n: float(v) for n, v in zip(cfg["target_names"], pred["values"][i])}}
+
+    def display_names(self, cfg: Mapping[str, Any]) -> tuple[list[str], list[str | None] | None]:
+        """Target names without their units, and the units: ``config["target_units"]`` (one per target) or
+        the unit written in the name (``"IOP [mmHg]"``, ``"axial length (mm)"``)."""
+        from visionfm.reports.units import split_unit
+
+        names = [str(n) for n in self.output_names(cfg)]
+        given = cfg.get("target_units")
+        if isinstance(given, list) and len(given) == len(names):
+            return names, [None if u in (None, "") else str(u) for u in given]
+        split = [split_unit(n) for n in names]
+        return [n for n, _ in split], [u for _, u in split]
+
+    def display(self, cfg: Mapping[str, Any], record: Mapping[str, Any], pred: Mapping[str, Any],
+                names: Sequence[str], units: Sequence[str | None]) -> Display:
+        units = list(units) + [None] * len(names)
+        return Display(summary={"values": [{"name": n, "value": v, "unit": units[i]}
+                                           for i, (n, v) in enumerate(zip(names, record["values"].values()))]})
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        return "regression (values reported in the original units)"

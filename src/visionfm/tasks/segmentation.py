@@ -33,8 +33,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SegmentationTask", "predict_labels", "run_train_seg", "PALETTE"]
 
-# Palette of the saved prediction PNGs: index = class id.
-PALETTE = [0, 0, 0, 255, 255, 255, 255, 64, 64, 64, 160, 255, 64, 200, 64, 255, 200, 0, 200, 0, 200, 0, 200, 200]
+# Palette of the saved prediction PNGs: index = class id (the same as visionfm predict's masks).
+from collections.abc import Mapping
+
+from visionfm.engine.task import Display, Task, register_task
+from visionfm.reports.colours import MASK_PALETTE as PALETTE
 
 
 def predict_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -99,7 +102,7 @@ class SegmentationTask:
             out["hd95_mean"] = metrics["hd95_mean"]
         return out
 
-    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> "_SegWriter":
+    def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> _SegWriter:
         return _SegWriter(self, Path(out_dir), names, n_overlays)
 
 
@@ -149,3 +152,73 @@ def run_train_seg(opts: TrainSegConfig) -> int:
         package_dense_run(opts, "segmentation", SegmentationTask(opts.num_labels, opts.input_size, mean, std,
                                                                  names).class_names)
     return rc
+
+
+# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
+# Kept at the end of the module, apart from the training plug-in above (SegmentationTask, for dense_common.fit).
+
+
+@register_task
+class Segmentation(Task):
+    """A dense head's class maps: ``logit > 0`` for one channel, else arg-max (:func:`predict_labels`),
+    brought back to each image's original size (nearest).
+
+    Predictions: ``masks_input`` ``[B, S, S]`` and ``masks`` (a list, each ``[h, w]`` at its original size).
+    """
+
+    name = "segmentation"
+    features = "dense"
+    selection_key = SegmentationTask.selection_key
+    higher_is_better = SegmentationTask.higher_is_better
+
+    def postprocess(self, cfg: Mapping[str, Any], outputs: torch.Tensor,
+                    sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        lab = predict_labels(outputs)
+        masks = [F.interpolate(lab[i][None, None].float(), size=tuple(sizes[i]), mode="nearest")[0, 0]
+                 .numpy().astype(np.uint8) for i in range(outputs.shape[0])]
+        return {"masks_input": lab.numpy().astype(np.uint8), "masks": masks}
+
+    def record(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, names: Sequence[str]) -> dict[str, Any]:
+        """``class_fraction``: the share of the image's pixels in each class (background included)."""
+        m = pred["masks"][i]
+        names_c = list(names) or [f"class {c}" for c in range(int(m.max()) + 1)]
+        ncls = max(2, len(names_c))
+        counts = np.bincount(m.reshape(-1).astype(np.int64), minlength=ncls)
+        return {"class_fraction": {str(names_c[c]) if c < len(names_c) else f"class {c}": float(counts[c] / m.size)
+                                   for c in range(ncls)}}
+
+    def save_outputs(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, image: Any, folder: Any,
+                     key: str, title: str, overlays: bool) -> dict[str, str]:
+        """``masks/<key>.png`` (class ids, :data:`~visionfm.reports.colours.MASK_PALETTE`) and, with
+        ``overlays``, ``overlays/<key>.png`` (the predicted contours over the image)."""
+        from visionfm.reports import save_overlay
+        from visionfm.reports.colours import mask_png
+
+        folder = Path(folder)
+        mask = pred["masks"][i]
+        dst = folder / "masks" / f"{key}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        mask_png(mask).save(dst)
+        files = {"mask": dst.relative_to(folder).as_posix()}
+        if overlays:
+            dst = folder / "overlays" / f"{key}.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            save_overlay(np.asarray(image.convert("RGB")), dst, pred_mask=mask,
+                         class_names=self.output_names(cfg) or None, title=title)
+            files["overlay"] = dst.relative_to(folder).as_posix()
+        return files
+
+    def display(self, cfg: Mapping[str, Any], record: Mapping[str, Any], pred: Mapping[str, Any],
+                names: Sequence[str], units: Sequence[str | None]) -> Display:
+        from visionfm.reports.colours import display_colour, hex_colour
+
+        mask = pred["masks"][0]
+        fractions = list(record["class_fraction"].items())
+        return Display(
+            summary={"segmentation": [{"id": c, "name": n, "fraction": f, "colour": hex_colour(display_colour(c))}
+                                      for c, (n, f) in enumerate(fractions) if c > 0]},
+            mask=mask, n_classes=max(len(names), int(mask.max()) + 1, 2))
+
+    def card_task_line(self, cfg: Mapping[str, Any]) -> str:
+        n = int(cfg.get("head", {}).get("args", {}).get("num_classes", 1))
+        return "binary segmentation (sigmoid > 0.5)" if n == 1 else f"semantic segmentation ({n} classes, arg-max)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ClsHead", "LinearHead", "build_cls_head"]
+__all__ = ["ClsHead", "LinearHead"]
 
 
 def _init_linear(module: nn.Module) -> None:
@@ -66,12 +66,3 @@ class LinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.reshape(x.shape[0], -1))
-
-
-def build_cls_head(kind: str, embed_dim: int, num_classes: int, layers: int = 3, bn_momentum: float = 0.1) -> nn.Module:
-    """``kind="cls"`` → :class:`ClsHead`, ``"linear"`` → :class:`LinearHead`."""
-    if kind == "cls":
-        return ClsHead(embed_dim, num_classes, layers=layers, bn_momentum=bn_momentum)
-    if kind == "linear":
-        return LinearHead(embed_dim, num_classes)
-    raise ValueError(f"unknown head {kind!r}; expected 'cls' or 'linear'")
