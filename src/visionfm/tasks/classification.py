@@ -159,8 +159,8 @@ def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str,
     return out
 
 
-def per_image_results(paths: Sequence[str], y_true: np.ndarray, scores: np.ndarray, task: str, n_out: int) -> dict[str,
-                                                                                                                   Any]:
+def per_image_results(paths: Sequence[str], y_true: np.ndarray, scores: np.ndarray, task: str,
+                      n_out: int) -> dict[str, Any]:
     """The original's test JSON: ``{img_path: {"gt": [...], "pred": [...]}}`` (one-hot gt + softmax for
     multiclass, ``[label]`` + ``[sigmoid]`` for binary, multi-hot + sigmoids for multilabel)."""
     out: dict[str, Any] = {}
@@ -220,8 +220,8 @@ def load_store_split(root: str | Path, split: str, expect: dict[str, Any] | None
     )
 
 
-def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any, role: str) -> tuple[SplitFeatures | None,
-                                                                                         list[str] | None]:
+def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any,
+                 role: str) -> tuple[SplitFeatures | None, list[str] | None]:
     from visionfm.engine.features import eval_transform, features_in_memory
 
     tf = eval_transform(opts.input_size, opts.modality, interpolation="bicubic")

@@ -486,9 +486,8 @@ def run_finetune(opts: FinetuneConfig) -> int:
         cleanup_distributed()
 
 
-def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any], metrics: dict[str,
-                                                                                                            Any] | None,
-             sel_split: str) -> Path:
+def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any],
+             metrics: dict[str, Any] | None, sel_split: str) -> Path:
     """``<run>/model/``: the selected epoch's fine-tuned encoder + head as a model folder."""
     from visionfm.packaging import model_folder_from_training
 

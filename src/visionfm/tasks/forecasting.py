@@ -109,8 +109,8 @@ def bucket_labels(days: np.ndarray, edges: Sequence[int]) -> tuple[np.ndarray, l
     return idx, names
 
 
-def forecast_metrics(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5, specificity: float = 0.9) -> dict[str,
-                                                                                                                 Any]:
+def forecast_metrics(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5,
+                     specificity: float = 0.9) -> dict[str, Any]:
     """AUROC, AUPR, F1 at ``threshold`` and sensitivity at ``specificity``, over the whole set."""
     from visionfm.metrics import average_precision, binary_auroc, f1_at_threshold, sensitivity_at_specificity
 
