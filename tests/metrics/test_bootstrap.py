@@ -137,3 +137,48 @@ def test_with_confidence_intervals_rejects_unknown_metric():
     result = classification_metrics(y, s, "binary")
     with pytest.raises(ValueError, match="no bootstrap kernel"):
         with_confidence_intervals(result, y, s, n_boot=5, metrics=["auroc", "hd95"])
+
+
+# -- the level is really 95 %: scipy's percentile bootstrap on the same data ---------------------------
+
+N_BOOT_REF = 20_000
+
+
+def _scipy_percentile_ci(data, statistic, level, paired=False):
+    from scipy.stats import bootstrap
+
+    res = bootstrap(data, statistic, method="percentile", confidence_level=level, n_resamples=N_BOOT_REF,
+                    paired=paired, vectorized=True, random_state=np.random.default_rng(12345))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _assert_matches_95_not_90(ours, ref95, ref90):
+    """Each endpoint within a third of the 95 %-vs-90 % gap of scipy's (Monte-Carlo error of either side with
+    20 000 resamples is about a tenth of that gap), so an interval at another level cannot pass."""
+    for i, side in enumerate(("low", "high")):
+        gap = abs(ref95[i] - ref90[i])
+        assert gap > 0
+        assert abs(ours[i] - ref95[i]) < gap / 3, (side, ours, ref95, ref90)
+
+
+def test_bootstrap_ci_is_scipys_95_percent_percentile_interval():
+    x = np.random.default_rng(7).gamma(2.0, 1.0, 300)  # skewed: the percentile interval is not symmetric
+    ours = bootstrap_ci(lambda a: a.mean(axis=1), x, n_boot=N_BOOT_REF, seed=0, vectorized=True)
+    assert ours.as_dict()["level"] == pytest.approx(0.95)
+    stat = lambda a, axis=-1: a.mean(axis=axis)  # noqa: E731
+    _assert_matches_95_not_90(tuple(ours), _scipy_percentile_ci((x,), stat, 0.95), _scipy_percentile_ci((x,), stat, 0.90))
+
+
+def test_report_intervals_are_scipys_95_percent_percentile_intervals():
+    """with_confidence_intervals (what the reports use) at its defaults: the regression MAE interval."""
+    rng = np.random.default_rng(8)
+    y = rng.normal(size=300)
+    p = y + rng.standard_t(3, size=300)
+    result = regression_metrics(y, p)
+    out = with_confidence_intervals(result, y, p, n_boot=N_BOOT_REF, seed=0, metrics=["mae_mean"])
+    ci = out["ci"]["mae_mean"]
+    assert ci["level"] == pytest.approx(0.95) and out["ci_method"]["level"] == pytest.approx(0.95)
+    mae = lambda a, b, axis=-1: np.abs(a - b).mean(axis=axis)  # noqa: E731
+    ref95 = _scipy_percentile_ci((y, p), mae, 0.95, paired=True)
+    ref90 = _scipy_percentile_ci((y, p), mae, 0.90, paired=True)
+    _assert_matches_95_not_90((ci["low"], ci["high"]), ref95, ref90)

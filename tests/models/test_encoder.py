@@ -123,3 +123,66 @@ def test_gradients_reach_every_parameter():
     mask[:, 0, 0] = True
     enc(torch.randn(2, 3, 32, 32), mask=mask).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in enc.parameters())
+
+
+@pytest.mark.parametrize("native,hw", [(32, (32, 48)), (32, (48, 32)), (64, (32, 96)), (224, (96, 160))])
+def test_parity_with_reference_non_square(native, hw):
+    """Rectangular inputs: the position grid is resampled to (H/16, W/16), rows first, as in the reference."""
+    enc = _randomised(build_encoder("vit_tiny", img_size=native))
+    sd = {k: v.clone() for k, v in enc.state_dict().items()}
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, *hw, generator=g)
+    mask = torch.rand(2, hw[0] // 16, hw[1] // 16, generator=g) < 0.4
+    with torch.no_grad():
+        ours = enc(x, mask=mask)
+    ref = reference_forward(sd, x, num_heads=3, mask=mask)
+    assert ours.shape == (2, 1 + (hw[0] // 16) * (hw[1] // 16), 192)
+    assert (ours.double() - ref).abs().max().item() < 1e-4
+
+
+def _axis_coded_pos_embed(side: int, dim: int = 192) -> torch.Tensor:
+    """``[1, 1+side², dim]``: channel 0 = the row of the patch, channel 1 = its column, the rest noise."""
+    rows, cols = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                                indexing="ij")
+    pos = torch.randn(1, 1 + side * side, dim, generator=torch.Generator().manual_seed(0))
+    pos[0, 1:, 0] = rows.flatten()
+    pos[0, 1:, 1] = cols.flatten()
+    return pos
+
+
+def _check_axes(pos: torch.Tensor, gh: int, gw: int) -> None:
+    grid = pos[0, 1:, :2].reshape(gh, gw, 2)
+    row, col = grid[..., 0], grid[..., 1]
+    # a row-only pattern stays row-only (constant along each row), a column-only one column-only
+    torch.testing.assert_close(row, row[:, :1].expand(gh, gw))
+    torch.testing.assert_close(col, col[:1, :].expand(gh, gw))
+    assert (row[1:, 0] > row[:-1, 0]).all() and (col[0, 1:] > col[0, :-1]).all()
+
+
+@pytest.mark.parametrize("hw", [(32, 96), (96, 32)])
+def test_position_embedding_axes_follow_the_input_shape(hw):
+    enc = build_encoder("vit_tiny", img_size=64)  # native grid 4x4
+    with torch.no_grad():
+        enc.pos_embed.copy_(_axis_coded_pos_embed(4))
+    gh, gw = hw[0] // 16, hw[1] // 16
+    with torch.no_grad():
+        pos = enc.interpolate_pos_encoding(*hw)
+    assert pos.shape == (1, 1 + gh * gw, 192)
+    _check_axes(pos, gh, gw)
+    torch.testing.assert_close(pos[:, 0], enc.pos_embed[:, 0].detach())  # the class token's entry is kept
+
+
+@pytest.mark.parametrize("grid", [(2, 6), (6, 2), (3, 5)])
+def test_resample_pos_embed_matches_timm_on_rectangular_grids(grid):
+    """The load-time resampling equals timm's own size-based bicubic resampling (antialias off)."""
+    from timm.layers import resample_abs_pos_embed
+
+    from visionfm.models import resample_pos_embed
+
+    pos = _axis_coded_pos_embed(4)
+    ours = resample_pos_embed(pos, grid)
+    ref = resample_abs_pos_embed(pos, list(grid), old_size=[4, 4], num_prefix_tokens=1, interpolation="bicubic",
+                                 antialias=False)
+    assert ours.shape == (1, 1 + grid[0] * grid[1], 192)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    _check_axes(ours, *grid)

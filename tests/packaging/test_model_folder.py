@@ -37,12 +37,27 @@ def _warm_bn(head: nn.Module, x) -> None:
     head.eval()
 
 
-def _cls_folder(tmp_path, kind="multiclass", n=3):
+def _trained(head: nn.Module, seed: int = 5) -> nn.Module:
+    """Weights no constructor would produce (a fresh head can never equal them by chance)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return head
+
+
+def _keep(built, enc, head):
+    if built is not None:
+        built.update(encoder=enc, head=head)
+
+
+def _cls_folder(tmp_path, kind="multiclass", n=3, built=None):
     from visionfm.models.heads import ClsHead
 
     enc = _encoder()
-    head = ClsHead(192 * 4, n)
+    head = _trained(ClsHead(192 * 4, n))
     _warm_bn(head, torch.randn(8, 192 * 4))
+    _keep(built, enc, head)
     names = ["healthy", "mild", "severe"][:n] if kind == "multiclass" else [f"l{i}" for i in range(n)]
     return model_folder_from_training(
         tmp_path / "cls", encoder=enc, head=head, task="classification", task_kind=kind, modality="Fundus",
@@ -51,11 +66,12 @@ def _cls_folder(tmp_path, kind="multiclass", n=3):
         metrics={"accuracy": 0.75, "f1_macro": 0.5, "per_class": {"x": 1}}, data={"data_path": "synthetic"})
 
 
-def _reg_folder(tmp_path):
+def _reg_folder(tmp_path, built=None):
     RegHead = pytest.importorskip("visionfm.models.heads.reg").RegHead
     enc = _encoder()
-    head = RegHead(192, 2)
+    head = _trained(RegHead(192, 2))
     _warm_bn(head, torch.randn(8, 192))
+    _keep(built, enc, head)
     return model_folder_from_training(
         tmp_path / "reg", encoder=enc, head=head, task="regression", modality="OCT", input_size=SIZE,
         features={"type": "pooled", "n_last_blocks": 1, "avgpool": 1}, head_type="reg",
@@ -63,14 +79,15 @@ def _reg_folder(tmp_path):
         target_mean=[60.0, 5.5], target_std=[10.0, 0.5], metrics={"mae_mean": 1.25})
 
 
-def _seg_folder(tmp_path, head_type="unetr"):
+def _seg_folder(tmp_path, head_type="unetr", built=None):
     from visionfm.models.heads.linear_seg import LinearSegHead
     from visionfm.models.heads.unetr import UnetrHead
 
     enc = _encoder()
-    head = UnetrHead(192, 3) if head_type == "unetr" else LinearSegHead(192, 3)
+    head = _trained(UnetrHead(192, 3) if head_type == "unetr" else LinearSegHead(192, 3))
     feats = [torch.randn(4, 4, 192) for _ in range(4)]
     _warm_bn(head, (feats, torch.randn(4, 3, SIZE, SIZE)))
+    _keep(built, enc, head)
     return model_folder_from_training(
         tmp_path / "seg", encoder=enc, head=head, task="segmentation", modality="Fundus", input_size=SIZE,
         interpolation="bilinear", features={"type": "dense", "block_ids": [3, 5, 7, 11]},
@@ -113,6 +130,36 @@ def test_round_trip_predicts_identically(tmp_path, task):
     assert cfg["format_version"] == 1 and cfg["task"] == task and "visionfm_version" in cfg
     card = (folder / "README.md").read_text()
     assert "CC BY-NC 4.0" in card and task in card and "Intended use" in card
+
+
+@pytest.mark.parametrize("task", [*MAKERS, "segmentation-linear"])
+def test_reloaded_model_equals_the_in_memory_model(tmp_path, task):
+    """The folder holds exactly the trained weights: the reloaded model's outputs equal those of the
+    encoder and head it was written from (not merely those of another reload)."""
+    from visionfm.packaging import VisionFMModel
+
+    built: dict = {}
+    if task == "segmentation-linear":
+        folder = _seg_folder(tmp_path, "linear", built=built)
+    else:
+        folder = MAKERS[task](tmp_path, built=built)
+    enc, head = built["encoder"], built["head"]
+    reloaded = from_pretrained(folder)
+    in_memory = VisionFMModel(enc, head, json.loads((folder / "config.json").read_text()))
+    for k, v in head.state_dict().items():
+        assert torch.equal(reloaded.head.state_dict()[k], v), k
+    for k, v in enc.state_dict().items():
+        assert torch.equal(reloaded.encoder.state_dict()[k], v), k
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want, got = in_memory(x), reloaded(x)
+        # and the head on the encoder's features, without the VisionFMModel wrapper
+        feats = in_memory.features(x)
+        direct = head.eval()(feats, x) if task.startswith("segmentation") else head.eval()(feats)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(got, direct, rtol=1e-6, atol=1e-7)
+    assert want.std() > 0
 
 
 def test_regression_values_in_original_units(tmp_path):

@@ -173,3 +173,113 @@ def test_bad_flags_fail_loudly(data_root, tmp_path, capsys):
     flags[flags.index("--modality") + 1] = "Retina"
     assert cli_main(flags) == 2
     assert "unknown modality 'Retina'" in capsys.readouterr().err
+
+
+# -- one optimisation step, inspected: teacher EMA, last-layer freeze, masks reach the student ------------
+
+def _trainer(data_root, out, extra=()):
+    """An IBOTTrainer for 32 px vit_tiny with a learning rate that moves every weight on the first step
+    (no warm-up: the warm-up starts at lr 0), a teacher momentum far enough from 1 to be seen, and
+    trainable weight-norm magnitudes (--norm_last_layer false) so every last-layer tensor could move."""
+    from visionfm.cli.options import VFMArgumentParser
+    from visionfm.pretrain import trainer as trainer_mod
+    from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
+
+    p = VFMArgumentParser()
+    add_pretrain_arguments(p)
+    flags = _flags(data_root, out, "step", ["--device", "cpu", "--warmup_epochs", "0", "--lr", "0.5",
+                                             "--momentum_teacher", "0.9", "--pred_shape", "rand",
+                                             "--pred_ratio", "0.5", "--drop_path", "0", "--norm_last_layer", "false",
+                                             *extra])[1:]
+    return trainer_mod.IBOTTrainer(validate_pretrain_args(p.parse_args(flags)))
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _one_step(tr):
+    """train_step on the first batch of epoch 0, with a spy on the student backbone's ``mask`` argument."""
+    from visionfm.pretrain.trainer import EpochMeters
+
+    crops, masks = tr.prepare_batch(next(iter(tr._loader(0, 0))))
+    assert any(bool(m.any()) for m in masks[: tr.args.global_crops_number]), "the batch should have masked patches"
+    seen = []
+    backbone = tr.student.backbone
+    real_forward = backbone.forward
+
+    def spy(x, mask=None):
+        seen.append(None if mask is None else mask.clone())
+        return real_forward(x, mask=mask)
+
+    backbone.forward = spy
+    s0, t0 = _snapshot(tr.student), _snapshot(tr.teacher)
+    try:
+        tr.train_step(crops, masks, epoch=0, it=0, meters=EpochMeters.zeros(tr.device))
+    finally:
+        del backbone.forward
+    return {"tr": tr, "s0": s0, "t0": t0, "s1": _snapshot(tr.student), "t1": _snapshot(tr.teacher),
+            "masks": masks, "seen": seen}
+
+
+@pytest.fixture(scope="module")
+def one_step(data_root, tmp_path_factory):
+    """One step with --freeze_last_layer 1 (epoch 0 is frozen), shared by the checks below."""
+    return _one_step(_trainer(data_root, tmp_path_factory.mktemp("step"), ["--freeze_last_layer", "1"]))
+
+
+def test_step_updates_teacher_by_ema_of_the_new_student(one_step):
+    s0, t0, s1, t1 = (one_step[k] for k in ("s0", "t0", "s1", "t1"))
+    m = 0.9  # --momentum_teacher; the cosine schedule starts at its base value
+    common = [k for k in t1 if k in s1]
+    assert len(common) > 100 and "backbone.masked_embed" not in common
+    moved = [k for k in common if not torch.equal(t1[k], t0[k])]
+    student_moved = [k for k in common if not torch.equal(s1[k], s0[k])]
+    assert len(student_moved) > 0.9 * len(common)
+    # the teacher moved wherever the student did (and where it started apart from it: its shared
+    # last layer is loaded from the student's last_layer2 but averaged with last_layer, as in the original)
+    apart = {k for k in common if not torch.equal(t0[k], s0[k])}
+    assert set(moved) == set(student_moved) | apart
+    for k in common:
+        expected = m * t0[k].double() + (1.0 - m) * s1[k].double()  # the EMA, with the student AFTER the step
+        torch.testing.assert_close(t1[k].double(), expected, rtol=1e-5, atol=1e-7, msg=k)
+    # and not with the student before the step (the teacher started as the student's copy)
+    k = "backbone.blocks.0.attn.qkv.weight"
+    assert not torch.allclose(t1[k], m * t0[k] + (1 - m) * s0[k], rtol=0, atol=1e-6)
+    for k in t1.keys() - s1.keys():  # teacher-only parameters are never averaged
+        assert torch.equal(t1[k], t0[k]), k
+
+
+def _check_last_layer(step, frozen):
+    s0, s1, tr = step["s0"], step["s1"], step["tr"]
+    params = dict(tr.student.named_parameters())
+    last = [k for k in s1 if "last_layer" in k]
+    assert len(last) == 4  # last_layer and last_layer2, weight-norm g and v each
+    assert not torch.equal(s1["head.mlp.0.weight"], s0["head.mlp.0.weight"])
+    for k in last:
+        if frozen:
+            assert torch.equal(s1[k], s0[k]), f"{k} moved during a frozen epoch"
+            has_state = bool(tr.optimizer.state.get(params[k]))
+            assert not has_state, f"{k} got AdamW moments during a frozen epoch"
+        else:
+            assert not torch.equal(s1[k], s0[k]), f"{k} did not train"
+
+
+def test_last_layer_frozen_during_first_epochs(one_step):
+    """--freeze_last_layer N: in epochs < N the head's last layers get no gradient and no optimizer
+    state (the original drops the gradients); the other head weights move."""
+    _check_last_layer(one_step, frozen=True)
+
+
+def test_last_layer_trains_without_freeze(data_root, tmp_path):
+    _check_last_layer(_one_step(_trainer(data_root, tmp_path, ["--freeze_last_layer", "0"])), frozen=False)
+
+
+def test_student_backbone_receives_the_masks(one_step):
+    s0, s1, masks, seen = (one_step[k] for k in ("s0", "s1", "masks", "seen"))
+    g = one_step["tr"].args.global_crops_number
+    assert len(seen) == 1 and seen[0] is not None  # the global crops share one backbone pass
+    torch.testing.assert_close(seen[0].reshape(-1), torch.cat(masks[:g]).reshape(-1))
+    # the mask token only gets a gradient through masked patches: it moved from its zero init
+    assert torch.count_nonzero(s0["backbone.masked_embed"]) == 0
+    assert torch.count_nonzero(s1["backbone.masked_embed"]) > 0

@@ -49,6 +49,34 @@ def test_extract_then_train_from_store_and_from_images(tmp_path):
     again = _metrics(out / "again")
     assert again["accuracy"] == m["accuracy"] and again["f1_macro"] == m["f1_macro"]
     assert best["test_metrics"]["f1_macro"] == again["f1_macro"]
+    _assert_same_predictions(out / "again" / "again_Fundus_results.json", out / "store" / "store_Fundus_results.json")
+    # without --test, --load_from initialises the head: with lr 0 and BatchNorm momentum 0 one epoch
+    # changes nothing, so the selected weights are the loaded ones and so are the test predictions
+    flags = [*COMMON, "--lr", "0", "--epochs", "1", "--bn_momentum", "0"]
+    assert run_cli("train-cls", "--name", "init", "--features", str(dst), "--num_labels", "3",
+                   "--load_from", str(out / "store" / "checkpoint_best.safetensors"), "--output_dir", str(out),
+                   *flags) == 0
+    source, loaded = _model_tensors(out / "store"), _model_tensors(out / "init")
+    assert source.keys() == loaded.keys() and source
+    for k in source:
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(loaded[k], source[k]), k
+    _assert_same_predictions(out / "init" / "init_Fundus_results.json", out / "store" / "store_Fundus_results.json")
+    assert _metrics(out / "init")["accuracy"] == m["accuracy"]
+
+
+def _model_tensors(run):
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(run / "checkpoint_best.safetensors")).items() if k.startswith("model.")}
+
+
+def _assert_same_predictions(a, b):
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ra.keys() == rb.keys() and ra
+    for k in ra:
+        assert ra[k]["gt"] == rb[k]["gt"]
+        assert ra[k]["pred"] == pytest.approx(rb[k]["pred"], rel=1e-6, abs=1e-7), k
 
 
 def test_official_checkpoint_binary_without_val(tmp_path):
