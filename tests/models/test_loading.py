@@ -3,7 +3,6 @@
 import argparse
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ iterations the EMA teacher (momentum 0.996) has moved only a few percent away fr
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2

@@ -82,6 +82,7 @@ def train_brightness(cfg: TrainBrightnessConfig) -> int:
     from visionfm import load_encoder
     from visionfm.engine.distributed import init_distributed, seed_everything
     from visionfm.engine.features import eval_transform
+    from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import FitConfig, TensorBatches, fit, load_decoder_checkpoint, loss_step
     from visionfm.inference.io import read_image
     from visionfm.models.heads import LinearHead
@@ -102,12 +103,13 @@ def train_brightness(cfg: TrainBrightnessConfig) -> int:
     head = LinearHead(x.shape[1], 1)
     half = len(x) // 2
 
+    @torch.no_grad()
     def evaluate(m: nn.Module) -> dict[str, Any]:
         return {"mae": float((m(x[half:]) - y[half:]).abs().mean())}
 
     fit(head, TensorBatches(x[:half], y[:half], 8, cfg.seed), loss_step(nn.functional.mse_loss), evaluate,
         selection_key="mae", higher_is_better=False, run_dir=run_dir, cfg=FitConfig(epochs=cfg.epochs, lr=cfg.lr),
-        env=env, identity=cfg.to_dict())
+        env=env, run_logger=RunLogger(run_dir, tensorboard=False), identity=cfg.to_dict())
     head.load_state_dict(load_decoder_checkpoint(run_dir / "checkpoint_best")[0])
     model_folder_from_training(
         run_dir / "model", encoder=encoder, head=head, task="toy_brightness", modality="Fundus",
