@@ -37,13 +37,10 @@ def _torchrun(data, out, name, extra):
 
 def _initial_student(data, out, extra):
     """The student as built (same seed) before any step, under the checkpoint's key names."""
-    from visionfm.cli.options import VFMArgumentParser
-    from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
+    from visionfm.cli.pretrain import config_from_argv
     from visionfm.pretrain.trainer import IBOTTrainer
 
-    p = VFMArgumentParser()
-    add_pretrain_arguments(p)
-    args = validate_pretrain_args(p.parse_args(_flags(data, out, "init", ["--batch_size_per_gpu", "8", *extra])[1:]))
+    args = config_from_argv(_flags(data, out, "init", ["--batch_size_per_gpu", "8", *extra])[1:])
     tr = IBOTTrainer(args)
     tr.logger.close()
     return {f"module.{k}": v.clone() for k, v in tr.student.state_dict().items()}

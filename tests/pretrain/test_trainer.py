@@ -181,17 +181,14 @@ def _trainer(data_root, out, extra=()):
     """An IBOTTrainer for 32 px vit_tiny with a learning rate that moves every weight on the first step
     (no warm-up: the warm-up starts at lr 0), a teacher momentum far enough from 1 to be seen, and
     trainable weight-norm magnitudes (--norm_last_layer false) so every last-layer tensor could move."""
-    from visionfm.cli.options import VFMArgumentParser
+    from visionfm.cli.pretrain import config_from_argv
     from visionfm.pretrain import trainer as trainer_mod
-    from visionfm.pretrain.config import add_pretrain_arguments, validate_pretrain_args
 
-    p = VFMArgumentParser()
-    add_pretrain_arguments(p)
     flags = _flags(data_root, out, "step", ["--device", "cpu", "--warmup_epochs", "0", "--lr", "0.5",
                                              "--momentum_teacher", "0.9", "--pred_shape", "rand",
                                              "--pred_ratio", "0.5", "--drop_path", "0", "--norm_last_layer", "false",
                                              *extra])[1:]
-    return trainer_mod.IBOTTrainer(validate_pretrain_args(p.parse_args(flags)))
+    return trainer_mod.IBOTTrainer(config_from_argv(flags))
 
 
 def _snapshot(module):
