@@ -12,3 +12,35 @@ def _seed_and_threads():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def probe_pretraining(tmp_path_factory):
+    """A brief iBOT pretraining for the linear-probe test: ``(labelled dataset root, checkpoint, input size)``.
+
+    The synthetic 5-grade ``single_cls`` task at 48 px (960 training, 240 val, 960 test images);
+    160 training images, unlabelled, are the pretraining set. 40 iterations of 16 images (a few
+    seconds per epoch on 2 CPU cores) with teacher momentum 0.9, so the EMA teacher has moved with
+    the student by the end; checkpoint.pth holds both.
+    """
+    import shutil
+
+    from visionfm.cli.main import main as cli_main
+    from visionfm.data.synth import generate
+
+    size = 48
+    tmp = tmp_path_factory.mktemp("probe_pretraining")
+    generate("single_cls", tmp / "data", num=960, img_size=size, seed=1)
+    root = tmp / "data" / "FundusClassification"
+    pre = tmp / "pretrain" / "Fundus"
+    pre.mkdir(parents=True)
+    for p in sorted((root / "dataset_A" / "training").glob("*.png"))[:160]:
+        shutil.copy(p, pre / p.name)
+    assert cli_main([
+        "pretrain", "--data_path", str(tmp / "pretrain"), "--modality", "Fundus", "--arch", "vit_tiny",
+        "--input_size", str(size), "--batch_size_per_gpu", "16", "--epochs", "4", "--warmup_epochs", "1",
+        "--warmup_teacher_temp_epochs", "1", "--lr", "1e-2", "--momentum_teacher", "0.9", "--out_dim", "64",
+        "--patch_out_dim", "64", "--num_workers", "0", "--saveckp_freq", "1000", "--name", "probe",
+        "--output_dir", str(tmp), "--seed", "0", "--device", "cpu", "--no_progress",
+    ]) == 0
+    return root, tmp / "probe" / "checkpoint.pth", size
