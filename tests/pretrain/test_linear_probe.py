@@ -12,6 +12,7 @@ paired one over the same test images). Random-init features give the same accura
 (~0.45, chance 0.2): they only expose global colour statistics. The teacher reaches ~0.52.
 """
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms import v2
