@@ -186,8 +186,11 @@ class TensorBatches:
         return batches
 
     def __len__(self) -> int:
-        """Batches per epoch (the same every epoch)."""
-        return len(self.indices(0))
+        """Batches per epoch (the same every epoch), from the sizes alone (what :meth:`indices` yields)."""
+        n = math.ceil(len(self.inputs) / self.world)
+        count = math.ceil(n / self.batch_size)
+        last = n - (count - 1) * self.batch_size
+        return count - 1 if count > 1 and last == 1 else count
 
     def __call__(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         for idx in self.indices(epoch):
@@ -498,7 +501,6 @@ def fit(
             model.eval()
             with torch.no_grad():
                 metrics = evaluate(model)
-            model.train()
             value = metrics.get(selection_key)
             shown = shown_of(metrics)
             stats.update({f"{log_prefix}{k}": v for k, v in shown.items()})

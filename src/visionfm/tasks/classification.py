@@ -275,7 +275,7 @@ def run_train_cls(opts: TrainClsConfig) -> int:
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
 
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         seed_everything(opts.seed)
@@ -351,7 +351,7 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
         cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
                         weight_decay=0.05, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed, amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(x_train, y_train, cfg.batch_size, cfg.seed, env.rank, env.world_size, env.device)
         result = fit(model, batches, loss_step(make_loss(task)), evaluate, selection_key="selection",
                      higher_is_better=True, run_dir=run_dir, cfg=cfg, env=env, run_logger=run_logger, meta=meta,

@@ -359,7 +359,7 @@ def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -
     from visionfm.models import dense_block_ids
     from visionfm.reports import write_report
 
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         seed_everything(opts.seed)
@@ -400,7 +400,7 @@ def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -
             train = LiveSplit(train_data, extractor, w, env.rank, env.world_size, train=True)
             val = LiveSplit(val_data, extractor, w, env.rank, env.world_size)
         model = DenseDecoder(build_head(opts.head_type, encoder.embed_dim, task.num_outputs, opts.patch_size))
-        resume_from, _ = start_point(run_dir, None, getattr(opts, "resume", False))
+        resume_from, _ = start_point(run_dir, None, opts.resume)
         if opts.load_from:
             sd, _, _ = load_decoder_checkpoint(opts.load_from)
             sd = {k if k.startswith("head.") else f"head.{k}": v for k, v in sd.items()}

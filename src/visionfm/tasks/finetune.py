@@ -368,7 +368,7 @@ def run_finetune(opts: FinetuneConfig) -> int:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
     if opts.accum_iter < 1:
         raise ConfigError("--accum_iter must be >= 1")
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         seed_everything(opts.seed)
@@ -459,7 +459,7 @@ def run_finetune(opts: FinetuneConfig) -> int:
                                          opts.amp)
             return metrics_for(yv, probs, classes, binary_logit)
 
-        resume_from, _ = start_point(run_dir, None, getattr(opts, "resume", False))
+        resume_from, _ = start_point(run_dir, None, opts.resume)
         result = fit(model, batches, step, evaluate, selection_key="auroc", higher_is_better=True, run_dir=run_dir,
                      cfg=cfg, env=env, run_logger=run_logger, meta=meta, identity=identity, param_groups=groups,
                      resume_from=resume_from, log_prefix=f"{sel_split}_", keep_last_if_never_selected=True)
@@ -546,7 +546,7 @@ def run_evaluate(opts: EvaluateConfig) -> int:
     from visionfm.engine.logging import setup_logging
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         source = getattr(opts, "model", None) or opts.load_from

@@ -263,7 +263,7 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
     if opts.avgpool_patchtokens not in (0, 1, 2):
         raise ConfigError("--avgpool_patchtokens must be 0, 1 or 2")
     edges = parse_buckets(opts.interval_buckets)
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         seed_everything(opts.seed)
@@ -307,7 +307,7 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
         cfg = FitConfig(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size_per_gpu, optimizer=opts.optimizer,
                         weight_decay=opts.weight_decay, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed,
                         amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(packed, train.labels.clone(), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                 env.device)
         identity = {k: meta[k] for k in ("task", "embed_dim", "in_dim", "max_len", "n_last_blocks",

@@ -516,7 +516,7 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
     )
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(getattr(opts, "device", "auto"))
+    env = init_distributed(opts.device)
     setup_logging(env.is_main)
     try:
         seed_everything(opts.seed)
@@ -571,7 +571,7 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
                         weight_decay=0.0 if optimizer == "sgd" else 0.05,
                         scheduler="constant" if optimizer == "sgd" else "cosine",
                         val_freq=opts.val_freq, seed=opts.seed, amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, getattr(opts, "resume", False))
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(train.x, spec.train_targets(train.labels), cfg.batch_size, cfg.seed,  # type: ignore[union-attr]
                                 env.rank, env.world_size, env.device)
         identity = {k: v for k, v in meta.items() if k != "data"}
