@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from visionfm.errors import DataFormatError
-from visionfm.tasks.landmark import LandmarkTask
-from visionfm.tasks.segmentation import SegmentationTask, predict_labels
+from visionfm.tasks.landmark import Landmark
+from visionfm.tasks.segmentation import Segmentation, predict_labels
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -28,7 +28,7 @@ def test_palette_and_grayscale_masks_read_as_class_ids(tmp_path):
     pal.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 756)
     _write_pair(tmp_path, "a_palette", pal)
     _write_pair(tmp_path, "b_gray", Image.fromarray(ids, mode="L"))
-    task = SegmentationTask(4, 32, MEAN, STD)
+    task = Segmentation(4, 32, MEAN, STD)
     ds = task.dataset(str(tmp_path), "training", train=False)
     for i in range(2):
         img, mask, hw, idx = ds[i]
@@ -40,26 +40,26 @@ def test_binary_255_mask_and_bad_masks_fail_clearly(tmp_path):
     ids = np.zeros((32, 32), np.uint8)
     ids[:5] = 255
     _write_pair(tmp_path, "ok", Image.fromarray(ids, mode="L"))
-    ds = SegmentationTask(1, 32, MEAN, STD).dataset(str(tmp_path), "training", train=False)
+    ds = Segmentation(1, 32, MEAN, STD).dataset(str(tmp_path), "training", train=False)
     assert set(torch.unique(ds[0][1]).tolist()) == {0, 1}
 
     bad = tmp_path / "bad_ids"
     ids4 = np.zeros((32, 32), np.uint8)
     ids4[0, 0] = 4
     _write_pair(bad, "x", Image.fromarray(ids4, mode="L"))
-    ds = SegmentationTask(4, 32, MEAN, STD).dataset(str(bad), "training", train=False)
+    ds = Segmentation(4, 32, MEAN, STD).dataset(str(bad), "training", train=False)
     with pytest.raises(DataFormatError, match="class id 4"):
         ds[0]
 
     small = tmp_path / "bad_size"
     _write_pair(small, "y", Image.fromarray(np.zeros((16, 24), np.uint8), mode="L"))
-    ds = SegmentationTask(4, 32, MEAN, STD).dataset(str(small), "training", train=False)
+    ds = Segmentation(4, 32, MEAN, STD).dataset(str(small), "training", train=False)
     with pytest.raises(DataFormatError, match="24x16"):
         ds[0]
 
 
 def test_segmentation_metrics_hand_computed():
-    task = SegmentationTask(3, 4, MEAN, STD)
+    task = Segmentation(3, 4, MEAN, STD)
     target = torch.tensor([[[0, 1, 1, 2], [0, 1, 1, 2], [0, 0, 0, 0], [0, 0, 0, 0]]])
     pred = torch.tensor([[[0, 1, 0, 2], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1]]])
     logits = torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float()
@@ -78,7 +78,7 @@ def test_segmentation_metrics_hand_computed():
 def test_binary_prediction_threshold_and_hd95():
     logits = torch.tensor([[[[0.1, -0.1], [2.0, -5.0]]]])
     assert predict_labels(logits).tolist() == [[[1, 0], [1, 0]]]
-    task = SegmentationTask(1, 8, MEAN, STD)
+    task = Segmentation(1, 8, MEAN, STD)
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, 2:5, 2:5] = 1
     meter = task.new_meter()
@@ -88,7 +88,7 @@ def test_binary_prediction_threshold_and_hd95():
 
 
 def test_landmark_metrics_at_input_and_original_resolution():
-    task = LandmarkTask(2, 8, MEAN, STD, sigma=1.0)
+    task = Landmark(2, 8, MEAN, STD, sigma=1.0)
     logits = torch.full((1, 2, 8, 8), -50.0)
     logits[0, 0, 2, 3] = 50.0  # predicted (x=3, y=2)
     logits[0, 1, 6, 6] = 50.0  # predicted (x=6, y=6)
@@ -103,7 +103,7 @@ def test_landmark_metrics_at_input_and_original_resolution():
 
 
 def test_landmark_loss_prefers_the_true_location():
-    task = LandmarkTask(1, 16, MEAN, STD, sigma=1.5)
+    task = Landmark(1, 16, MEAN, STD, sigma=1.5)
     truth = torch.tensor([[[5.0, 9.0]]])
     good = torch.zeros(1, 1, 16, 16)
     good[0, 0, 9, 5] = 8.0

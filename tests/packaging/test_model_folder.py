@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import shutil
 
 import pytest
@@ -248,6 +249,11 @@ def test_save_replaces_existing_folder_atomically(tmp_path):
     assert (folder / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cls"]
     assert torch.equal(from_pretrained(folder).head.classifier[-1].bias, model.head.classifier[-1].bias)
+    umask = os.umask(0)
+    os.umask(umask)
+    # every file gets the usual mode (not the 0600 of a temporary file), so a shared model folder is readable
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        p.name: 0o666 & ~umask for p in folder.iterdir()}
 
 
 @pytest.fixture(scope="module")

@@ -201,7 +201,7 @@ def test_matches_reference_with_local_crops(G, L):
 def test_local_crops_counted_in_n1():
     # Identical student rows for every view make every pair loss equal, so the mean over the
     # n1 = G*C - G pairs must equal one pair's value only if n1 counts the local-crop pairs.
-    G, L, B, K = 2, 2, 1, 4
+    G, L, K = 2, 2, 4
     row = torch.tensor([[0.3, -0.2, 0.1, 0.0]])
     t = torch.tensor([[0.2, 0.1, -0.1, 0.0]])
     loss = IBOTLoss(K, K, global_crops=G, local_crops=L)

@@ -285,9 +285,7 @@ class VisionFMModel(nn.Module):
         metrics) into ``folder`` atomically: everything goes to a temporary sibling folder first, which then
         replaces ``folder`` (an existing folder of the same name is replaced only once the new one is complete).
         """
-        from safetensors.torch import save_file
-
-        from visionfm.io import save_json_atomic, save_text_atomic
+        from visionfm.io import save_json_atomic, save_safetensors_atomic, save_text_atomic
         from visionfm.packaging.card import render_model_card
 
         dest = Path(folder)
@@ -302,8 +300,8 @@ class VisionFMModel(nn.Module):
         validate_config(cfg, str(dest))
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
-            save_file(self.tensors(), str(tmp / WEIGHTS_FILE),
-                      metadata={"format": f"visionfm-model/{FORMAT_VERSION}", "task": self.task})
+            save_safetensors_atomic(self.tensors(), tmp / WEIGHTS_FILE,
+                                    metadata={"format": f"visionfm-model/{FORMAT_VERSION}", "task": self.task})
             save_json_atomic(cfg, tmp / CONFIG_FILE)
             if metrics is not None:
                 save_json_atomic(dict(metrics), tmp / METRICS_FILE)

@@ -33,11 +33,20 @@ from visionfm.tasks.losses import spatial_softmax_ce
 if TYPE_CHECKING:
     from visionfm.config import TrainLandmarkConfig
 
-__all__ = ["LandmarkTask", "run_train_landmark"]
+__all__ = ["Landmark", "run_train_landmark"]
 
 
-class LandmarkTask:
-    """The landmark plug-in of :func:`visionfm.tasks.dense_common.fit`.
+@register_task
+class Landmark(Task):
+    """Landmark detection: one class for training (the dense driver) and for packaged models.
+
+    Training (:func:`~visionfm.tasks.dense_common.run_dense`): reader :meth:`dataset` (points from heat maps
+    or ``[K, 2]`` arrays), loss :meth:`loss` (spatial soft-max cross-entropy against Gaussians of ``sigma``),
+    evaluation :meth:`new_meter` / :meth:`update` (radial errors), :meth:`summary`, :meth:`writer`.
+    Packaged models: one heat map per landmark, decoded by :func:`~visionfm.data.paired.decode_heatmaps`
+    (arg-max refined by a 3x3 centroid) and scaled to each original size; predictions ``points_input``
+    ``[B, K, 2]`` (input pixels) and ``points`` (original pixels), ``(x, y)``.
+    The registry holds an instance with the defaults; :meth:`for_run` configures one for a training run.
 
     Args:
         num_landmarks: K.
@@ -48,11 +57,14 @@ class LandmarkTask:
     """
 
     name = "landmark"
+    features = "dense"
+    names_key = "landmark_names"
     selection_key = "mre_px"
+    original_best_key = "best_mre"  # in the original's checkpoint_<epoch>_linear.pth
     higher_is_better = False
 
-    def __init__(self, num_landmarks: int, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 sigma: float = 2.0, augment_affine_p: float = 0.5) -> None:
+    def __init__(self, num_landmarks: int = 1, input_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), sigma: float = 2.0, augment_affine_p: float = 0.5) -> None:
         if num_landmarks < 1:
             raise ConfigError(f"--num_labels (landmarks) must be >= 1, got {num_landmarks}")
         if sigma <= 0:
@@ -62,6 +74,14 @@ class LandmarkTask:
         self.mean, self.std = tuple(mean), tuple(std)
         self.sigma = float(sigma)
         self.affine_p = float(augment_affine_p)
+
+    @classmethod
+    def for_run(cls, opts: TrainLandmarkConfig) -> Landmark:
+        """The task configured for one ``train-landmark`` run (landmarks, input size, statistics, targets)."""
+        from visionfm.data.modalities import get_stats
+
+        mean, std = get_stats(opts.modality)
+        return cls(opts.num_labels, opts.input_size, mean, std, sigma=opts.sigma, augment_affine_p=opts.affine_p)
 
     def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
         from visionfm.data.layouts import LandmarkDataset
@@ -96,79 +116,6 @@ class LandmarkTask:
 
     def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> _LandmarkWriter:
         return _LandmarkWriter(self, Path(out_dir), names, n_overlays)
-
-
-class _LandmarkWriter:
-    """Collects predicted points (original resolution) and draws the first ``n_overlays`` overlays."""
-
-    def __init__(self, task: LandmarkTask, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
-        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
-        self.records: dict[str, Any] = {}
-        self.figures: list[tuple[str, Path]] = []
-
-    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
-            index: torch.Tensor) -> None:
-        from visionfm.reports import save_overlay
-
-        pred = decode_heatmaps(logits).cpu()
-        scale = self.task._scale(orig_hw, logits).float()
-        for i in range(len(pred)):
-            rel = self.names[int(index[i])]
-            # Pixel-index coordinates: the centre of pixel c maps to (c + 0.5)·s − 0.5.
-            full = (pred[i] + 0.5) * scale[i] - 0.5
-            truth = (targets[i].cpu() + 0.5) * scale[i] - 0.5
-            self.records[rel] = {"pred_xy": full.tolist(), "true_xy": [[None if v != v else v for v in p]
-                                                                        for p in truth.tolist()],
-                                 "input_pred_xy": pred[i].tolist(), "orig_hw": [int(v) for v in orig_hw[i]]}
-            if len(self.figures) < self.n_overlays:
-                path = self.out_dir / "overlays" / (Path(rel).parts[0] + "_" + Path(rel).stem + ".png")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
-                save_overlay(img, path, pred_points=pred[i].numpy(), true_points=targets[i].cpu().numpy(),
-                             title=Path(rel).name)
-                self.figures.append((f"{rel} — truth circles, prediction crosses (input resolution)", path))
-
-    def finish(self) -> list[tuple[str, Path]]:
-        from visionfm.io import save_json_atomic
-
-        if self.records:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_json_atomic({"coordinates": "(x, y) pixel indices at the original image resolution",
-                              "images": self.records}, self.out_dir / "predictions.json")
-        return self.figures
-
-
-def run_train_landmark(opts: TrainLandmarkConfig) -> int:
-    from visionfm.data.modalities import get_stats
-
-    mean, std = get_stats(opts.modality)
-    rc = run_dense(opts, lambda a: LandmarkTask(a.num_labels, a.input_size, mean, std, sigma=a.sigma,
-                                                augment_affine_p=a.affine_p))
-    # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
-    if rc == 0:
-        from visionfm.tasks.dense_common import package_dense_run
-
-        package_dense_run(opts, "landmark")
-    return rc
-
-
-# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
-# Kept at the end of the module, apart from the training plug-in above (LandmarkTask, for dense_common.fit).
-
-
-@register_task
-class Landmark(Task):
-    """One heat map per landmark, decoded by :func:`~visionfm.data.paired.decode_heatmaps` (arg-max refined
-    by a 3x3 centroid) and scaled to each image's original pixels.
-
-    Predictions: ``points_input`` ``[B, K, 2]`` (input pixels) and ``points`` (original pixels), ``(x, y)``.
-    """
-
-    name = "landmark"
-    features = "dense"
-    names_key = "landmark_names"
-    selection_key = LandmarkTask.selection_key
-    higher_is_better = LandmarkTask.higher_is_better
 
     def output_names(self, cfg: Mapping[str, Any]) -> list[Any]:
         """``landmark_names``, or ``landmark_0``, ``landmark_1``, ... (one per head output)."""
@@ -214,3 +161,53 @@ class Landmark(Task):
 
     def card_task_line(self, cfg: Mapping[str, Any]) -> str:
         return "landmark detection (heatmap arg-max refined by a 3x3 centroid)"
+
+
+class _LandmarkWriter:
+    """Collects predicted points (original resolution) and draws the first ``n_overlays`` overlays."""
+
+    def __init__(self, task: Landmark, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
+        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
+        self.records: dict[str, Any] = {}
+        self.figures: list[tuple[str, Path]] = []
+
+    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
+            index: torch.Tensor) -> None:
+        from visionfm.reports import save_overlay
+
+        pred = decode_heatmaps(logits).cpu()
+        scale = self.task._scale(orig_hw, logits).float()
+        for i in range(len(pred)):
+            rel = self.names[int(index[i])]
+            # Pixel-index coordinates: the centre of pixel c maps to (c + 0.5)·s − 0.5.
+            full = (pred[i] + 0.5) * scale[i] - 0.5
+            truth = (targets[i].cpu() + 0.5) * scale[i] - 0.5
+            self.records[rel] = {"pred_xy": full.tolist(), "true_xy": [[None if v != v else v for v in p]
+                                                                        for p in truth.tolist()],
+                                 "input_pred_xy": pred[i].tolist(), "orig_hw": [int(v) for v in orig_hw[i]]}
+            if len(self.figures) < self.n_overlays:
+                path = self.out_dir / "overlays" / (Path(rel).parts[0] + "_" + Path(rel).stem + ".png")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
+                save_overlay(img, path, pred_points=pred[i].numpy(), true_points=targets[i].cpu().numpy(),
+                             title=Path(rel).name)
+                self.figures.append((f"{rel} — truth circles, prediction crosses (input resolution)", path))
+
+    def finish(self) -> list[tuple[str, Path]]:
+        from visionfm.io import save_json_atomic
+
+        if self.records:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_json_atomic({"coordinates": "(x, y) pixel indices at the original image resolution",
+                              "images": self.records}, self.out_dir / "predictions.json")
+        return self.figures
+
+
+def run_train_landmark(opts: TrainLandmarkConfig) -> int:
+    """``visionfm train-landmark``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.tasks.dense_common import package_dense_run
+
+    rc = run_dense(opts, Landmark.for_run)
+    if rc == 0:
+        package_dense_run(opts, "landmark")
+    return rc

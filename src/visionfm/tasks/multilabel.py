@@ -33,6 +33,7 @@ for a finding), over tasks where F1 is defined.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 import numpy as np
 import torch
 from torch import nn
+
+from visionfm.engine.task import register_task
+from visionfm.errors import ConfigError
+from visionfm.tasks.classification import Classification
 
 __all__ = [
     "LABEL_LAYOUTS",
@@ -53,6 +58,7 @@ __all__ = [
     "visionfm13_metrics",
     "multilabel_metrics",
     "write_task_reports",
+    "Multilabel",
 ]
 
 LABEL_LAYOUTS = ("visionfm13", "multilabel")
@@ -198,21 +204,33 @@ def write_task_reports(report_dir: str | Path, layout: str, y_true: Any, probs: 
 # -- visionfm train-multi-cls -------------------------------------------------------------------------
 
 
-class MultiLabelSpec:
-    """:class:`~visionfm.tasks.multimodal.TaskSpec` of ``visionfm train-multi-cls``."""
+@register_task
+class Multilabel(Classification):
+    """Multi-label classification (``visionfm13`` or ``multilabel``): one class for training and models.
 
+    Training (:func:`~visionfm.tasks.multimodal.run_multi_store_command`): :meth:`setup` checks the 0/1
+    labels and the layout, loss :meth:`loss` (the layout's), evaluation :meth:`evaluate` (the selection
+    value and per-task metrics), test report :meth:`report`, model-folder fields :meth:`model_fields`.
+    Its model folders are classification models of ``task_kind`` ``visionfm13`` / ``multilabel``, read
+    and rendered as :class:`~visionfm.tasks.classification.Classification` (so ``config.json`` says
+    ``"task": "classification"``). The registry holds an unconfigured instance (``opts`` ``None``).
+    """
+
+    name = "multilabel"
     kind = "cls"
     selection_key = "selection"
     higher_is_better = True
 
-    def __init__(self, opts: TrainMultiClsConfig) -> None:
+    def __init__(self, opts: TrainMultiClsConfig | None = None) -> None:
         self.opts = opts
-        self.layout = opts.label_layout
+        self.layout = opts.label_layout if opts is not None else "multilabel"
         self.names: list[str] = []
 
     def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor, info: Any) -> dict[str, Any]:
-        from visionfm.errors import ConfigError, DataFormatError
+        from visionfm.errors import DataFormatError
 
+        if self.opts is None:
+            raise ConfigError("this Multilabel task is not configured for training (use Multilabel(opts))")
         if info and info.get("label_layout"):
             self.layout = str(info["label_layout"])  # --test: the checkpoint's layout
         if self.layout not in LABEL_LAYOUTS:
@@ -257,6 +275,7 @@ class MultiLabelSpec:
         from visionfm.tasks.multimodal import write_members
 
         a = self.opts
+        assert a is not None, "setup() runs first"
         probs = self.probabilities(outputs)
         y = inputs.labels.numpy().astype(np.float64)
         title = f"{a.name} ({', '.join(meta.get('modalities', []))}; {self.layout}, fusion {a.fusion})"
@@ -276,9 +295,22 @@ class MultiLabelSpec:
         logging.getLogger("visionfm.multi_cls").info("test: %s", {k: v for k, v in head.items() if k != "tasks"})
         return head
 
+    def original_best(self, value: Any) -> dict[str, Any]:
+        """``best_f1`` of the original's checkpoint file: the selected validation value."""
+        return {"best_f1": value}
+
+    def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
+        """The task's part of a pooled run's model folder (keywords of
+        :func:`~visionfm.packaging.model_folder_from_training`)."""
+        layout = str(meta.get("label_layout", "multilabel"))
+        return {"task": "classification", "task_kind": "visionfm13" if layout == "visionfm13" else "multilabel",
+                "head_type": "cls", "head_args": {"embed_dim": feat_dim, "num_classes": int(meta["num_outputs"]),
+                                                  "layers": 3, "bn_momentum": bn_momentum},
+                "class_names": list(meta["label_names"])}
+
 
 def run_train_multi_cls(opts: TrainMultiClsConfig) -> int:
     """``visionfm train-multi-cls``: see docs/multimodal-and-regression.md."""
     from visionfm.tasks.multimodal import run_multi_store_command
 
-    return run_multi_store_command(opts, MultiLabelSpec(opts))
+    return run_multi_store_command(opts, Multilabel(opts))

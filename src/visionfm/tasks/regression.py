@@ -30,7 +30,7 @@ from visionfm.errors import ConfigError, DataFormatError
 if TYPE_CHECKING:
     from visionfm.config import TrainRegConfig
 
-__all__ = ["standardisation", "masked_smooth_l1", "standardised_mae", "read_target_names", "RegressionSpec",
+__all__ = ["standardisation", "masked_smooth_l1", "standardised_mae", "read_target_names", "Regression",
            "run_train_reg"]
 
 log = logging.getLogger("visionfm.reg")
@@ -120,20 +120,34 @@ def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[
     return names, [str(f) for f in files]
 
 
-class RegressionSpec:
-    """:class:`~visionfm.tasks.multimodal.TaskSpec` of ``visionfm train-reg``."""
+@register_task
+class Regression(Task):
+    """Regression: one class for training (the store driver) and for packaged models.
 
+    Training (:func:`~visionfm.tasks.multimodal.run_multi_store_command`): :meth:`setup` checks the targets
+    and standardises them with the training split, loss :meth:`loss` (SmoothL1 on standardised values, NaN
+    left out), evaluation :meth:`evaluate`, test report :meth:`report`, model-folder fields
+    :meth:`model_fields`. Packaged models: pooled-feature regression of ``target_names``; the head predicts
+    standardised values, which :meth:`postprocess` returns in the original units
+    (``z * target_std + target_mean``). The registry holds an unconfigured instance (``opts`` ``None``).
+    """
+
+    name = "regression"
+    features = "pooled"
+    names_key = "target_names"
     kind = "reg"
     selection_key = "mae_std_mean"
     higher_is_better = False
 
-    def __init__(self, opts: TrainRegConfig) -> None:
+    def __init__(self, opts: TrainRegConfig | None = None) -> None:
         self.opts = opts
         self.mean = torch.zeros(1)
         self.std = torch.ones(1)
         self.names: list[str] = []
 
     def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor, info: Any) -> dict[str, Any]:
+        if self.opts is None:
+            raise ConfigError("this Regression task is not configured for training (use Regression(opts))")
         n = int(test_labels.shape[1])
         if n != int(self.opts.num_labels):
             raise ConfigError(f"--num_labels {self.opts.num_labels} but the stores hold {n} targets per image")
@@ -176,6 +190,7 @@ class RegressionSpec:
         from visionfm.tasks.multimodal import write_members
 
         a = self.opts
+        assert a is not None, "setup() runs first"
         pred = self.to_units(outputs).double().numpy()
         y = inputs.labels.double().numpy()
         zmae, _ = standardised_mae(outputs.float(), self.train_targets(inputs.labels))
@@ -191,28 +206,19 @@ class RegressionSpec:
         log.info("test: %s", head)
         return head
 
+    def original_best(self, value: Any) -> dict[str, Any]:
+        """``best_mae`` of the original's checkpoint file: the selected validation value (ours: the mean MAE
+        of the standardised targets, not the original's relative MAE)."""
+        return {"best_mae": value}
 
-def run_train_reg(opts: TrainRegConfig) -> int:
-    """``visionfm train-reg``: see docs/multimodal-and-regression.md."""
-    from visionfm.tasks.multimodal import run_multi_store_command
-
-    return run_multi_store_command(opts, RegressionSpec(opts))
-
-
-# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
-# Kept at the end of the module, apart from the training code above.
-
-
-@register_task
-class Regression(Task):
-    """Pooled-feature regression of ``target_names``; the head predicts standardised values, which
-    :meth:`postprocess` returns in the original units (``z * target_std + target_mean``)."""
-
-    name = "regression"
-    features = "pooled"
-    names_key = "target_names"
-    selection_key = RegressionSpec.selection_key
-    higher_is_better = RegressionSpec.higher_is_better
+    def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
+        """The task's part of a pooled run's model folder (keywords of
+        :func:`~visionfm.packaging.model_folder_from_training`)."""
+        n = int(meta["num_outputs"])
+        return {"task": self.name, "head_type": "reg",
+                "head_args": {"embed_dim": feat_dim, "num_targets": n, "bn_momentum": bn_momentum},
+                "target_names": list(meta["target_names"]), "target_mean": list(meta["target_mean"]),
+                "target_std": list(meta["target_std"])}
 
     def validate_config(self, cfg: Mapping[str, Any], bad: Callable[[str], Exception]) -> None:
         super().validate_config(cfg, bad)
@@ -256,3 +262,10 @@ class Regression(Task):
 
     def card_task_line(self, cfg: Mapping[str, Any]) -> str:
         return "regression (values reported in the original units)"
+
+
+def run_train_reg(opts: TrainRegConfig) -> int:
+    """``visionfm train-reg``: see docs/multimodal-and-regression.md."""
+    from visionfm.tasks.multimodal import run_multi_store_command
+
+    return run_multi_store_command(opts, Regression(opts))

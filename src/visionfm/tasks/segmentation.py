@@ -15,29 +15,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from visionfm.data.paired import SegTransform, to_uint8_image
+from visionfm.engine.task import Display, Task, register_task
 from visionfm.errors import ConfigError
+from visionfm.reports.colours import mask_png
 from visionfm.tasks.dense_common import DenseSamples, run_dense
 from visionfm.tasks.losses import DiceFocalLoss
 
 if TYPE_CHECKING:
     from visionfm.config import TrainSegConfig
 
-__all__ = ["SegmentationTask", "predict_labels", "run_train_seg", "PALETTE"]
+__all__ = ["Segmentation", "predict_labels", "run_train_seg"]
 
-# Palette of the saved prediction PNGs: index = class id (the same as visionfm predict's masks).
-from collections.abc import Mapping
-
-from visionfm.engine.task import Display, Task, register_task
-from visionfm.reports.colours import MASK_PALETTE as PALETTE
 
 
 def predict_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -47,8 +44,16 @@ def predict_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-class SegmentationTask:
-    """The segmentation plug-in of :func:`visionfm.tasks.dense_common.fit`.
+@register_task
+class Segmentation(Task):
+    """Segmentation: one class for training (the dense driver) and for packaged models.
+
+    Training (:func:`~visionfm.tasks.dense_common.run_dense`): reader :meth:`dataset`, loss :meth:`loss`
+    (Dice + focal), evaluation :meth:`new_meter` / :meth:`update` (Dice, IoU; HD95 when binary), per-epoch
+    :meth:`summary`, test outputs :meth:`writer`. Packaged models: class maps, ``logit > 0`` for one
+    channel, else arg-max (:func:`predict_labels`), brought back to each original size (nearest);
+    predictions ``masks_input`` ``[B, S, S]`` and ``masks`` (a list, each ``[h, w]``).
+    The registry holds an instance with the defaults; :meth:`for_run` configures one for a training run.
 
     Args:
         num_labels: 1 (binary) or the number of classes including background.
@@ -58,11 +63,13 @@ class SegmentationTask:
     """
 
     name = "segmentation"
+    features = "dense"
     selection_key = "dice_mean"
+    original_best_key = "best_dice"  # in the original's checkpoint_<epoch>_linear.pth
     higher_is_better = True
 
-    def __init__(self, num_labels: int, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 class_names: Sequence[str] | None = None) -> None:
+    def __init__(self, num_labels: int = 1, input_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), class_names: Sequence[str] | None = None) -> None:
         if num_labels < 1:
             raise ConfigError(f"--num_labels must be >= 1 (1 = binary), got {num_labels}")
         self.num_labels = int(num_labels)
@@ -77,6 +84,14 @@ class SegmentationTask:
             raise ConfigError(f"{len(class_names)} class names given for {self.num_classes} classes")
         self.class_names = list(class_names)
         self.criterion = DiceFocalLoss()
+
+    @classmethod
+    def for_run(cls, opts: TrainSegConfig) -> Segmentation:
+        """The task configured for one ``train-seg`` run (labels, input size, the modality's statistics)."""
+        from visionfm.data.modalities import get_stats
+
+        mean, std = get_stats(opts.modality)
+        return cls(opts.num_labels, opts.input_size, mean, std, opts.class_names or None)
 
     def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
         from visionfm.data.layouts import SegmentationDataset
@@ -104,72 +119,6 @@ class SegmentationTask:
 
     def writer(self, out_dir: Path, names: Sequence[str], n_overlays: int) -> _SegWriter:
         return _SegWriter(self, Path(out_dir), names, n_overlays)
-
-
-class _SegWriter:
-    """Saves predicted masks (original size, palette PNG) and the first ``n_overlays`` overlays."""
-
-    def __init__(self, task: SegmentationTask, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
-        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
-        self.figures: list[tuple[str, Path]] = []
-
-    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
-            index: torch.Tensor) -> None:
-        from visionfm.reports import save_overlay
-
-        labels = predict_labels(logits)
-        for i in range(len(labels)):
-            rel = Path(self.names[int(index[i])])
-            h, w = (int(v) for v in orig_hw[i])
-            full = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest")[0, 0]
-            dst = self.out_dir / "predictions" / rel.parts[0] / (rel.stem + ".png")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            png = Image.fromarray(full.cpu().numpy().astype(np.uint8), mode="P")
-            png.putpalette(PALETTE + [0] * (768 - len(PALETTE)))
-            png.save(dst)
-            if len(self.figures) < self.n_overlays:
-                path = self.out_dir / "overlays" / f"{rel.parts[0]}_{rel.stem}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
-                save_overlay(img, path, pred_mask=labels[i].cpu().numpy(), true_mask=targets[i].cpu().numpy(),
-                             class_names=self.task.class_names, title=str(rel.name))
-                self.figures.append((f"{rel} — ground truth solid, prediction dashed", path))
-
-    def finish(self) -> list[tuple[str, Path]]:
-        return self.figures
-
-
-def run_train_seg(opts: TrainSegConfig) -> int:
-    from visionfm.data.modalities import get_stats
-
-    mean, std = get_stats(opts.modality)
-    names = opts.class_names if getattr(opts, "class_names", None) else None
-    rc = run_dense(opts, lambda a: SegmentationTask(a.num_labels, a.input_size, mean, std, names))
-    # -- model package folder (issue 6): <run>/model/ from checkpoint_best --
-    if rc == 0:
-        from visionfm.tasks.dense_common import package_dense_run
-
-        package_dense_run(opts, "segmentation", SegmentationTask(opts.num_labels, opts.input_size, mean, std,
-                                                                 names).class_names)
-    return rc
-
-
-# -- the packaged-model plug-in (the task registry of visionfm.engine.task) ------------------------------------
-# Kept at the end of the module, apart from the training plug-in above (SegmentationTask, for dense_common.fit).
-
-
-@register_task
-class Segmentation(Task):
-    """A dense head's class maps: ``logit > 0`` for one channel, else arg-max (:func:`predict_labels`),
-    brought back to each image's original size (nearest).
-
-    Predictions: ``masks_input`` ``[B, S, S]`` and ``masks`` (a list, each ``[h, w]`` at its original size).
-    """
-
-    name = "segmentation"
-    features = "dense"
-    selection_key = SegmentationTask.selection_key
-    higher_is_better = SegmentationTask.higher_is_better
 
     def postprocess(self, cfg: Mapping[str, Any], outputs: torch.Tensor,
                     sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
@@ -222,3 +171,44 @@ class Segmentation(Task):
     def card_task_line(self, cfg: Mapping[str, Any]) -> str:
         n = int(cfg.get("head", {}).get("args", {}).get("num_classes", 1))
         return "binary segmentation (sigmoid > 0.5)" if n == 1 else f"semantic segmentation ({n} classes, arg-max)"
+
+
+class _SegWriter:
+    """Saves predicted masks (original size, palette PNG) and the first ``n_overlays`` overlays."""
+
+    def __init__(self, task: Segmentation, out_dir: Path, names: Sequence[str], n_overlays: int) -> None:
+        self.task, self.out_dir, self.names, self.n_overlays = task, out_dir, list(names), n_overlays
+        self.figures: list[tuple[str, Path]] = []
+
+    def add(self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, orig_hw: torch.Tensor,
+            index: torch.Tensor) -> None:
+        from visionfm.reports import save_overlay
+
+        labels = predict_labels(logits)
+        for i in range(len(labels)):
+            rel = Path(self.names[int(index[i])])
+            h, w = (int(v) for v in orig_hw[i])
+            full = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            dst = self.out_dir / "predictions" / rel.parts[0] / (rel.stem + ".png")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            mask_png(full.cpu().numpy()).save(dst)
+            if len(self.figures) < self.n_overlays:
+                path = self.out_dir / "overlays" / f"{rel.parts[0]}_{rel.stem}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
+                save_overlay(img, path, pred_mask=labels[i].cpu().numpy(), true_mask=targets[i].cpu().numpy(),
+                             class_names=self.task.class_names, title=str(rel.name))
+                self.figures.append((f"{rel} — ground truth solid, prediction dashed", path))
+
+    def finish(self) -> list[tuple[str, Path]]:
+        return self.figures
+
+
+def run_train_seg(opts: TrainSegConfig) -> int:
+    """``visionfm train-seg``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.tasks.dense_common import package_dense_run
+
+    rc = run_dense(opts, Segmentation.for_run)
+    if rc == 0:
+        package_dense_run(opts, "segmentation", Segmentation.for_run(opts).class_names)
+    return rc

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from visionfm.data.images import SampleDataset, load_image, resolve_split
-from visionfm.data.layouts.segmentation import SEG_SPLITS, PairedSample, find_paired_samples
-from visionfm.errors import ConfigError, DataFormatError
+from visionfm.data.images import load_image
+from visionfm.data.layouts.segmentation import PairedDataset
+from visionfm.errors import DataFormatError
 
 __all__ = ["LandmarkDataset", "heatmaps_to_points", "load_landmark_array"]
 
@@ -79,7 +79,7 @@ def heatmaps_to_points(heatmaps: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return points, empty
 
 
-class LandmarkDataset(SampleDataset):
+class LandmarkDataset(PairedDataset):
     """Images with K landmark points.
 
     Args:
@@ -105,18 +105,9 @@ class LandmarkDataset(SampleDataset):
         datasets: Sequence[str] | None = None,
         on_error: str = "fail",
     ) -> None:
-        super().__init__(on_error)
-        if isinstance(num_landmarks, bool) or int(num_landmarks) < 1:
-            raise ConfigError(f"num_landmarks must be a positive integer, got {num_landmarks!r}")
-        self.root = Path(root)
-        self.split = resolve_split(split, SEG_SPLITS)
-        self.num_landmarks = int(num_landmarks)
-        self.joint_transform = joint_transform
-        self.samples: list[PairedSample] = find_paired_samples(self.root, self.split, (".npy",), datasets)
+        super().__init__(root, split, "num_landmarks", num_landmarks, (".npy",), joint_transform, datasets, on_error)
+        self.num_landmarks = self.count
         self.missing_points: dict[str, list[int]] = {}
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def _points(self, arr: np.ndarray, path: Path, width: int, height: int) -> np.ndarray:
         k = self.num_landmarks

@@ -129,7 +129,35 @@ def check_mask_ids(mask: np.ndarray, num_labels: int, path: Path) -> np.ndarray:
     return mask
 
 
-class SegmentationDataset(SampleDataset):
+class PairedDataset(SampleDataset):
+    """The shared part of the paired readers (``<dataset>/<split>/images`` + ``labels``): the split, the
+    sample list, the joint transform, and the positive output count (named ``count_name`` in errors)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        count_name: str,
+        count: int,
+        label_suffixes: Sequence[str],
+        joint_transform: Callable[[Any, Any], tuple[Any, Any]] | None,
+        datasets: Sequence[str] | None,
+        on_error: str,
+    ) -> None:
+        super().__init__(on_error)
+        if isinstance(count, bool) or int(count) < 1:
+            raise ConfigError(f"{count_name} must be a positive integer, got {count!r}")
+        self.root = Path(root)
+        self.split = resolve_split(split, SEG_SPLITS)
+        self.count = int(count)
+        self.joint_transform = joint_transform
+        self.samples: list[PairedSample] = find_paired_samples(self.root, self.split, tuple(label_suffixes), datasets)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class SegmentationDataset(PairedDataset):
     """Images with class-id masks.
 
     Args:
@@ -154,17 +182,8 @@ class SegmentationDataset(SampleDataset):
         datasets: Sequence[str] | None = None,
         on_error: str = "fail",
     ) -> None:
-        super().__init__(on_error)
-        if isinstance(num_labels, bool) or int(num_labels) < 1:
-            raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}")
-        self.root = Path(root)
-        self.split = resolve_split(split, SEG_SPLITS)
-        self.num_labels = int(num_labels)
-        self.joint_transform = joint_transform
-        self.samples: list[PairedSample] = find_paired_samples(self.root, self.split, MASK_SUFFIXES, datasets)
-
-    def __len__(self) -> int:
-        return len(self.samples)
+        super().__init__(root, split, "num_labels", num_labels, MASK_SUFFIXES, joint_transform, datasets, on_error)
+        self.num_labels = self.count
 
     def _load(self, index: int) -> tuple[Any, Any, dict[str, str]]:
         sample = self.samples[index]
