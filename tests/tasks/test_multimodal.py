@@ -113,8 +113,9 @@ def test_pooled_single_encoder_run_writes_a_model_folder(multi_stores):
 
 
 def test_embed_dim_mismatch_is_one_clear_error(multi_stores, capsys):
+    """--embed_dim is read from the stores; given by hand (the original's ViT-B 768), it is checked."""
     rc = run_cli("train-multi-cls", "--name", "x", "--data_path", str(multi_stores / "feats"), "--datasets",
-                 "FundusClassificationMulti", "--output_dir", str(multi_stores / "o2"), *FAST)
+                 "FundusClassificationMulti", "--output_dir", str(multi_stores / "o2"), "--embed_dim", "768", *FAST)
     assert rc == 2 and "--embed_dim is 768" in capsys.readouterr().err
 
 

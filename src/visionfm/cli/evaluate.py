@@ -10,7 +10,8 @@ from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="run name; the report goes to <output_dir>/<name>/report")
+    p.add_argument("--name", default=None,
+                   help="run name; the report goes to <output_dir>/<name>/report, or <output_dir>/report without it")
     p.add_argument("--load_from", default=None,
                    help="checkpoint_best.safetensors from 'visionfm finetune', a model folder, or the original's "
                         "checkpoint_best_finetune.pth (then give --arch, --input_size, --num_labels)")

@@ -39,14 +39,10 @@ def run(args) -> int:
 
     from visionfm import load_encoder
     from visionfm.data.layouts import VFMDataset, find_vfm_datasets
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.distributed import command_session
     from visionfm.engine.features import FlipView, encoder_identity, eval_transform, extract_to_store
-    from visionfm.engine.logging import setup_logging
 
-    env = init_distributed(args.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(args.seed)  # identical random encoders on every rank
+    with command_session(args.device, seed=args.seed) as env:  # identical random encoders on every rank
         encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
                                args.input_size).to(env.device)
         identity = encoder_identity(encoder, args.modality, args.input_size, args.mode)
@@ -73,5 +69,3 @@ def run(args) -> int:
             log.info("feature stores under %s: %d written, %d already complete", dst, counts["written"],
                      counts["skipped"])
         return 0
-    finally:
-        cleanup_distributed()

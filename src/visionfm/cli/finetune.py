@@ -16,7 +16,9 @@ def add_class_order_arguments(p: VFMArgumentParser) -> None:
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
+    p.add_argument("--name", default=None,
+                   help="run name; outputs go to <output_dir>/<name>, or straight into --output_dir without it "
+                        "(as the original)")
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
     p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1, 2],
                    help="0: last-n CLS concat; 1: mean patch token; 2: both")

@@ -59,7 +59,7 @@ class VFMArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("allow_abbrev", True)  # unambiguous prefixes (--epoch), as the original's argparse
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names: Any, **kwargs: Any):  # type: ignore[override]
@@ -70,6 +70,17 @@ class VFMArgumentParser(argparse.ArgumentParser):
                 if twin not in names:
                     extra.append(twin)
         return super().add_argument(*names, *extra, **kwargs)
+
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # A prefix of a flag also prefixes its hyphenated twin (``--batch`` → ``--batch_size_per_gpu`` and
+        # ``--batch-size-per-gpu``); one action matched twice is not ambiguous, so keep one match per action.
+        seen: set[int] = set()
+        unique = []
+        for t in super()._get_option_tuples(option_string):  # type: ignore[misc]
+            if id(t[0]) not in seen:
+                seen.add(id(t[0]))
+                unique.append(t)
+        return unique
 
     def add_distributed_arguments(self) -> None:
         self.add_argument("--dist_url", default="env://", help="rendezvous URL (torchrun sets the environment)")
@@ -152,7 +163,8 @@ def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir
     p.add_argument("--load_from", default=None,
                    help="decoder checkpoint: with --test, evaluate it; without, resume/initialise from it")
     p.add_argument("--test", action="store_true", help="only evaluate --load_from on the test split")
-    p.add_argument("--embed_dim", type=int, default=768, help="encoder width D (head input 4·D)")
+    p.add_argument("--embed_dim", type=int, default=None,
+                   help="encoder width D (head input 4·D); read from the stores, checked when given")
     p.add_argument("--fusion", default="pooled", choices=["pooled", "concat", "attention"],
                    help="pooled: every image is a sample (the original); concat/attention: one sample per subject")
     p.add_argument("--subject_map", default=None, help="CSV path,subject mapping images to subjects (for fusion)")

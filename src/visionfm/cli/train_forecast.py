@@ -8,7 +8,9 @@ from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
+    p.add_argument("--name", default=None,
+                   help="run name; outputs go to <output_dir>/<name>, or straight into --output_dir without it "
+                        "(as the original)")
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
     p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1, 2],
                    help="0: last-n CLS concat; 1: mean patch token; 2: both")
@@ -24,7 +26,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--num_workers", type=int, default=4, help="image-loading workers for the one feature pass")
     p.add_argument("--val_freq", type=int, default=1)
     p.add_argument("--output_dir", default=".")
-    p.add_argument("--num_labels", type=int, default=1, choices=[1], help="always 1 (one progression logit)")
+    p.add_argument("--num_labels", type=int, default=1,
+                   help="unused, as in the original: the head has one progression logit (any value is accepted)")
     p.add_argument("--load_from", default=None, help="forecast checkpoint to resume / initialise from")
     p.add_argument("--embed_dim", type=int, default=None,
                    help="ignored: the width is taken from the encoder (kept for the original's command lines)")

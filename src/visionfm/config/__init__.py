@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
 from visionfm.errors import ConfigError
@@ -39,6 +40,18 @@ class CommandConfig:
     """Base of the command configs: conversion from/to plain mappings with clear errors."""
 
     command: ClassVar[str] = ""
+
+    def run_dir(self) -> Path:
+        """Where the command writes: ``<output_dir>/<name>``, or ``<output_dir>`` itself when it has no name
+        (the original's fine-tuning and forecasting scripts wrote there)."""
+        name = getattr(self, "name", None)
+        out = Path(getattr(self, "output_dir", "."))
+        return out / name if name else out
+
+    def run_name(self) -> str:
+        """The run's name in titles and file names: ``name``, else the output folder's name."""
+        name = getattr(self, "name", None)
+        return str(name) if name else (Path(getattr(self, "output_dir", ".")).resolve().name or "run")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -194,7 +207,7 @@ class StoreDecoderConfig(CommandConfig):
     num_labels: int = 13
     load_from: str | None = None
     test: bool = False
-    embed_dim: int = 768
+    embed_dim: int | None = None
     fusion: str = "pooled"
     subject_map: str | None = None
     bn_momentum: float = 0.1
@@ -282,8 +295,8 @@ class TrainForecastConfig(CommandConfig):
     """``visionfm train-forecast``."""
 
     command: ClassVar[str] = "train-forecast"
-    name: str
     data_path: str
+    name: str | None = None
     n_last_blocks: int = 4
     avgpool_patchtokens: int = 0
     epochs: int = 500
@@ -322,8 +335,8 @@ class FinetuneConfig(CommandConfig):
     """``visionfm finetune``."""
 
     command: ClassVar[str] = "finetune"
-    name: str
     data_path: str
+    name: str | None = None
     n_last_blocks: int = 4
     avgpool_patchtokens: int = 0
     arch: str = "vit_base"
@@ -373,8 +386,8 @@ class EvaluateConfig(CommandConfig):
     """``visionfm evaluate``."""
 
     command: ClassVar[str] = "evaluate"
-    name: str
     data_path: str
+    name: str | None = None
     load_from: str | None = None
     model: str | None = None
     split: str = "test"

@@ -55,6 +55,8 @@ __all__ = [
     "checkpoint_paths",
     "save_decoder_checkpoint",
     "load_decoder_checkpoint",
+    "load_decoder_weights",
+    "write_original_checkpoint",
     "SCHEDULERS",
 ]
 
@@ -311,6 +313,42 @@ def load_decoder_checkpoint(
     return model_sd, info, optim_t
 
 
+def load_decoder_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a decoder checkpoint's weights into ``model`` (strictly) and return its info JSON.
+
+    The original's ``checkpoint_*_linear.pth`` heads (UNETR, linear seg, RegHead, ClsHead) are renamed to
+    our parameter names first (:func:`~visionfm.models.heads.official.adapt_state_dict`); a checkpoint that
+    still does not fit is a :class:`~visionfm.errors.CheckpointError` listing the differing names.
+    """
+    from visionfm.models.heads.official import adapt_state_dict
+
+    sd, info, _ = load_decoder_checkpoint(path)
+    target = model.state_dict()
+    sd = adapt_state_dict(sd, target.keys())
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    shapes = [k for k in target if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
+        raise CheckpointError(f"{path}: its weights do not fit this decoder ({'; '.join(parts)})")
+    model.load_state_dict(sd)
+    return info
+
+
+def write_original_checkpoint(path: str | Path, state: Mapping[str, torch.Tensor], head_type: str, epoch: int,
+                              best: Mapping[str, Any]) -> Path:
+    """The original's decoder checkpoint file beside ours, so its own scripts and habits keep working:
+    ``{epoch, state_dict, best_*}`` with the head's tensors under the original's names and DDP's
+    ``module.`` prefix (:func:`~visionfm.models.heads.official.to_official`). ``best`` holds the
+    original's ``best_<metric>`` key(s). Written atomically; returns the path."""
+    from visionfm.io import save_torch_atomic
+    from visionfm.models.heads.official import to_official
+
+    sd = to_official(head_type, {k: v.detach().cpu() for k, v in state.items()})
+    return save_torch_atomic({"epoch": int(epoch), "state_dict": sd, **dict(best)}, path)
+
+
 def _restore_optimizer(optimizer: torch.optim.Optimizer, info: Mapping[str, Any],
                        tensors: Mapping[str, torch.Tensor]) -> bool:
     saved = info.get("optimizer")
@@ -431,7 +469,7 @@ def fit(
         log.info("resumed from %s after epoch %d (best %s=%s at epoch %d)", resume_from, start_epoch - 1,
                  selection_key, best_value, best_epoch)
     elif init_from is not None:
-        model.load_state_dict(load_decoder_checkpoint(init_from)[0])
+        load_decoder_weights(model, init_from)
         log.info("initialised the decoder from %s (weights only)", init_from)
     net: nn.Module = model
     if env.world_size > 1:

@@ -609,13 +609,8 @@ def run_pretrain(cfg: PretrainConfig) -> tuple[Path, list[dict[str, Any]]]:
 
     Returns ``(run folder, per-epoch history)``.
     """
-    from visionfm.engine.distributed import cleanup_distributed
-    from visionfm.engine.logging import setup_logging
+    from visionfm.engine.distributed import command_session
 
-    env = init_distributed(cfg.device)
-    setup_logging(env.is_main)
-    try:
+    with command_session(cfg.device) as env:
         trainer = IBOTTrainer(cfg, env)
         return trainer.run_dir, trainer.fit()
-    finally:
-        cleanup_distributed()

@@ -260,25 +260,24 @@ def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
 
 def run_train_cls(opts: TrainClsConfig) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.distributed import command_session
     from visionfm.engine.features import encoder_identity, load_frozen_encoder, pool_tokens
-    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         FitConfig,
         TensorBatches,
         fit,
         load_decoder_checkpoint,
+        load_decoder_weights,
         loss_step,
         selection_split,
         start_point,
+        write_original_checkpoint,
     )
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
 
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(opts.seed)
+    with command_session(opts.device, seed=opts.seed) as env:
         run_dir = Path(opts.output_dir) / opts.name
         if opts.test and not opts.load_from:
             raise ConfigError("--test needs --load_from CHECKPOINT (the original silently trained instead)")
@@ -324,8 +323,7 @@ def run_train_cls(opts: TrainClsConfig) -> int:
                 "bn_momentum": opts.bn_momentum, "class_names": names, "modality": opts.modality}
 
         if opts.test:
-            sd, info, _ = load_decoder_checkpoint(opts.load_from)
-            model.load_state_dict(sd)
+            info = load_decoder_weights(model, opts.load_from)
             model.to(env.device)
             metrics = _final_report(opts, run_dir, model, test, task, n_out, names, env, info.get("epoch"),
                                     "test (from --load_from)")
@@ -364,14 +362,15 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         if env.is_main:
             info["test_metrics"] = {k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}
             save_json_atomic(info, best.with_suffix(".json"))
+            if opts.head == "cls":  # the original's file name, e.g. checkpoint_teacher_linear.pth (§5.2)
+                write_original_checkpoint(run_dir / f"checkpoint_{opts.checkpoint_key}_linear.pth", model.state_dict(),
+                                          "cls", result.best_epoch, {"best_f1": result.best_value})
             # -- model package folder (issue 6): <run>/model/ from the selected (best) checkpoint --
             _package_run(opts, run_dir, model, task, names, metrics)
             run_logger.log({"final_test": info["test_metrics"], "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def _identity(meta: dict[str, Any], opts: TrainClsConfig) -> dict[str, Any]:

@@ -83,11 +83,14 @@ class DenseConfig:
 
 
 class DenseTask(Protocol):
-    """What differs between segmentation and landmarks (implemented in the task modules)."""
+    """What the dense driver needs of a task class (:class:`~visionfm.tasks.segmentation.Segmentation`,
+    :class:`~visionfm.tasks.landmark.Landmark`): reader, loss, evaluation, per-epoch summary, test outputs."""
 
     name: str
     selection_key: str
     higher_is_better: bool
+    #: the ``best_*`` key of the original's ``checkpoint_<epoch>_linear.pth``
+    original_best_key: str
     num_outputs: int
 
     def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
@@ -353,16 +356,18 @@ def _cache_bytes(n: int, size: int, patch: int, dim: int) -> float:
 def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -> int:
     """``visionfm train-seg`` / ``train-landmark``: train, select, then report on the test split."""
     from visionfm import load_encoder
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
-    from visionfm.engine.logging import RunLogger, setup_logging
-    from visionfm.engine.trainer import load_decoder_checkpoint, start_point
+    from visionfm.engine.distributed import command_session
+    from visionfm.engine.logging import RunLogger
+    from visionfm.engine.trainer import (
+        load_decoder_checkpoint,
+        load_decoder_weights,
+        start_point,
+        write_original_checkpoint,
+    )
     from visionfm.models import dense_block_ids
     from visionfm.reports import write_report
 
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(opts.seed)
+    with command_session(opts.device, seed=opts.seed) as env:
         if opts.input_size % opts.patch_size or opts.input_size % 16:
             raise ConfigError(f"--input_size {opts.input_size} must be a multiple of 16 (the decoders up-sample x16)")
         if not opts.pretrained_weights:
@@ -402,9 +407,7 @@ def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -
         model = DenseDecoder(build_head(opts.head_type, encoder.embed_dim, task.num_outputs, opts.patch_size))
         resume_from, _ = start_point(run_dir, None, opts.resume)
         if opts.load_from:
-            sd, _, _ = load_decoder_checkpoint(opts.load_from)
-            sd = {k if k.startswith("head.") else f"head.{k}": v for k, v in sd.items()}
-            model.load_state_dict(sd)
+            load_decoder_weights(model, opts.load_from)
             log.info("initialised the decoder from %s", opts.load_from)
         cfg = DenseConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay,
                           batch_size=opts.batch_size_per_gpu, scheduler=opts.scheduler, val_freq=opts.val_freq,
@@ -437,13 +440,16 @@ def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -
             report_meta = {**meta, "run": str(run_dir), "checkpoint": str(run_dir / "checkpoint_best.safetensors"),
                            "best_epoch": result.best_epoch, "epochs": opts.epochs, "data_path": str(root)}
             write_report(run_dir, title, metrics, images=figures, meta=report_meta)
+            # the original's file name and layout beside ours (reference §5.4, §5.5)
+            write_original_checkpoint(run_dir / f"checkpoint_{result.best_epoch}_linear.pth",
+                                      {k.removeprefix("head."): v for k, v in model.state_dict().items()},
+                                      dense_head_name(opts.head_type), result.best_epoch,
+                                      {task.original_best_key: result.best_value})
             run_logger.log({"final_test": task.summary(metrics), "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()
             print({"test": task.summary(metrics), "best_epoch": result.best_epoch})
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence[str] | None = None) -> Path | None:

@@ -360,19 +360,16 @@ def run_finetune(opts: FinetuneConfig) -> int:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from visionfm import load_encoder
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
-    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.distributed import command_session
+    from visionfm.engine.logging import RunLogger
     from visionfm.io import save_json_atomic
 
     if not opts.pretrained_weights:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
     if opts.accum_iter < 1:
         raise ConfigError("--accum_iter must be >= 1")
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(opts.seed)
-        run_dir = Path(opts.output_dir) / opts.name
+    with command_session(opts.device, seed=opts.seed) as env:
+        run_dir = opts.run_dir()
         classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset)
         n_cls = len(classes)
         if n_cls < 2:
@@ -482,8 +479,6 @@ def run_finetune(opts: FinetuneConfig) -> int:
             run_logger.close()
             print(json.dumps(summary))
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any],
@@ -508,8 +503,8 @@ def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: di
         features={"type": "pooled", "n_last_blocks": int(info["n_last_blocks"]),
                   "avgpool": int(info["avgpool_patchtokens"])},
         head_type=str(info["head"]), head_args=head_args, class_names=list(info["class_names"]), metrics=metrics,
-        data=data, name=f"{opts.name} ({info['modality']}, fine-tuned)", weights_source=str(opts.pretrained_weights),
-        encoder_frozen=False)
+        data=data, name=f"{opts.run_name()} ({info['modality']}, fine-tuned)",
+        weights_source=str(opts.pretrained_weights), encoder_frozen=False)
 
 
 SUMMARY_KEYS = ("accuracy", "auroc", "auroc_macro", "aupr", "aupr_macro", "f1_macro")
@@ -529,10 +524,10 @@ def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opt
         return {}
     task = task_of(len(classes), binary_logit)
     scores = binary_scores(probs, binary_logit) if task == "binary" else probs
-    meta = {"name": opts.name, "modality": info.get("modality"), "evaluated": what,
+    meta = {"name": opts.run_name(), "modality": info.get("modality"), "evaluated": what,
             "checkpoint_epoch": info.get("epoch"), "task": task, "n": len(y)}
     m = evaluate_classification_run(out_dir, y, scores, task, classes, paths=paths, n_boot=opts.report_n_boot,
-                                    seed=opts.seed, title=f"{opts.name} ({task}, fine-tuned)", meta=meta)
+                                    seed=opts.seed, title=f"{opts.run_name()} ({task}, fine-tuned)", meta=meta)
     np.save(out_dir / "probs.npy", probs)
     np.save(out_dir / "target.npy", y.reshape(-1, 1))
     return {k: m[k] for k in SUMMARY_KEYS if k in m}
@@ -541,14 +536,11 @@ def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opt
 def run_evaluate(opts: EvaluateConfig) -> int:
     """``visionfm evaluate``: a fine-tuned checkpoint on ``<data_path>/<split>``."""
     from visionfm.data.layouts import ImageFolderDataset
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed
+    from visionfm.engine.distributed import command_session
     from visionfm.engine.features import eval_transform
-    from visionfm.engine.logging import setup_logging
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
+    with command_session(opts.device) as env:
         source = getattr(opts, "model", None) or opts.load_from
         if getattr(opts, "model", None) and opts.load_from:
             raise ConfigError("give --model (a model folder) or --load_from (a checkpoint), not both")
@@ -569,12 +561,10 @@ def run_evaluate(opts: EvaluateConfig) -> int:
         ds = ImageFolderDataset(opts.data_path, opts.split, class_order=classes,
                                 transform=eval_transform(size, modality, interpolation=info.get("interpolation",
                                                                                                 "bicubic")))
-        run_dir = Path(opts.output_dir) / opts.name
+        run_dir = opts.run_dir()
         metrics = evaluate_split(model, info, ds, opts, env, run_dir / "report", f"{opts.split} ({source})")
         if env.is_main:
             save_json_atomic({"checkpoint": str(source), "split": opts.split, "metrics": metrics},
                              run_dir / "evaluate.json")
             print(json.dumps(metrics))
         return 0
-    finally:
-        cleanup_distributed()

@@ -240,9 +240,9 @@ def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout
 
 def run_train_forecast(opts: TrainForecastConfig) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
+    from visionfm.engine.distributed import command_session
     from visionfm.engine.features import encoder_identity, load_frozen_encoder
-    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         FitConfig,
         TensorBatches,
@@ -263,11 +263,8 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
     if opts.avgpool_patchtokens not in (0, 1, 2):
         raise ConfigError("--avgpool_patchtokens must be 0, 1 or 2")
     edges = parse_buckets(opts.interval_buckets)
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(opts.seed)
-        run_dir = Path(opts.output_dir) / opts.name
+    with command_session(opts.device, seed=opts.seed) as env:
+        run_dir = opts.run_dir()
         encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                       opts.input_size).to(env.device)
         ident = encoder_identity(encoder, opts.modality, opts.input_size, "cls")
@@ -334,8 +331,6 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
             print(json.dumps({"test": metrics["forecast"],
                               "baseline_interval_only": metrics["baseline_interval_only"]}))
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def _package(opts: TrainForecastConfig, run_dir: Path, encoder: nn.Module, model: nn.Module, embed_dim: int,
@@ -358,7 +353,7 @@ def _package(opts: TrainForecastConfig, run_dir: Path, encoder: nn.Module, model
         head_args={"embed_dim": int(embed_dim), "max_len": int(opts.max_len), "in_features": int(in_dim),
                    "dropout": float(opts.dropout)},
         class_names=["no progression", "progression"], thresholds=[float(opts.threshold)],
-        max_days=float(opts.max_len - 1), metrics=summary, data=data, name=f"{opts.name} ({opts.modality})",
+        max_days=float(opts.max_len - 1), metrics=summary, data=data, name=f"{opts.run_name()} ({opts.modality})",
         weights_source=str(opts.pretrained_weights))
 
 
@@ -370,10 +365,10 @@ def _report(opts: TrainForecastConfig, run_dir: Path, test: ForecastSplit, train
     y = test.labels.numpy().astype(np.int64)
     days = test.days.numpy()
     report_dir = run_dir / "report"
-    meta = {"name": opts.name, "modality": opts.modality, "checkpoint_epoch": epoch,
+    meta = {"name": opts.run_name(), "modality": opts.modality, "checkpoint_epoch": epoch,
             "evaluated": f"test (best epoch selected on {sel_split})", "n_test": len(test),
             "max_len": opts.max_len, "pos_weight": opts.pos_weight}
-    title = f"{opts.name}: progression forecasting ({opts.modality})"
+    title = f"{opts.run_name()}: progression forecasting ({opts.modality})"
     metrics = evaluate_classification_run(report_dir, y, probs, "binary", ["no progression", "progression"],
                                           paths=test.paths, threshold=opts.threshold, n_boot=opts.report_n_boot,
                                           seed=opts.seed, title=title, meta=meta)
@@ -399,7 +394,7 @@ def _report(opts: TrainForecastConfig, run_dir: Path, test: ForecastSplit, train
                          "Baseline": [brow, {"model": "forecaster", "AUROC": fm["auroc"], "AUPR": fm["aupr"]}]})
     # the per-image list the original would have produced, with the interval
     per = {p: {"gt": int(t), "pred": float(s), "days": int(d)} for p, t, s, d in zip(test.paths, y, probs, days)}
-    save_json_atomic(per, run_dir / f"{opts.name}_{opts.modality}_results.json")
+    save_json_atomic(per, run_dir / f"{opts.run_name()}_{opts.modality}_results.json")
     return metrics
 
 

@@ -393,6 +393,7 @@ def read_fused_inputs(opts: StoreDecoderConfig, roles: Sequence[str], modalities
         "entries": {p.entry: {"modality": p.modality, "arch": p.meta.get("arch"),
                               "weights_fingerprint": str(p.meta.get("weights_fingerprint") or "")[:16],
                               "input_size": p.meta.get("input_size")} for p in found},
+        "embed_dim": int(found[0].cls.shape[2]),  # the stores' width (checked equal across them)
         "n_samples": {r: (len(v) if v is not None else 0) for r, v in out.items()},
         "n_images": {r: sum(len(p) for p in loaded[r]) for r in roles},
     }
@@ -450,28 +451,16 @@ def package_multi_store_run(opts: StoreDecoderConfig, spec: Any, run_dir: Path, 
         encoder=encoder, head=model, modality=str(enc["modality"]), input_size=int(enc["input_size"]),
         interpolation="bilinear", features={"type": "pooled", "n_last_blocks": N_LAST_BLOCKS, "avgpool": 0},
         metrics=metrics, data=data, name=f"{opts.name} ({enc['modality']})", weights_source=str(src))
-    n_out = int(meta["num_outputs"])
-    bn = float(meta.get("bn_momentum", 0.1))
-    feat_dim = int(meta["feat_dim"])
-    if spec.kind == "cls":
-        layout = str(meta.get("label_layout", "multilabel"))
-        return model_folder_from_training(
-            run_dir / "model", task="classification",
-            task_kind="visionfm13" if layout == "visionfm13" else "multilabel",
-            head_type="cls", head_args={"embed_dim": feat_dim, "num_classes": n_out, "layers": 3, "bn_momentum": bn},
-            class_names=list(meta["label_names"]), **common)
-    return model_folder_from_training(
-        run_dir / "model", task="regression", head_type="reg",
-        head_args={"embed_dim": feat_dim, "num_targets": n_out, "bn_momentum": bn},
-        target_names=list(meta["target_names"]), target_mean=list(meta["target_mean"]),
-        target_std=list(meta["target_std"]), **common)
+    fields = spec.model_fields(meta, int(meta["feat_dim"]), float(meta.get("bn_momentum", 0.1)))
+    return model_folder_from_training(run_dir / "model", **fields, **common)
 
 
 # -- the shared command driver ------------------------------------------------------------------------
 
 
 class TaskSpec(Protocol):
-    """What a multi-store decoder command supplies to :func:`run_multi_store_command`.
+    """What a multi-store decoder command's task class (:class:`~visionfm.tasks.multilabel.Multilabel`,
+    :class:`~visionfm.tasks.regression.Regression`) supplies to :func:`run_multi_store_command`.
 
     Attributes: ``kind`` (``"cls"`` or ``"reg"``, the head), ``selection_key`` and
     ``higher_is_better`` (model selection on the dict returned by ``evaluate``).
@@ -499,34 +488,41 @@ class TaskSpec(Protocol):
     def report(self, run_dir: Path, outputs: torch.Tensor, inputs: ModelInputs, meta: dict[str, Any]) -> dict[str, Any]:
         ...
 
+    def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
+        """``task``, head and names of a pooled run's model folder."""
+        ...
+
+    def original_best(self, value: Any) -> dict[str, Any]:
+        """The ``best_*`` entry of the original's checkpoint file for the selected value."""
+        ...
+
 
 def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
     """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.trainer.fit`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
-    from visionfm.engine.distributed import cleanup_distributed, init_distributed, seed_everything
-    from visionfm.engine.logging import RunLogger, setup_logging
+    from visionfm.engine.distributed import command_session
+    from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         FitConfig,
         TensorBatches,
         fit,
         load_decoder_checkpoint,
+        load_decoder_weights,
         loss_step,
         selection_split,
         start_point,
+        write_original_checkpoint,
     )
     from visionfm.io import save_json_atomic
 
-    env = init_distributed(opts.device)
-    setup_logging(env.is_main)
-    try:
-        seed_everything(opts.seed)
+    with command_session(opts.device, seed=opts.seed) as env:
         run_dir = Path(opts.output_dir) / opts.name
         if opts.test and not opts.load_from:
             raise ConfigError("--test needs --load_from CHECKPOINT")
         ckpt_info: dict[str, Any] | None = None
         modalities = None
         if opts.test:
-            sd, ckpt_info, _ = load_decoder_checkpoint(opts.load_from)
+            _, ckpt_info, _ = load_decoder_checkpoint(opts.load_from)
             if ckpt_info.get("fusion") and ckpt_info["fusion"] != opts.fusion:
                 log.info("using --fusion %s recorded in %s", ckpt_info["fusion"], opts.load_from)
                 opts.fusion = ckpt_info["fusion"]
@@ -541,13 +537,14 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             raise DataFormatError(f"no training split in the stores of {', '.join(opts.datasets)}")
         task_meta = spec.setup(train.labels if train is not None else None, test.labels, ckpt_info)
         n_out = int(task_meta["num_outputs"])
-        feat_dim = N_LAST_BLOCKS * int(opts.embed_dim)
+        embed_dim = int(data_info.pop("embed_dim"))  # --embed_dim, when given, was checked against it
+        feat_dim = N_LAST_BLOCKS * embed_dim
         model = build_fused_model(spec.kind, opts.fusion, len(slots), feat_dim, n_out, opts.bn_momentum)
         meta = {**task_meta, "fusion": opts.fusion, "modalities": slots, "feat_dim": feat_dim,
-                "embed_dim": int(opts.embed_dim), "datasets": list(opts.datasets), "bn_momentum": opts.bn_momentum,
+                "embed_dim": embed_dim, "datasets": list(opts.datasets), "bn_momentum": opts.bn_momentum,
                 "data": data_info}
         if opts.test:
-            model.load_state_dict(sd)
+            load_decoder_weights(model, opts.load_from)
             model.to(env.device)
             outputs = predict(model, test.x)
             if env.is_main:
@@ -587,12 +584,13 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
                                                            "evaluated": f"test (best epoch selected on {sel_split})"})
             info["test_metrics"] = metrics
             save_json_atomic(info, best.with_suffix(".json"))
+            if opts.fusion == "pooled":  # the original's checkpoint_<epoch>_linear.pth (§5.3, §5.6)
+                write_original_checkpoint(run_dir / f"checkpoint_{result.best_epoch}_linear.pth", model.state_dict(),
+                                          spec.kind, result.best_epoch, spec.original_best(result.best_value))
             package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
         return 0
-    finally:
-        cleanup_distributed()
 
 
 def write_members(run_dir: Path, inputs: ModelInputs) -> None:

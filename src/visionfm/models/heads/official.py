@@ -1,0 +1,88 @@
+"""Parameter names of the original's decoder heads ↔ ours (reference §3.3), for loading and writing
+the original's ``checkpoint_*_linear.pth`` files.
+
+Our heads keep the original's tensor shapes and order; only some module names differ:
+
+=========== ====================================================== ==========================================
+head        original                                               visionfm
+=========== ====================================================== ==========================================
+UNETR       ``d{i}.deconv.*``, ``s{i}.{j}.deconv.*``,              ``up{i}.*``, ``skip{i}.{j}.*``,
+            ``s{i}.{j}.layers.{k}.*``, ``c{i}.{j}.layers.{k}.*``,  ``skip{i}.{j}.{k}.*``, ``fuse{i}.{j}.{k}.*``,
+            ``cls.*``                                              ``out.1.*``
+linear seg  ``conv_seg.*``                                         ``conv.*``
+RegHead     ``classifier.N.*``                                     ``regressor.N.*``
+ClsHead     ``channel_bn.*``, ``classifier.N.*``                   the same
+=========== ====================================================== ==========================================
+
+(The landmark decoder is the UNETR head.) The DDP prefix ``module.`` is stripped before these rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+__all__ = ["OFFICIAL_NAMES", "from_official", "to_official", "adapt_state_dict"]
+
+V = TypeVar("V")
+
+# (original pattern, our replacement) per head type; the inverse direction is derived below.
+OFFICIAL_NAMES: dict[str, list[tuple[str, str]]] = {
+    "unetr": [(r"^d(\d)\.deconv\.", r"up\1."), (r"^s(\d)\.(\d+)\.deconv\.", r"skip\1.\2."),
+              (r"^s(\d)\.(\d+)\.layers\.", r"skip\1.\2."), (r"^c(\d)\.(\d+)\.layers\.", r"fuse\1.\2."),
+              (r"^cls\.", "out.1.")],
+    "linear_seg": [(r"^conv_seg\.", "conv.")],
+    "reg": [(r"^classifier\.", "regressor.")],
+    "cls": [],
+}
+
+# ours → original: each pattern written for our names (the UNETR skip rule needs the child's type).
+_TO_OFFICIAL: dict[str, list[tuple[str, str]]] = {
+    "unetr": [(r"^up(\d)\.", r"d\1.deconv."), (r"^fuse(\d)\.(\d+)\.(\d+)\.", r"c\1.\2.layers.\3."),
+              (r"^skip(\d)\.(\d+)\.(\d+)\.", r"s\1.\2.layers.\3."), (r"^skip(\d)\.(\d+)\.", r"s\1.\2.deconv."),
+              (r"^out\.1\.", "cls.")],
+    "linear_seg": [(r"^conv\.", "conv_seg.")],
+    "reg": [(r"^regressor\.", "classifier.")],
+    "cls": [],
+}
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def from_official(head_type: str, state: Mapping[str, V]) -> dict[str, V]:
+    """The original's head tensors renamed to ours (``module.`` stripped)."""
+    rules = OFFICIAL_NAMES.get(head_type, [])
+    return {_rename(k.removeprefix("module."), rules): v for k, v in state.items()}
+
+
+def to_official(head_type: str, state: Mapping[str, V], ddp_prefix: bool = True) -> dict[str, V]:
+    """Our head tensors under the original's names (with the ``module.`` prefix its DDP runs saved)."""
+    rules = _TO_OFFICIAL.get(head_type, [])
+    prefix = "module." if ddp_prefix else ""
+    return {prefix + _rename(k, rules): v for k, v in state.items()}
+
+
+def adapt_state_dict(state: Mapping[str, V], target_keys: Iterable[str]) -> dict[str, V]:
+    """``state`` renamed to fit ``target_keys`` (a model's ``state_dict()`` keys) when it is an original
+    head checkpoint: tries each head's name rules, with and without the target's top-level prefix
+    (``head.`` of a dense decoder). Returned unchanged when nothing fits exactly, so that the strict
+    ``load_state_dict`` names the differences."""
+    target = set(target_keys)
+    plain = {k.removeprefix("module."): v for k, v in state.items()}
+    if set(plain) == target:
+        return plain
+    prefixes = [""] + sorted({t.split(".", 1)[0] + "." for t in target if "." in t})
+    for head_type in OFFICIAL_NAMES:
+        mapped = from_official(head_type, plain)
+        for prefix in prefixes:
+            cand = {prefix + k: v for k, v in mapped.items()}
+            if set(cand) == target:
+                return cand
+    return dict(state)
