@@ -134,3 +134,22 @@ def test_forecasting_command_without_a_name(place, monkeypatch):
     # no --name: the outputs are in --output_dir itself, as the original's
     assert (out / "checkpoint_best.safetensors").is_file() and (out / "report" / "metrics.json").is_file()
     assert (out / "glaucoma_forecasting_Fundus_results.json").is_file()  # the run is named after the folder
+
+
+def _parser(command: str):
+    import importlib
+
+    from visionfm.cli.main import COMMANDS, build_parser
+
+    _, subs = build_parser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(subs[command])
+    return subs[command]
+
+
+def test_flag_prefixes_as_the_original_argparse():
+    """The FT-README writes ``--epoch 5``; a prefix shared by a flag and its hyphenated twin is one flag."""
+    a = _parser("finetune").parse_args(["--data_path", "d", "--epoch", "5", "--batch", "8", "--output-d", "o"])
+    assert (a.epochs, a.batch_size_per_gpu, a.output_dir, a.name) == (5, 8, "o", None)
+    with pytest.raises(SystemExit) as err:  # an ambiguous prefix is still refused
+        _parser("finetune").parse_args(["--data_path", "d", "--n", "3"])
+    assert err.value.code == 2

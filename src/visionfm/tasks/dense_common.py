@@ -353,7 +353,7 @@ def _cache_bytes(n: int, size: int, patch: int, dim: int) -> float:
     return n * (4 * (size // patch) ** 2 * dim * 2 + 3 * size * size * 4)
 
 
-def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -> int:
+def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
     """``visionfm train-seg`` / ``train-landmark``: train, select, then report on the test split."""
     from visionfm import load_encoder
     from visionfm.engine.distributed import command_session
@@ -372,7 +372,6 @@ def run_dense(opts: DenseDecoderConfig, make_task: Callable[[Any], DenseTask]) -
             raise ConfigError(f"--input_size {opts.input_size} must be a multiple of 16 (the decoders up-sample x16)")
         if not opts.pretrained_weights:
             raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
-        task = make_task(opts)
         run_dir = Path(opts.output_dir) / opts.name
         encoder = load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                opts.input_size).to(env.device)

@@ -207,7 +207,7 @@ def run_train_landmark(opts: TrainLandmarkConfig) -> int:
     """``visionfm train-landmark``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
     from visionfm.tasks.dense_common import package_dense_run
 
-    rc = run_dense(opts, Landmark.for_run)
+    rc = run_dense(opts, Landmark.for_run(opts))
     if rc == 0:
         package_dense_run(opts, "landmark")
     return rc

@@ -220,6 +220,7 @@ class Multilabel(Classification):
     kind = "cls"
     selection_key = "selection"
     higher_is_better = True
+    original_best_key = "best_f1"  # in the original's checkpoint_<epoch>_linear.pth (its mean F1)
 
     def __init__(self, opts: TrainMultiClsConfig | None = None) -> None:
         self.opts = opts
@@ -294,10 +295,6 @@ class Multilabel(Classification):
 
         logging.getLogger("visionfm.multi_cls").info("test: %s", {k: v for k, v in head.items() if k != "tasks"})
         return head
-
-    def original_best(self, value: Any) -> dict[str, Any]:
-        """``best_f1`` of the original's checkpoint file: the selected validation value."""
-        return {"best_f1": value}
 
     def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
         """The task's part of a pooled run's model folder (keywords of

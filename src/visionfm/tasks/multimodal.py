@@ -469,6 +469,8 @@ class TaskSpec(Protocol):
     kind: str
     selection_key: str
     higher_is_better: bool
+    #: the ``best_*`` key of the original's ``checkpoint_<epoch>_linear.pth``
+    original_best_key: str
 
     def setup(self, train_labels: torch.Tensor | None, test_labels: torch.Tensor,
               info: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -490,10 +492,6 @@ class TaskSpec(Protocol):
 
     def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
         """``task``, head and names of a pooled run's model folder."""
-        ...
-
-    def original_best(self, value: Any) -> dict[str, Any]:
-        """The ``best_*`` entry of the original's checkpoint file for the selected value."""
         ...
 
 
@@ -586,7 +584,7 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             save_json_atomic(info, best.with_suffix(".json"))
             if opts.fusion == "pooled":  # the original's checkpoint_<epoch>_linear.pth (§5.3, §5.6)
                 write_original_checkpoint(run_dir / f"checkpoint_{result.best_epoch}_linear.pth", model.state_dict(),
-                                          spec.kind, result.best_epoch, spec.original_best(result.best_value))
+                                          spec.kind, result.best_epoch, {spec.original_best_key: result.best_value})
             package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()

@@ -138,6 +138,9 @@ class Regression(Task):
     kind = "reg"
     selection_key = "mae_std_mean"
     higher_is_better = False
+    #: in the original's checkpoint_<epoch>_linear.pth; ours holds the selected value, the mean MAE of the
+    #: standardised targets (not the original's relative MAE)
+    original_best_key = "best_mae"
 
     def __init__(self, opts: TrainRegConfig | None = None) -> None:
         self.opts = opts
@@ -205,11 +208,6 @@ class Regression(Task):
         head["mae_std_mean"] = zmae
         log.info("test: %s", head)
         return head
-
-    def original_best(self, value: Any) -> dict[str, Any]:
-        """``best_mae`` of the original's checkpoint file: the selected validation value (ours: the mean MAE
-        of the standardised targets, not the original's relative MAE)."""
-        return {"best_mae": value}
 
     def model_fields(self, meta: Mapping[str, Any], feat_dim: int, bn_momentum: float) -> dict[str, Any]:
         """The task's part of a pooled run's model folder (keywords of

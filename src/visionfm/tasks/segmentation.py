@@ -208,7 +208,8 @@ def run_train_seg(opts: TrainSegConfig) -> int:
     """``visionfm train-seg``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
     from visionfm.tasks.dense_common import package_dense_run
 
-    rc = run_dense(opts, Segmentation.for_run)
+    task = Segmentation.for_run(opts)
+    rc = run_dense(opts, task)
     if rc == 0:
-        package_dense_run(opts, "segmentation", Segmentation.for_run(opts).class_names)
+        package_dense_run(opts, "segmentation", task.class_names)
     return rc

@@ -27,44 +27,44 @@ __all__ = ["OFFICIAL_NAMES", "from_official", "to_official", "adapt_state_dict"]
 
 V = TypeVar("V")
 
-# (original pattern, our replacement) per head type; the inverse direction is derived below.
+# (original, ours) name prefixes per head type, one table for both directions: ``{i}``, ``{j}``, ``{k}`` stand
+# for module indices. Within a head the more specific of two overlapping prefixes comes first (UNETR's
+# ``skip{i}.{j}.{k}.`` of a ConvBlock before ``skip{i}.{j}.`` of a deconvolution).
 OFFICIAL_NAMES: dict[str, list[tuple[str, str]]] = {
-    "unetr": [(r"^d(\d)\.deconv\.", r"up\1."), (r"^s(\d)\.(\d+)\.deconv\.", r"skip\1.\2."),
-              (r"^s(\d)\.(\d+)\.layers\.", r"skip\1.\2."), (r"^c(\d)\.(\d+)\.layers\.", r"fuse\1.\2."),
-              (r"^cls\.", "out.1.")],
-    "linear_seg": [(r"^conv_seg\.", "conv.")],
-    "reg": [(r"^classifier\.", "regressor.")],
-    "cls": [],
-}
-
-# ours → original: each pattern written for our names (the UNETR skip rule needs the child's type).
-_TO_OFFICIAL: dict[str, list[tuple[str, str]]] = {
-    "unetr": [(r"^up(\d)\.", r"d\1.deconv."), (r"^fuse(\d)\.(\d+)\.(\d+)\.", r"c\1.\2.layers.\3."),
-              (r"^skip(\d)\.(\d+)\.(\d+)\.", r"s\1.\2.layers.\3."), (r"^skip(\d)\.(\d+)\.", r"s\1.\2.deconv."),
-              (r"^out\.1\.", "cls.")],
-    "linear_seg": [(r"^conv\.", "conv_seg.")],
-    "reg": [(r"^regressor\.", "classifier.")],
+    "unetr": [("d{i}.deconv.", "up{i}."), ("s{i}.{j}.layers.{k}.", "skip{i}.{j}.{k}."),
+              ("s{i}.{j}.deconv.", "skip{i}.{j}."), ("c{i}.{j}.layers.{k}.", "fuse{i}.{j}.{k}."), ("cls.", "out.1.")],
+    "linear_seg": [("conv_seg.", "conv.")],
+    "reg": [("classifier.", "regressor.")],
     "cls": [],
 }
 
 
-def _rename(key: str, rules: list[tuple[str, str]]) -> str:
-    for pattern, repl in rules:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{(\w)\\\}", r"(?P<\1>\\d+)", re.escape(template)))
+
+
+def _rules(head_type: str, to_ours: bool) -> list[tuple[re.Pattern[str], str]]:
+    pairs = OFFICIAL_NAMES.get(head_type, [])
+    return [(_pattern(a if to_ours else b), b if to_ours else a) for a, b in pairs]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, template in rules:
+        m = pattern.match(key)
+        if m:
+            return template.format(**m.groupdict()) + key[m.end():]
     return key
 
 
 def from_official(head_type: str, state: Mapping[str, V]) -> dict[str, V]:
     """The original's head tensors renamed to ours (``module.`` stripped)."""
-    rules = OFFICIAL_NAMES.get(head_type, [])
+    rules = _rules(head_type, to_ours=True)
     return {_rename(k.removeprefix("module."), rules): v for k, v in state.items()}
 
 
 def to_official(head_type: str, state: Mapping[str, V], ddp_prefix: bool = True) -> dict[str, V]:
     """Our head tensors under the original's names (with the ``module.`` prefix its DDP runs saved)."""
-    rules = _TO_OFFICIAL.get(head_type, [])
+    rules = _rules(head_type, to_ours=False)
     prefix = "module." if ddp_prefix else ""
     return {prefix + _rename(k, rules): v for k, v in state.items()}
 
@@ -85,4 +85,4 @@ def adapt_state_dict(state: Mapping[str, V], target_keys: Iterable[str]) -> dict
             cand = {prefix + k: v for k, v in mapped.items()}
             if set(cand) == target:
                 return cand
-    return dict(state)
+    return plain
