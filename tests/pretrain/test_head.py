@@ -158,3 +158,57 @@ def test_invalid_options():
         small_head(act="swish")
     with pytest.raises(ValueError, match="bottleneck_dim"):
         small_head(bottleneck_dim=0)
+
+
+class _ReferenceMLP(nn.Sequential):
+    """The original's MLP from reference §3.2: ``Linear → norm → act → Linear → norm → act → Linear``
+    with ONE norm module at both positions (its ``CustomSequential`` moves channels for BatchNorm)."""
+
+    def forward(self, x):
+        for m in self:
+            x = m(x.transpose(1, 2)).transpose(1, 2) if isinstance(m, nn.BatchNorm1d) and x.dim() == 3 else m(x)
+        return x
+
+
+def _reference_mlp(norm: str) -> nn.Sequential:
+    shared = nn.BatchNorm1d(HID) if norm == "bn" else nn.LayerNorm(HID)
+    return _ReferenceMLP(nn.Linear(D, HID), shared, nn.GELU(), nn.Linear(HID, HID), shared, nn.GELU(),
+                         nn.Linear(HID, BOT))
+
+
+@pytest.mark.parametrize("norm", ["bn", "ln"])
+def test_head_norm_is_one_module_as_the_original(norm):
+    head = small_head(norm=norm)
+    assert head.mlp[1] is head.mlp[4]
+    ref = _reference_mlp(norm)
+    ours = {k[len("mlp."):]: v for k, v in head.state_dict().items() if k.startswith("mlp.")}
+    assert list(ours) == list(ref.state_dict())  # both positions in the state dict (same tensors)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert ours["1.weight"].data_ptr() == ours["4.weight"].data_ptr()
+    # the optimizer sees the shared parameters once, under the first position's name
+    names = [n for n, _ in head.named_parameters() if n.startswith("mlp.")]
+    assert names == [f"mlp.{k}" for k, _ in ref.named_parameters()]
+    assert "mlp.4.weight" not in names
+    # a reference state dict (random norm parameters and statistics) gives the reference's outputs
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for t in ref.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + 0.5)
+    head.mlp.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, D)
+    for train in (True, False):
+        head.mlp.train(train)
+        ref.train(train)
+        torch.testing.assert_close(head.mlp(x), ref(x))
+    if norm == "bn":  # the running statistics moved twice per forward: both positions are the one module
+        assert int(head.mlp[1].num_batches_tracked) == int(ref[1].num_batches_tracked) == 2
+        torch.testing.assert_close(head.mlp[1].running_mean, ref[1].running_mean)
+
+
+def test_sync_batchnorm_keeps_the_norm_shared():
+    head = small_head(norm="bn")
+    weight, mean = head.mlp[1].weight, head.mlp[1].running_mean
+    head.sync_batchnorm_()
+    assert isinstance(head.mlp[1], nn.SyncBatchNorm) and head.mlp[1] is head.mlp[4]
+    assert head.mlp[1].weight is weight and head.mlp[1].running_mean is mean

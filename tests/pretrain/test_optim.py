@@ -185,3 +185,39 @@ def test_common_params_intersection():
     assert "head.last_layer.parametrizations.weight.original1" in names
     ema_update_(t_params, s_params, 0.0)  # m = 0 copies the student
     assert torch.equal(t.head.mlp[0].weight, s.head.mlp[0].weight)
+
+
+def _stepped(model, groups):
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("official_first", [False, True])
+def test_optimizer_state_moves_between_groupings_by_name(official_first):
+    """Ours (4 groups) → official layout (2 groups) and back: every moment lands on its parameter."""
+    from visionfm.pretrain.optim import adapt_optimizer_state
+
+    def grouping(m, official):
+        return param_groups(m, official_decay=official, split_last_layer=not official)
+
+    src = student()
+    saved = _stepped(src, grouping(src, official_first)).state_dict()
+    dst = student()
+    opt = torch.optim.AdamW(grouping(dst, not official_first), lr=0.1)
+    opt.load_state_dict(adapt_optimizer_state(saved, opt, dst, "ckpt"))
+    src_opt_state = {n: st for n, st in zip(
+        [n for g in grouping(src, official_first) for n in g["param_names"]], saved["state"].values())}
+    params = dict(dst.named_parameters())
+    assert len(src_opt_state) == len(params) - 1  # all trainable ones
+    for name, st in src_opt_state.items():
+        assert torch.equal(opt.state[params[name]]["exp_avg"], st["exp_avg"]), name
+    # a file without names must fit the original's grouping of this model
+    bad = {"state": {}, "param_groups": [{"params": [0, 1]}, {"params": [2]}]}
+    from visionfm.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"groups of \[2, 1\] parameters"):
+        adapt_optimizer_state(bad, opt, dst, "ckpt")

@@ -31,7 +31,9 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--use_flash", action="store_true",
                    help="accepted for compatibility: fused SDPA attention is always on")
     g.add_argument("--load_pretrain", action="store_true",
-                   help="initialise student and teacher backbones from --pretrain_path")
+                   help="initialise student and teacher backbones from --pretrain_path, or without it from the "
+                        "DINO ImageNet file the original downloaded (vit_small/vit_base, patch 16/8), read from "
+                        "$TORCH_HOME/hub/checkpoints (never downloaded)")
     g.add_argument("--pretrain_path", default=None,
                    help="local checkpoint for --load_pretrain (official, DINO/iBOT, RETFound or ours)")
 
@@ -68,8 +70,8 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--min_lr", type=float, default=2e-6)
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
     g.add_argument("--official_weight_decay", type=bool_flag, default=False,
-                   help="decay cls_token/pos_embed/masked_embed/weight_g as the original did "
-                        "(default: no decay on them)")
+                   help="the original's two optimizer groups: decay also on cls_token/pos_embed/masked_embed/"
+                        "weight_g, last layer not apart (its checkpoints then resume in the original)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the student, the teacher, the loss and the device-side augmentation")
     g.add_argument("--grad_checkpointing", action="store_true",

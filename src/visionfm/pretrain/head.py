@@ -139,7 +139,8 @@ class IBOTHead(nn.Module):
         in_dim: backbone width D.
         out_dim: number of CLS prototypes K.
         patch_out_dim: number of patch prototypes K2 (ignored when ``shared_head``, where K2 = K).
-        norm: ``None``, ``"bn"``, ``"syncbn"`` or ``"ln"`` after each hidden Linear.
+        norm: ``None``, ``"bn"``, ``"syncbn"`` or ``"ln"``: one module, applied after each hidden
+            Linear (``mlp.1`` and ``mlp.4`` of the state dict are the same tensors, as the original's).
         act: ``"gelu"`` or ``"relu"``.
         nlayers: Linear layers in the MLP (1 means a single ``in_dim -> bottleneck_dim`` Linear).
         hidden_dim: hidden width of the MLP.
@@ -185,10 +186,12 @@ class IBOTHead(nn.Module):
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:
             layers: list[nn.Module] = []
+            # ONE norm module after every hidden Linear, as the original's DINOHead: its parameters
+            # are shared and a BatchNorm's running statistics are updated at each position.
+            norm_layer = _make_norm(norm, hidden_dim)
             dims = [in_dim] + [hidden_dim] * (nlayers - 1)
             for d_in, d_out in zip(dims[:-1], dims[1:]):
                 layers.append(nn.Linear(d_in, d_out))
-                norm_layer = _make_norm(norm, d_out)
                 if norm_layer is not None:
                     layers.append(norm_layer)
                 layers.append(_make_act(act))
@@ -213,6 +216,19 @@ class IBOTHead(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def sync_batchnorm_(self) -> None:
+        """Make the head's BatchNorm a ``SyncBatchNorm`` (same parameters and buffers), still one
+        module at every position. ``nn.SyncBatchNorm.convert_sync_batchnorm`` would convert only the
+        first position (``named_children`` skips the repeat), leaving the second a local BatchNorm."""
+        if not isinstance(self.mlp, _TokenMLP):
+            return
+        converted: dict[int, nn.Module] = {}
+        for i, layer in enumerate(self.mlp):
+            if isinstance(layer, nn.BatchNorm1d) and not isinstance(layer, nn.SyncBatchNorm):
+                if id(layer) not in converted:
+                    converted[id(layer)] = nn.SyncBatchNorm.convert_sync_batchnorm(layer)
+                self.mlp[i] = converted[id(layer)]
 
     @property
     def has_batchnorm(self) -> bool:

@@ -9,6 +9,9 @@ Differences from the original, each deliberate:
 * last-layer parameters are put in their own groups flagged ``is_last_layer=True``, so the training
   loop can freeze them by learning rate as well as by :func:`cancel_last_layer_grads`.
 * clipping and the EMA use fused ``torch._foreach_*`` kernels with no per-parameter host sync.
+
+An optimizer state saved with other groups (the original's two, or ours under other flags) is moved
+onto the current groups by parameter name (:func:`adapt_optimizer_state`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "cancel_last_layer_grads",
     "ema_update_",
     "common_params",
+    "official_group_names",
+    "adapt_optimizer_state",
 ]
 
 # Last name component of parameters that must not be decayed (tokens and embeddings: decaying them
@@ -201,3 +206,56 @@ def common_params(teacher: nn.Module, student: nn.Module) -> tuple[list[Tensor],
         if tp.shape != sp.shape:
             raise ValueError(f"teacher/student shape mismatch: {tuple(tp.shape)} vs {tuple(sp.shape)}")
     return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def official_group_names(model: nn.Module) -> list[list[str]]:
+    """Parameter names of the original's two groups ``[regularized, not_regularized]``
+    (``utils.get_params_groups``), in its order; the same names as our student's."""
+    return [g["param_names"] for g in param_groups(model, official_decay=True, split_last_layer=False)]
+
+
+def adapt_optimizer_state(
+    saved: dict[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module, source: str
+) -> dict[str, Any]:
+    """``saved`` (an optimizer ``state_dict``) rewritten for ``optimizer``'s groups, matched by name.
+
+    The saved names come from its groups' ``param_names`` (ours) or, in a file without them (the
+    original's), from the original's grouping of ``model``, whose group sizes must then match.
+    ``optimizer`` must have been built from :func:`param_groups` of ``model``. Each parameter's
+    state (AdamW moments and step, SGD/LARS momentum) moves to the same-named parameter; the
+    hyperparameters are the current groups' (the schedules overwrite lr and weight decay anyway).
+
+    Raises:
+        CheckpointError: the saved groups do not fit the original's grouping of this model.
+    """
+    from visionfm.errors import CheckpointError
+
+    ours = [list(g["param_names"]) for g in optimizer.param_groups]
+    saved_groups = saved.get("param_groups", [])
+    if saved_groups and all("param_names" in g for g in saved_groups):
+        theirs = [list(g["param_names"]) for g in saved_groups]
+    else:
+        theirs = official_group_names(model)
+        sizes, expected = [len(g["params"]) for g in saved_groups], [len(n) for n in theirs]
+        if sizes != expected:
+            raise CheckpointError(
+                f"{source}: its optimizer has groups of {sizes} parameters, the original's grouping of this "
+                f"student has {expected} (another --arch, --norm_in_head, --shared_head or --norm_last_layer?)"
+            )
+    if theirs == ours:
+        return saved
+    index_of = {name: idx for g, names in zip(saved_groups, theirs) for idx, name in zip(g["params"], names)}
+    old_state = saved.get("state", {})
+    state: dict[int, Any] = {}
+    groups: list[dict[str, Any]] = []
+    i = 0
+    for group, names in zip(optimizer.param_groups, ours):
+        ids = []
+        for name in names:
+            j = index_of.get(name)
+            if j is not None and j in old_state:
+                state[i] = old_state[j]
+            ids.append(i)
+            i += 1
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+    return {"state": state, "param_groups": groups}

@@ -40,12 +40,14 @@ from visionfm.engine.logging import RunLogger, progress
 from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
 from visionfm.io.atomic import save_text_atomic
 from visionfm.pretrain.augment import IBOTAugmentation
+from visionfm.pretrain.config import resolve_pretrain_path
 from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
 from visionfm.pretrain.lars import LARS
 from visionfm.pretrain.loss import IBOTLoss
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.model import MultiCropNetwork, build_student_teacher
 from visionfm.pretrain.optim import (
+    adapt_optimizer_state,
     cancel_last_layer_grads,
     clip_gradients_global,
     clip_gradients_per_param,
@@ -232,21 +234,30 @@ class IBOTTrainer:
         # models
         student, teacher = build_student_teacher(args)
         if args.load_pretrain:
-            self._load_pretrained_backbones(student, teacher, args.pretrain_path)
+            self._load_pretrained_backbones(student, teacher, resolve_pretrain_path(args))
         teacher.load_state_dict(student.state_dict(), strict=False)
         for p in teacher.parameters():
             p.requires_grad_(False)
         if args.grad_checkpointing:
             student.backbone.set_grad_checkpointing(True)
+        bn_head = student.head.has_batchnorm or teacher.head.has_batchnorm
         student.to(self.device)
-        teacher.to(self.device).eval()
+        # The original never puts its teacher in eval mode: with a BatchNorm head the teacher
+        # normalises with its batch's statistics and updates its own running averages (the EMA
+        # copies parameters only). Without BatchNorm both modes compute the same (no dropout or
+        # drop-path in the teacher).
+        teacher.to(self.device).train(bn_head)
         # Patch outputs are needed at the masked positions only; a BatchNorm head must still see
         # every token (its statistics), so it gets all of them.
         n_patches = (args.input_size // args.patch_size) ** 2
-        bn_head = student.head.has_batchnorm or teacher.head.has_batchnorm
         self.k_select = n_patches if bn_head else self.masker.max_masked(args.input_size)
-        if self.env.distributed and args.norm_in_head in ("bn", "syncbn"):
-            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        if self.env.distributed and bn_head:
+            if self.device.type == "cuda":  # both networks, as the original
+                student.head.sync_batchnorm_()
+                teacher.head.sync_batchnorm_()
+            else:
+                log.warning("--norm_in_head %s on CPU processes: SyncBatchNorm needs CUDA, so each process "
+                            "keeps its own BatchNorm statistics", args.norm_in_head)
         self.student: MultiCropNetwork = student
         self.teacher: MultiCropNetwork = teacher
         self.student_fwd: torch.nn.Module = student
@@ -282,7 +293,10 @@ class IBOTTrainer:
                 self.photometric_call = torch.compile(self.photometric)
 
         # optimisation
-        groups = param_groups(student, args.weight_decay, official_decay=args.official_weight_decay)
+        # --official_weight_decay: exactly the original's two groups (the last layer is frozen by dropping
+        # its gradients, as there), so the optimizer state also resumes in the original
+        groups = param_groups(student, args.weight_decay, official_decay=args.official_weight_decay,
+                              split_last_layer=not args.official_weight_decay)
         if args.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True)
         elif args.optimizer == "sgd":
@@ -345,7 +359,9 @@ class IBOTTrainer:
         args_dict = self.args.to_dict()
         state: dict[str, Any] = {
             "student": {f"module.{k}": v for k, v in self.student.state_dict().items()},
-            "teacher": self.teacher.state_dict(),
+            # the original's teacher is DDP-wrapped (keys ``module.*``) exactly when its head has BatchNorm
+            "teacher": {f"{'module.' if self.teacher.head.has_batchnorm else ''}{k}": v
+                        for k, v in self.teacher.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch,
             "epoch_iter": epoch_iter,
@@ -375,11 +391,15 @@ class IBOTTrainer:
         if path is None:
             return False
         ckpt = load_training_checkpoint(path)
-        student_sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["student"].items()}
-        self.student.load_state_dict(student_sd)
-        self.teacher.load_state_dict(ckpt["teacher"])
-        if "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+
+        def unwrap(sd: dict[str, Any]) -> dict[str, Any]:
+            return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+        self.student.load_state_dict(unwrap(ckpt["student"]))
+        self.teacher.load_state_dict(unwrap(ckpt["teacher"]))
+        if "optimizer" in ckpt:  # ours, or the original's two groups: matched by parameter name
+            self.optimizer.load_state_dict(adapt_optimizer_state(ckpt["optimizer"], self.optimizer,
+                                                                 self.student, str(path)))
             if self.device_skip:  # a saved group may carry fused=False (an older or official file)
                 for group in self.optimizer.param_groups:
                     group["fused"], group["foreach"] = True, False
