@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
     "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),
     "extract": ("visionfm.cli.extract", "extract frozen-encoder features into feature stores"),
+    "convert-features": ("visionfm.cli.convert_features",
+                         "turn the original's feature pickles into feature stores (read safely)"),
     "train-cls": ("visionfm.cli.train_cls", "train a classification decoder on a frozen encoder"),
     "train-multi-cls": ("visionfm.cli.train_multi_cls",
                         "multi-label classification on several feature stores (pooled or fused per subject)"),

@@ -7,6 +7,7 @@ from visionfm.io.atomic import (
     save_text_atomic,
     save_torch_atomic,
 )
+from visionfm.io.restricted_pickle import UnsafePickleError, load_restricted_pickle
 from visionfm.io.safe_load import file_sha256, load_checkpoint_file
 
 __all__ = [
@@ -17,4 +18,6 @@ __all__ = [
     "save_torch_atomic",
     "load_checkpoint_file",
     "file_sha256",
+    "load_restricted_pickle",
+    "UnsafePickleError",
 ]
