@@ -153,3 +153,120 @@ def test_flag_prefixes_as_the_original_argparse():
     with pytest.raises(SystemExit) as err:  # an ambiguous prefix is still refused
         _parser("finetune").parse_args(["--data_path", "d", "--n", "3"])
     assert err.value.code == 2
+
+
+# -- README §3.3, the other variants of train_cls_decoder.py -------------------------------------------------
+
+SINGLE_CLS_IMAGENET = ("train-cls --name single_cls_debug --dataset_format ImageNet "
+                       "--pretrained_weights ./pretrain_weights/VFM_Fundus_weights.pth --output_dir ./results "
+                       "--data_path ./dataset/xxx/ --num_labels 5 --batch_size_per_gpu 32")
+SINGLE_CLS_OCT = ("train-cls --name single_cls_debug --pretrained_weights ./pretrain_weights/VFM_OCT_weights.pth "
+                  "--output_dir ./results --data_path ./dataset/ProcessedDatasets/SingleModalCls/OCTClassification "
+                  "--num_labels 1 --modality OCT --batch_size_per_gpu 32")
+RETFOUND = " --arch vit_large --checkpoint_key model"  # "adding two additional params"
+NO_ARCH = ["--num_workers", "0", "--device", "cpu"]  # SMALL without --arch: read from the file
+
+
+def _workdir(place: Path, name: str) -> Path:
+    """A fresh working folder beside the others, with the same ./pretrain_weights."""
+    work = place / name
+    work.mkdir()
+    (work / "pretrain_weights").symlink_to(place / "pretrain_weights")
+    return work
+
+
+def _encoder_record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "model" / "config.json").read_text())
+
+
+def test_imagenet_layout_without_arch_reads_the_file(place, monkeypatch):
+    """``--dataset_format ImageNet`` on <root>/{train,val,test}/<class>/ folders; no --arch given: the
+    architecture is read from the weights (ViT-tiny here), and recorded as such."""
+    from PIL import Image
+
+    work = _workdir(place, "imagenet")
+    monkeypatch.chdir(work)
+    rng = torch.Generator().manual_seed(0)
+    classes = ["anoDR", "bmildDR", "cmoderateDR", "dsevereDR", "eproDR"]
+    for split in ("train", "val", "test"):
+        for c, cname in enumerate(classes):
+            d = work / "dataset" / "xxx" / split / cname
+            d.mkdir(parents=True)
+            for i in range(2):
+                px = (torch.rand(32, 32, 3, generator=rng) * 80 + 40 * c).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(px).save(d / f"{i}.png")
+    assert run(SINGLE_CLS_IMAGENET, *NO_ARCH, *IMAGE, "--epochs", "2", "--report_n_boot", "0") == 0
+    run_dir = work / "results" / "single_cls_debug"
+    results = json.loads((run_dir / "single_cls_debug_Fundus_results.json").read_text())
+    assert len(results) == 10 and all(len(r["pred"]) == 5 for r in results.values())
+    cfg = _encoder_record(run_dir)
+    assert (cfg["encoder"]["arch"], cfg["encoder"]["patch_size"], cfg["modality"]) == ("vit_tiny", 16, "Fundus")
+    assert cfg["class_names"] == classes  # the class folders, in order
+    assert (run_dir / "checkpoint_teacher_linear.pth").is_file()
+
+
+def test_oct_binary_command(place, monkeypatch):
+    """``--num_labels 1 --modality OCT`` with VFM_OCT_weights.pth: one sigmoid output, OCT statistics."""
+    work = _workdir(place, "oct")
+    monkeypatch.chdir(work)
+    tmp = work / "gen"
+    generate("single_cls", tmp, num=8, img_size=32, seed=1)
+    dst = work / "dataset" / "ProcessedDatasets" / "SingleModalCls" / "OCTClassification"
+    dst.parent.mkdir(parents=True)
+    (tmp / "FundusClassification").rename(dst)
+    for f in dst.glob("*/*_labels.txt"):  # grades 0-4 → binary (healthy, DR)
+        lines = [ln.rsplit(";", 1) for ln in f.read_text().splitlines() if ln.strip()]
+        f.write_text("".join(f"{p};{min(int(k), 1)}\n" for p, k in lines))
+    assert run(SINGLE_CLS_OCT, *SMALL, *IMAGE, "--epochs", "2", "--report_n_boot", "0") == 0
+    run_dir = work / "results" / "single_cls_debug"
+    results = json.loads((run_dir / "single_cls_debug_OCT_results.json").read_text())
+    assert len(results) == 8 and all(len(r["pred"]) == 1 and len(r["gt"]) == 1 for r in results.values())
+    sd = torch.load(run_dir / "checkpoint_teacher_linear.pth", weights_only=True)["state_dict"]
+    (last,) = [k for k in sd if k.startswith("module.classifier.") and k.endswith(".weight") and sd[k].shape[0] == 1]
+    assert sd[last].shape[0] == 1
+    assert _encoder_record(run_dir)["modality"] == "OCT"
+
+
+def test_retfound_weights_with_the_two_additional_params(place, monkeypatch):
+    """RETFound's MAE file (encoder + decoder_* + mask_token under 'model'): ``--arch vit_large
+    --checkpoint_key model`` added; the appended size flag ``--arch vit_tiny`` wins (argparse: later flags)."""
+    from visionfm.models import build_encoder
+
+    work = _workdir(place, "retfound")
+    monkeypatch.chdir(work)
+    torch.manual_seed(1)
+    enc = build_encoder("vit_tiny", patch_size=16, img_size=224)
+    sd = {k: v for k, v in enc.state_dict().items() if k != "masked_embed"}
+    sd.update({"mask_token": torch.zeros(1, 1, 64), "decoder_embed.weight": torch.randn(64, 192),
+               "decoder_pos_embed": torch.zeros(1, 197, 64), "decoder_pred.weight": torch.randn(768, 64)})
+    (work / "weights").mkdir()
+    torch.save({"model": sd}, work / "weights" / "RETFound_cfp_weights.pth")
+    data = work / "dataset" / "single_cls_random"
+    generate("single_cls", data, num=6, img_size=32, seed=2)
+    cmd = SINGLE_CLS.replace("./pretrain_weights/VFM_Fundus_weights.pth", "./weights/RETFound_cfp_weights.pth")
+    assert run(cmd + RETFOUND, *SMALL, *IMAGE, "--epochs", "1", "--report_n_boot", "0", data=str(data)) == 0
+    run_dir = work / "results" / "single_cls_debug"
+    cfg = _encoder_record(run_dir)
+    assert (cfg["encoder"]["arch"], cfg["encoder"]["checkpoint_key"]) == ("vit_tiny", "model")
+    # the encoder in the model folder is exactly RETFound's (its decoder_* and mask_token ignored)
+    from safetensors.torch import load_file
+
+    packed = load_file(run_dir / "model" / "model.safetensors")
+    assert torch.equal(packed["encoder.blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    assert (run_dir / "checkpoint_model_linear.pth").is_file()  # checkpoint_<key>_linear.pth, as the original
+
+
+def test_a_wrong_arch_is_one_line_naming_the_file(place, monkeypatch, capsys):
+    """Given, --arch is a check: ViT-small asked of a ViT-tiny file is exit 2 and one line naming the file."""
+    work = _workdir(place, "wrong_arch")
+    monkeypatch.chdir(work)
+    data = work / "dataset" / "single_cls_random"
+    generate("single_cls", data, num=2, img_size=32, seed=0)
+    capsys.readouterr()
+    rc = run(SINGLE_CLS, *SMALL, *IMAGE, "--arch", "vit_small", "--epochs", "1", data=str(data))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "VFM_Fundus_weights.pth" in err[0] and "--arch vit_small" in err[0] and "vit_tiny" in err[0]
+    rc = run(SINGLE_CLS, *NO_ARCH, *IMAGE, "--patch_size", "8", "--epochs", "1", data=str(data))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--patch_size 8" in err[0] and "VFM_Fundus_weights.pth" in err[0], err

@@ -86,3 +86,38 @@ def test_train_reg_beats_training_mean_in_original_units(tmp_path):
                    *common) == 0
     again = json.loads((out / "again" / "report" / "metrics.json").read_text())
     assert again["mae_mean"] == pytest.approx(m["mae_mean"])
+
+
+def _tiny_reg_stores(root, d=8, n_train=24, n_test=8, n_targets=2):
+    from visionfm.data.features import FeatureStore
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("training", n_train), ("test", n_test)):
+        FeatureStore.write(root / "Reg" / "ds" / split / "pass_0", torch.randn(n, 4, d, generator=g),
+                           1.0 + torch.rand(n, n_targets, generator=g),
+                           [{"rel_path": f"ds/{split}/{i}.png", "dataset": "ds", "subject": ""} for i in range(n)],
+                           {"weights_fingerprint": "f", "arch": None, "modality": "Fundus", "split": split, "pass": 0})
+
+
+def _lrs_and_groups(run):
+    rows = [json.loads(line) for line in (run / "log.txt").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "train_loss" in r]
+    groups = json.loads((run / "checkpoint_last.json").read_text())["optimizer"]["param_groups"]
+    return lrs, groups
+
+
+def test_train_reg_defaults_are_the_originals_raw_constant_lr_and_flags_restore_scaling_and_cosine(tmp_path):
+    """train_metric_reg_multi_decoder.py: AdamW(--lr, betas (0.9, 0.999), wd 0.05), no batch scaling, no scheduler."""
+    import math
+
+    _tiny_reg_stores(tmp_path / "stores")
+    common = ["--data_path", str(tmp_path / "stores"), "--datasets", "Reg", "--num_labels", "2", "--epochs", "4",
+              "--batch_size_per_gpu", "8", "--report_n_boot", "0", "--device", "cpu", "--output_dir", str(tmp_path)]
+    assert run_cli("train-reg", "--name", "orig", *common) == 0
+    lrs, groups = _lrs_and_groups(tmp_path / "orig")
+    assert lrs == [0.001] * 4
+    assert [(g["lr"], g["betas"], g["weight_decay"]) for g in groups] == [(0.001, [0.9, 0.999], 0.05)]
+    assert run_cli("train-reg", "--name", "scaled", "--lr_scaling", "linear", "--scheduler", "cosine", *common) == 0
+    lrs, _ = _lrs_and_groups(tmp_path / "scaled")
+    base = 0.001 * 8 / 256
+    assert lrs == pytest.approx([base * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-9)

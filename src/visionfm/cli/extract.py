@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from visionfm.cli.options import VFMArgumentParser, arch_choices
+from visionfm.cli.options import VFMArgumentParser, add_amp_argument, add_arch_arguments, add_modality_argument
 
 log = logging.getLogger("visionfm.extract")
 
@@ -17,19 +17,19 @@ log = logging.getLogger("visionfm.extract")
 def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--pretrained_weights", required=True, help="encoder weights file, or 'random' (explicit)")
     p.add_argument("--checkpoint_key", default="teacher")
-    p.add_argument("--arch", default="vit_base", choices=arch_choices())
-    p.add_argument("--modality", default="Fundus")
+    add_arch_arguments(p)
+    add_modality_argument(p)
     p.add_argument("--data_path", default="./data/FundusClassification/")
     p.add_argument("--dst_root", required=True, help="output folder of the feature stores")
     p.add_argument("--batch_size_per_gpu", type=int, default=128)
     p.add_argument("--epochs", type=int, default=10, help="flip-augmented passes over the training split")
     p.add_argument("--input_size", type=int, default=224)
-    p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--mode", default="cls", choices=["cls", "seg"],
                    help="seg also stores the patch tokens of the dense block ids")
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_amp_argument(p)
     p.add_distributed_arguments()
     p.add_config_argument()
 
@@ -40,13 +40,21 @@ def run(args) -> int:
     from visionfm import load_encoder
     from visionfm.data.layouts import VFMDataset, find_vfm_datasets
     from visionfm.engine.distributed import command_session
-    from visionfm.engine.features import FlipView, encoder_identity, eval_transform, extract_to_store
+    from visionfm.engine.features import (
+        FlipView,
+        encoder_identity,
+        eval_transform,
+        extract_to_store,
+        resolve_modality,
+    )
 
     with command_session(args.device, seed=args.seed) as env:  # identical random encoders on every rank
+        # --arch/--patch_size None: read from the file; the store records what was loaded (encoder_identity)
         encoder = load_encoder(args.pretrained_weights, args.arch, args.checkpoint_key, args.patch_size,
                                args.input_size).to(env.device)
-        identity = encoder_identity(encoder, args.modality, args.input_size, args.mode)
-        tf = eval_transform(args.input_size, args.modality, "bilinear")
+        modality = resolve_modality(args.modality, args.pretrained_weights)
+        identity = encoder_identity(encoder, modality, args.input_size, args.mode)
+        tf = eval_transform(args.input_size, modality, "bilinear")
         dst = Path(args.dst_root)
         counts = {"written": 0, "skipped": 0}
         for ds_dir in find_vfm_datasets(args.data_path):
@@ -59,11 +67,11 @@ def run(args) -> int:
                     data = FlipView(base, args.seed, k) if flip else base
                     meta = {"split": split, "pass": k, "passes": passes, "flip": "hv" if flip else "none",
                             "seed": args.seed, "dataset": ds_dir.name, "interpolation": "bilinear",
-                            "autocast": "bf16" if env.device.type == "cuda" else "fp32"}
+                            "autocast": "bf16" if args.amp and env.device.type == "cuda" else "fp32"}
                     folder = dst / ds_dir.name / split / f"pass_{k}"
                     status = extract_to_store(encoder, data, folder, identity, meta, env, args.batch_size_per_gpu,
                                               args.num_workers, args.mode,
-                                              desc=f"{ds_dir.name}/{split}/pass_{k}")
+                                              desc=f"{ds_dir.name}/{split}/pass_{k}", amp=args.amp)
                     counts[status] += 1
         if env.is_main:
             log.info("feature stores under %s: %d written, %d already complete", dst, counts["written"],

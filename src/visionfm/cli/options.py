@@ -23,6 +23,8 @@ __all__ = [
     "arch_choices",
     "add_store_decoder_arguments",
     "add_dense_arguments",
+    "add_arch_arguments",
+    "add_modality_argument",
 ]
 
 # Flags that steer parsing or the launcher, not the command itself (they are not config fields).
@@ -109,11 +111,32 @@ class VFMArgumentParser(argparse.ArgumentParser):
     def add_encoder_arguments(self, weights_help: str = "encoder weights file, or 'random'",
                               weights_default: str | None = "") -> None:
         """``--arch``, ``--input_size``, ``--patch_size``, ``--pretrained_weights``, ``--checkpoint_key``."""
-        self.add_argument("--arch", default="vit_base", choices=arch_choices())
+        add_arch_arguments(self)
         self.add_argument("--input_size", type=int, default=224, help="side S of the square input (multiple of 16)")
-        self.add_argument("--patch_size", type=int, default=16)
         self.add_argument("--pretrained_weights", default=weights_default, help=weights_help)
         self.add_argument("--checkpoint_key", default="teacher")
+
+
+def add_arch_arguments(p: argparse.ArgumentParser) -> None:
+    """``--arch`` and ``--patch_size`` of a command that loads a frozen encoder: read from the weights file
+    when not given, checked against it when given (``random`` weights: vit_base, 16)."""
+    p.add_argument("--arch", default=None, choices=arch_choices(),
+                   help="encoder architecture (default: read from the weights; checked when given; random: vit_base)")
+    p.add_argument("--patch_size", type=int, default=None,
+                   help="patch size (default: read from the weights; checked when given; random: 16)")
+
+
+def add_modality_argument(p: argparse.ArgumentParser, fallback: str = "Fundus") -> None:
+    """``--modality`` where it selects the normalisation statistics of images fed to a loaded encoder."""
+    p.add_argument("--modality", default=None,
+                   help=f"normalisation statistics (default: the modality the weights record, else {fallback}); "
+                        "given, it wins")
+
+
+def add_amp_argument(p: argparse.ArgumentParser) -> None:
+    """``--amp`` of a command that runs a frozen encoder: bf16 autocast on CUDA, or fp32 as the original."""
+    p.add_argument("--amp", type=bool_flag, default=True,
+                   help="bf16 autocast of the frozen encoder on CUDA (false: fp32, as the original; no effect on CPU)")
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -145,12 +168,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 
 def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir: str, num_labels: int,
-                                num_labels_help: str | None = None) -> None:
+                                num_labels_help: str | None = None,
+                                lr_help: str = "base LR, scaled by batch_size_per_gpu*world/256") -> None:
     """Flags shared by the decoders trained on several feature stores (``train-multi-cls``,
     ``train-reg``): the original scripts' flags plus the fusion options. Defaults differ per script."""
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
     p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=0.001, help="base LR, scaled by batch_size_per_gpu*world/256")
+    p.add_argument("--lr", type=float, default=0.001, help=lr_help)
     p.add_argument("--batch_size_per_gpu", type=int, default=128)
     p.add_argument("--data_path", default="/path/to/data/", help="folder holding the feature-store folders")
     p.add_argument("--datasets", nargs="+", required=True,
@@ -184,7 +208,7 @@ def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int,
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--val_freq", type=int, default=1)
     p.add_argument("--data_path", default=data_path, help="folder of dataset folders (<dataset>/<split>/images)")
-    p.add_argument("--modality", default=modality, help="normalisation statistics to use")
+    add_modality_argument(p, modality)
     p.add_argument("--head_type", default="unetr", choices=["unetr", "linear"])
     p.add_argument("--output_dir", default=output_dir)
     p.add_argument("--num_labels", type=int, default=num_labels, help=labels_help)
@@ -200,4 +224,5 @@ def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int,
     p.add_argument("--n_overlays", type=int, default=8, help="overlay figures of test images in the report")
     p.add_argument("--cache_max_gb", type=float, default=8.0,
                    help="with --no_augment, fall back to live features when the cache would exceed this")
+    add_amp_argument(p)
     p.add_run_arguments(report=False)

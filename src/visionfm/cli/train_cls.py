@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionfm.cli.options import VFMArgumentParser, arch_choices, to_config
+from visionfm.cli.options import VFMArgumentParser, add_amp_argument, add_arch_arguments, to_config
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
@@ -12,13 +12,14 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--n_last_blocks", type=int, default=4, help="concatenate the CLS tokens of this many last blocks")
     p.add_argument("--avgpool_patchtokens", type=int, default=0, choices=[0, 1],
                    help="1: use the mean patch token of the last block instead of CLS tokens")
-    p.add_argument("--arch", default="vit_base", choices=arch_choices())
+    add_arch_arguments(p)
     p.add_argument("--input_size", type=int, default=224)
-    p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--pretrained_weights", default=None,
                    help="encoder weights file, or 'random'; required unless --features is given")
     p.add_argument("--checkpoint_key", default="teacher")
-    p.add_argument("--modality", default="Fundus")
+    p.add_argument("--modality", default=None,
+                   help="normalisation statistics (default: what the weights record; with --features, what the "
+                        "stores record; else Fundus); given, it wins")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.001, help="base LR, scaled by batch_size_per_gpu*world/256")
     p.add_argument("--batch_size_per_gpu", type=int, default=512)
@@ -37,6 +38,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="ClsHead BatchNorm momentum (0.99 reproduces the original: running stats ≈ last batch)")
     p.add_argument("--features", default=None, help="train from a 'visionfm extract' store (its --dst_root)")
     p.add_argument("--task", default="auto", choices=["auto", "binary", "multiclass", "multilabel"])
+    add_amp_argument(p)
     p.add_run_arguments()
 
 

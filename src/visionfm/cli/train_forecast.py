@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
+from visionfm.cli.options import (
+    VFMArgumentParser,
+    add_amp_argument,
+    add_arch_arguments,
+    add_modality_argument,
+    bool_flag,
+    to_config,
+)
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
@@ -30,13 +37,12 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="unused, as in the original: the head has one progression logit (any value is accepted)")
     p.add_argument("--load_from", default=None, help="forecast checkpoint to resume / initialise from")
     p.add_argument("--embed_dim", type=int, default=None,
-                   help="ignored: the width is taken from the encoder (kept for the original's command lines)")
-    p.add_argument("--modality", default="Fundus")
+                   help="encoder width D (default: the loaded encoder's; checked when given)")
+    add_modality_argument(p)
     p.add_argument("--pos_weight", type=float, default=10.0, help="BCE weight of the positive (progression) class")
     p.add_argument("--max_len", type=int, default=6500,
                    help="largest interval + 1, in days; longer intervals are rejected")
-    p.add_argument("--arch", default="vit_base", choices=arch_choices())
-    p.add_argument("--patch_size", type=int, default=16)
+    add_arch_arguments(p)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--pretrained_weights", default=None,
                    help="encoder weights file, a model folder (its encoder.* tensors), or 'random'")
@@ -50,6 +56,9 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--standardize", type=bool_flag, default=True,
                    help="standardise features with training-set mean/std (stored in the checkpoint)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before the final linear layer")
+    p.add_argument("--scheduler", default="cosine", choices=["cosine", "constant"],
+                   help="per-epoch LR schedule ('constant': the original's intent, SGD without a scheduler)")
+    add_amp_argument(p)
     p.add_run_arguments()
 
 

@@ -163,12 +163,12 @@ class TrainClsConfig(CommandConfig):
     name: str
     n_last_blocks: int = 4
     avgpool_patchtokens: int = 0
-    arch: str = "vit_base"
+    arch: str | None = None  # None: inferred from the weights (random: vit_base)
     input_size: int = 224
-    patch_size: int = 16
+    patch_size: int | None = None  # None: inferred from the weights (random: 16)
     pretrained_weights: str | None = None
     checkpoint_key: str = "teacher"
-    modality: str = "Fundus"
+    modality: str | None = None  # None: what the weights/stores record, else Fundus
     epochs: int = 100
     lr: float = 0.001
     batch_size_per_gpu: int = 512
@@ -185,6 +185,7 @@ class TrainClsConfig(CommandConfig):
     bn_momentum: float = 0.1
     features: str | None = None
     task: str = "auto"
+    amp: bool = True
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
@@ -235,6 +236,8 @@ class TrainRegConfig(StoreDecoderConfig):
     num_labels: int = 38
     optimizer: str = "adamw"
     targets_json: list[str] | None = None
+    lr_scaling: str = "none"  # the original: the raw --lr ("linear": x batch*world/256)
+    scheduler: str = "constant"  # the original: constant ("cosine": per epoch to 0)
 
 
 @dataclass
@@ -242,9 +245,9 @@ class DenseDecoderConfig(CommandConfig):
     """Fields shared by the dense decoders (``train-seg``, ``train-landmark``)."""
 
     name: str
-    arch: str = "vit_base"
+    arch: str | None = None  # None: inferred from the weights (random: vit_base)
     input_size: int = 224
-    patch_size: int = 16
+    patch_size: int | None = None  # None: inferred from the weights (random: 16)
     pretrained_weights: str = ""
     checkpoint_key: str = "teacher"
     epochs: int = 100
@@ -254,7 +257,7 @@ class DenseDecoderConfig(CommandConfig):
     num_workers: int = 4
     val_freq: int = 1
     data_path: str = "./dataset/seg_random/VesselSegmentation"
-    modality: str = "Fundus"
+    modality: str | None = None  # None: what the weights record, else Fundus (landmark: UBM)
     head_type: str = "unetr"
     output_dir: str = "./results"
     num_labels: int = 4
@@ -265,6 +268,7 @@ class DenseDecoderConfig(CommandConfig):
     weight_decay: float = 0.05
     n_overlays: int = 8
     cache_max_gb: float = 8.0
+    amp: bool = True
     device: str = "auto"
     resume: bool = False
 
@@ -283,7 +287,6 @@ class TrainLandmarkConfig(DenseDecoderConfig):
 
     command: ClassVar[str] = "train-landmark"
     data_path: str = ""
-    modality: str = "UBM"
     output_dir: str = "."
     num_labels: int = 3
     sigma: float = 2.0
@@ -311,11 +314,11 @@ class TrainForecastConfig(CommandConfig):
     num_labels: int = 1
     load_from: str | None = None
     embed_dim: int | None = None
-    modality: str = "Fundus"
+    modality: str | None = None  # None: what the weights record, else Fundus
     pos_weight: float = 10.0
     max_len: int = 6500
-    arch: str = "vit_base"
-    patch_size: int = 16
+    arch: str | None = None  # None: inferred from the weights (random: vit_base)
+    patch_size: int | None = None  # None: inferred from the weights (random: 16)
     input_size: int = 224
     pretrained_weights: str | None = None
     checkpoint_key: str = "teacher"
@@ -325,6 +328,8 @@ class TrainForecastConfig(CommandConfig):
     selection: str = "auroc"
     standardize: bool = True
     dropout: float = 0.0
+    scheduler: str = "cosine"
+    amp: bool = True
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False

@@ -11,6 +11,9 @@
 * :func:`extract_to_store` — every rank writes its shard as a feature store; rank 0 merges them
   atomically; finished passes and matching shards are reused on a rerun.
 * :func:`pool_tokens` — the head input: concatenated CLS of the last ``n`` blocks, or mean patch token.
+* :func:`resolve_modality` / :func:`resolved_encoder_options` — what a command records: the modality
+  given, else the one the weights record, else the original default; the arch and patch size the
+  encoder was loaded with (inferred from the file when not given).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from visionfm.data.features import FeatureStore, identity_mismatches
+from visionfm.engine.trainer import autocast
 from visionfm.models.pooling import pool_tokens
 
 __all__ = [
@@ -40,12 +44,16 @@ __all__ = [
     "pool_tokens",
     "load_frozen_encoder",
     "store_matches",
+    "resolve_modality",
+    "resolved_encoder_options",
     "CLS_LEVELS",
+    "ORIGINAL_MODALITY",
 ]
 
 log = logging.getLogger("visionfm.features")
 
 CLS_LEVELS = 4  # CLS tokens of the last 4 blocks, as the original
+ORIGINAL_MODALITY = "Fundus"  # the original scripts' --modality default (train_landmark_decoder.py: UBM)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -86,8 +94,35 @@ def encoder_identity(encoder: Any, modality: str, input_size: int, mode: str = "
     return ident
 
 
-def load_frozen_encoder(weights: str | None, arch: str, checkpoint_key: str, patch_size: int, input_size: int,
-                        **kwargs: Any) -> torch.nn.Module:
+def resolve_modality(given: str | None, weights: Any, fallback: str = ORIGINAL_MODALITY) -> str:
+    """The modality whose statistics normalise the images: ``given`` (``--modality``; the data's modality is
+    the user's call, a warning says when the weights record another), else the modality ``weights``
+    record (our exports and model folders), else ``fallback`` (the original script's default)."""
+    from visionfm.data.modalities import canonical_modality
+    from visionfm.models.loading import recorded_metadata
+
+    recorded = recorded_metadata(weights).get("modality") or None
+    if given:
+        if recorded and canonical_modality(recorded) != canonical_modality(given):
+            log.warning("--modality %s: normalising with %s statistics, although %s records %s",
+                        given, canonical_modality(given), weights, recorded)
+        return given
+    if recorded:
+        log.info("modality %s, as recorded by %s", recorded, weights)
+        return canonical_modality(recorded)
+    return fallback
+
+
+def resolved_encoder_options(opts: Any, encoder: Any) -> Any:
+    """``opts`` with ``arch`` and ``patch_size`` as the encoder was loaded (``encoder.load_report``): given
+    values were checked against the file by :func:`~visionfm.models.loading.load_encoder`; absent ones were
+    inferred from it. Everything a run records then names the encoder it really used."""
+    rep = encoder.load_report
+    return opts.replace(arch=rep.arch, patch_size=int(rep.patch_size))
+
+
+def load_frozen_encoder(weights: str | None, arch: str | None, checkpoint_key: str, patch_size: int | None,
+                        input_size: int, **kwargs: Any) -> torch.nn.Module:
     """The encoder a decoder command trains on: ``weights`` is required (a file, a model folder or 'random')."""
     from visionfm.errors import ConfigError
     from visionfm.models.loading import load_encoder
@@ -154,13 +189,14 @@ def compute_features(
     indices: Sequence[int] | None = None,
     mode: str = "cls",
     progress_desc: str | None = None,
+    amp: bool = True,
 ) -> dict[str, Any]:
     """One pass of the frozen encoder over ``dataset`` (rows in ``indices`` order).
 
     Returns a dict with ``cls`` ``[N, 4, D]``, ``patch_mean`` ``[N, D]`` (last block), ``labels``
     ``[N, L]``, ``index`` (rows with rel_path/dataset/subject, plus ``img_path``) and, for
-    ``mode="seg"``, ``patch`` ``[N, 4, P, D]`` from the dense block ids. Autocast bf16 on CUDA;
-    outputs are always float32 on CPU.
+    ``mode="seg"``, ``patch`` ``[N, 4, P, D]`` from the dense block ids. Autocast bf16 on CUDA when
+    ``amp`` (fp32 otherwise, as the original); outputs are always float32 on CPU.
     """
     from visionfm.engine.logging import progress
     from visionfm.models import dense_block_ids
@@ -173,11 +209,10 @@ def compute_features(
     cls_ids = list(range(depth - CLS_LEVELS, depth))
     wanted = sorted(set(cls_ids) | (set(dense_block_ids(depth)) if mode == "seg" else set()))
     cls_out, mean_out, patch_out, label_out, rows = [], [], [], [], []
-    use_amp = device.type == "cuda"
     it = progress(loader, total=len(loader), desc=progress_desc or "features", enabled=bool(progress_desc))
     for imgs, labels, extras in it:
         imgs = imgs.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(device, amp):
             outs = encoder.forward_intermediates_tokens(imgs, wanted, norm=True)  # type: ignore[operator]
         by_id = {b: o.float() for b, o in zip(wanted, outs)}
         cls_out.append(torch.stack([by_id[b][:, 0] for b in cls_ids], dim=1).cpu())
@@ -218,12 +253,13 @@ def features_in_memory(
     batch_size: int,
     num_workers: int = 0,
     desc: str | None = None,
+    amp: bool = True,
 ) -> dict[str, Any]:
     """Features of the whole dataset on every rank: each rank computes a contiguous shard, then all gather."""
     n = len(dataset)  # type: ignore[arg-type]
     idx = shard_indices(n, env.rank, env.world_size)
     part = compute_features(encoder, dataset, env.device, batch_size, num_workers, idx,
-                            progress_desc=desc if env.is_main else None)
+                            progress_desc=desc if env.is_main else None, amp=amp)
     if env.world_size == 1:
         return part
     parts: list[Any] = [None] * env.world_size
@@ -242,6 +278,7 @@ def extract_to_store(
     num_workers: int = 0,
     mode: str = "cls",
     desc: str | None = None,
+    amp: bool = True,
 ) -> str:
     """Extract one pass into the store ``folder``; returns ``"skipped"`` or ``"written"``.
 
@@ -269,7 +306,7 @@ def extract_to_store(
         log.info("%s: reusing shard from an interrupted run", shard_dir)
     else:
         part = compute_features(encoder, dataset, env.device, batch_size, num_workers, idx, mode=mode,
-                                progress_desc=desc if env.is_main else None)
+                                progress_desc=desc if env.is_main else None, amp=amp)
         _write_part(shard_dir, part, shard_meta)
     barrier()
     if env.is_main:

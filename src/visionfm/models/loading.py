@@ -16,16 +16,26 @@ from typing import Any, Mapping
 import torch
 
 from visionfm.errors import CheckpointError
-from visionfm.io.safe_load import file_sha256, load_checkpoint_file
+from visionfm.io.safe_load import file_sha256, is_safetensors_file, load_checkpoint_file
 from visionfm.models.archs import arch_from_shapes, get_arch
 from visionfm.models.encoder import VisionFMEncoder, resample_pos_embed
 from visionfm.models.formats import clean_backbone_keys, detect_format, select_state_dict
 
-__all__ = ["load_encoder", "LoadReport", "infer_backbone_spec", "read_backbone_state_dict", "RANDOM"]
+__all__ = [
+    "load_encoder",
+    "LoadReport",
+    "infer_backbone_spec",
+    "read_backbone_state_dict",
+    "recorded_metadata",
+    "RANDOM",
+    "RANDOM_ARCH",
+    "RANDOM_PATCH",
+]
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+RANDOM_ARCH, RANDOM_PATCH = "vit_base", 16  # a random encoder when no --arch / --patch_size is given
 _OPTIONAL_KEYS = {"masked_embed"}  # teacher checkpoints have no mask token; it starts at zeros
 
 
@@ -79,6 +89,40 @@ def _describe(spec: Mapping[str, Any]) -> str:
     return name + extra
 
 
+def recorded_metadata(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What a weights file records about its encoder (arch, patch size, modality...), read without its tensors.
+
+    Our model folders (``config.json``'s ``encoder`` section, plus the folder's ``modality``) and
+    safetensors exports (header metadata) record it; ``.pth`` files and ``random`` record nothing (``{}``).
+    """
+    if weights is None or str(weights) in ("", RANDOM):
+        return {}
+    path = Path(weights)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            return {}
+        try:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{config}: expected a JSON object")
+        enc = dict(cfg.get("encoder") or {})
+        if not enc.get("modality") and cfg.get("modality"):
+            enc["modality"] = cfg["modality"]
+        return enc
+    if path.is_file() and is_safetensors_file(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                return dict(fh.metadata() or {})
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return {}
+
+
 def read_backbone_state_dict(
     weights: str | os.PathLike[str], checkpoint_key: str | None = "teacher"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -96,9 +140,8 @@ def read_backbone_state_dict(
             enc = {k[len("encoder."):]: v for k, v in raw.items() if k.startswith("encoder.")}
             if not enc:
                 raise CheckpointError(f"{model}: model folder holds no 'encoder.*' tensors")
-            cfg = json.loads(config.read_text())
             info = {
-                "format": "visionfm-model-folder", "checkpoint_key": None, "dropped": 0, "meta": cfg.get("encoder", {})
+                "format": "visionfm-model-folder", "checkpoint_key": None, "dropped": 0, "meta": recorded_metadata(path)
             }
             return enc, info
     raw, meta = load_checkpoint_file(path)
@@ -137,9 +180,10 @@ def load_encoder(
         weights: a weights file (official VisionFM ``.pth``, RETFound, DINO/iBOT, ours,
             ``.safetensors``) or a visionfm model folder. ``None`` or ``"random"`` gives a randomly
             initialised encoder — the only way to get one.
-        arch: ``vit_tiny``/``vit_small``/``vit_base``/``vit_large``; ``None`` infers it from the file.
+        arch: ``vit_tiny``/``vit_small``/``vit_base``/``vit_large``; ``None`` infers it from the file
+            (a random encoder: ``vit_base``). Given, it is checked against the file.
         checkpoint_key: sub-dict to read (``teacher`` for official files, ``model`` for RETFound).
-        patch_size: expected patch size; ``None`` infers it from the file.
+        patch_size: expected patch size; ``None`` infers it from the file (a random encoder: 16).
         img_size: native input side of the built encoder; position embeddings are resampled
             bicubically when the file was trained at another size.
 
@@ -147,10 +191,9 @@ def load_encoder(
         CheckpointError: unreadable/unsafe file, missing key, architecture mismatch, missing tensors.
     """
     if weights is None or str(weights) == RANDOM:
-        if arch is None:
-            raise CheckpointError("arch must be given for a randomly initialised encoder")
-        enc = VisionFMEncoder(arch, img_size, patch_size or 16, drop_path_rate, masked_im_modeling)
-        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size or 16, img_size)
+        arch, patch_size = arch or RANDOM_ARCH, patch_size or RANDOM_PATCH
+        enc = VisionFMEncoder(arch, img_size, patch_size, drop_path_rate, masked_im_modeling)
+        enc.load_report = LoadReport("random", "random-init", None, arch, patch_size, img_size)
         return enc
     if str(weights).strip() == "":
         raise CheckpointError("no weights given; pass a weights file, or 'random' for a randomly initialised encoder")
@@ -168,14 +211,16 @@ def load_encoder(
     if spec.get("embed_dim") != want.embed_dim or spec.get("depth") != want.depth:
         raise CheckpointError(
             f"{source}: the file holds a {_describe(spec)} backbone, which does not fit --arch {arch} "
-            f"(D={want.embed_dim}, {want.depth} blocks)" + (f"; use --arch {file_arch}" if file_arch else "")
+            f"(D={want.embed_dim}, {want.depth} blocks)"
+            + (f"; use --arch {file_arch} (or leave it out)" if file_arch else "")
         )
     file_ps = spec.get("patch_size")
     if patch_size is None:
         patch_size = file_ps or 16
     if file_ps is not None and file_ps != patch_size:
         raise CheckpointError(
-            f"{source}: the file's patch size is {file_ps}, but patch_size={patch_size} was requested"
+            f"{source}: the file's patch size is {file_ps}, which does not fit --patch_size {patch_size}; "
+            f"use --patch_size {file_ps} (or leave it out)"
         )
 
     enc = VisionFMEncoder(arch, img_size, patch_size, drop_path_rate, masked_im_modeling)

@@ -242,7 +242,7 @@ def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any,
         ds = ImageFolderDataset(opts.data_path, role, transform=tf)
         classes = list(ds.classes)
     f = features_in_memory(encoder, ds, env, opts.batch_size_per_gpu, opts.num_workers,
-                           desc=f"features {role}" if env.is_main else None)
+                           desc=f"features {role}" if env.is_main else None, amp=opts.amp)
     paths = [r.get("img_path") or r["rel_path"] for r in f["index"]]
     return SplitFeatures(role, f["cls"], f["patch_mean"], f["labels"], paths), classes
 
@@ -260,8 +260,16 @@ def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
 
 def run_train_cls(opts: TrainClsConfig) -> int:
     """``visionfm train-cls``: see the module docstring and docs/classification.md."""
+    from visionfm.data.modalities import canonical_modality
     from visionfm.engine.distributed import command_session
-    from visionfm.engine.features import encoder_identity, load_frozen_encoder, pool_tokens
+    from visionfm.engine.features import (
+        ORIGINAL_MODALITY,
+        encoder_identity,
+        load_frozen_encoder,
+        pool_tokens,
+        resolve_modality,
+        resolved_encoder_options,
+    )
     from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         FitConfig,
@@ -284,13 +292,23 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         classes: list[str] | None = None
         splits: dict[str, SplitFeatures | None] = {}
         if opts.features:
+            # the stores record the encoder and modality that made them; a given --modality is checked
+            recorded = (_first_store_meta(opts.features) or {}).get("modality")
+            keys = ["weights_sha256", "weights_fingerprint", "arch", "patch_size", "input_size"]
+            if opts.modality:
+                keys.append("modality")
+                if recorded and recorded != canonical_modality(opts.modality):
+                    log.warning("--modality %s, but the stores under %s were extracted with %s statistics",
+                                opts.modality, opts.features, recorded)
+            else:
+                opts = opts.replace(modality=recorded or ORIGINAL_MODALITY)
             expect = None
             if opts.pretrained_weights:
                 enc = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key,
                                           opts.patch_size, opts.input_size)
+                opts = resolved_encoder_options(opts, enc)
                 expect = encoder_identity(enc, opts.modality, opts.input_size, "cls")
-                expect = {k: expect[k] for k in ("weights_sha256", "weights_fingerprint", "arch", "patch_size",
-                                                 "input_size", "modality")}
+                expect = {k: expect[k] for k in keys}
                 del enc
             roles = ["test"] if opts.test else ["train", "val", "test"]
             for role in roles:
@@ -298,6 +316,8 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         else:
             encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key,
                                           opts.patch_size, opts.input_size).to(env.device)
+            opts = resolved_encoder_options(opts, encoder).replace(
+                modality=resolve_modality(opts.modality, opts.pretrained_weights))
             roles = ["test"] if opts.test else ["train", "val", "test"]
             for role in roles:
                 splits[role], cl = _image_split(opts, encoder, env, role)

@@ -74,6 +74,7 @@ class DenseConfig:
     val_freq: int = 1
     seed: int = 0
     num_workers: int = 4
+    amp: bool = True  # bf16 autocast on CUDA (False: fp32, as the original)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,15 +160,17 @@ class FrozenFeatures:
         encoder: a :class:`visionfm.models.VisionFMEncoder` (any input size: the position
             embedding is interpolated).
         block_ids: four block indices, shallowest first.
+        amp: bf16 autocast on CUDA (False: fp32, as the original).
     """
 
-    def __init__(self, encoder: nn.Module, block_ids: Sequence[int]) -> None:
+    def __init__(self, encoder: nn.Module, block_ids: Sequence[int], amp: bool = True) -> None:
         ids = [int(i) for i in block_ids]
         depth = int(encoder.depth)  # type: ignore[arg-type]
         if len(ids) != 4 or any(not -depth <= i < depth for i in ids):
             raise ConfigError(f"block_ids must be 4 indices in [0, {depth - 1}], got {ids}")
         self.encoder = encoder.eval().requires_grad_(False)
         self.block_ids = sorted(i % depth for i in ids)
+        self.amp = bool(amp)
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +178,7 @@ class FrozenFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with autocast(images.device):
+        with autocast(images.device, self.amp):
             outs = self.encoder.forward_intermediates_tokens(images, self.block_ids, norm=True)  # type: ignore[operator]
         return torch.stack([o[:, 1:] for o in outs], 1)
 
@@ -305,13 +308,13 @@ def dense_head_args(embed_dim: int, num_outputs: int, patch_size: int) -> dict[s
 
 @torch.no_grad()
 def evaluate(task: DenseTask, model: nn.Module, split: Any, batch: int, device: torch.device,
-             writer: Any | None = None) -> dict[str, Any]:
+             writer: Any | None = None, amp: bool = True) -> dict[str, Any]:
     """Metrics over the whole split (per image, merged across ranks); ``writer`` receives every batch."""
     was_training = model.training
     model.eval()
     meter = task.new_meter()
     for feats, img, tgt, hw, idx in split.batches(batch, False, 0, 0, device):
-        with autocast(device):
+        with autocast(device, amp):
             logits = model(feats, img)
         logits = logits.float()
         task.update(meter, logits, tgt, hw)
@@ -331,14 +334,15 @@ def fit(task: DenseTask, model: nn.Module, train: Any, val: Any, cfg: DenseConfi
     device = env.device
     fcfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer="adamw",
                      weight_decay=cfg.weight_decay, scheduler=cfg.scheduler, step_size=20, gamma=0.5,
-                     val_freq=cfg.val_freq, seed=cfg.seed, amp=True)
+                     val_freq=cfg.val_freq, seed=cfg.seed, amp=cfg.amp)
 
     def step(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         feats, img, tgt, _, _ = batch
         return task.loss(net(feats, img).float(), tgt), len(img)
 
     return engine_fit(model, lambda epoch: train.batches(cfg.batch_size, True, cfg.seed, epoch, device), step,
-                      lambda m: evaluate(task, m, val, cfg.batch_size, device), selection_key=task.selection_key,
+                      lambda m: evaluate(task, m, val, cfg.batch_size, device, amp=cfg.amp),
+                      selection_key=task.selection_key,
                       higher_is_better=task.higher_is_better, run_dir=run_dir, cfg=fcfg, env=env,
                       run_logger=run_logger, meta=meta, identity=meta, resume_from=resume_from,
                       summarize=task.summary, **hooks)
@@ -357,6 +361,7 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
     """``visionfm train-seg`` / ``train-landmark``: train, select, then report on the test split."""
     from visionfm import load_encoder
     from visionfm.engine.distributed import command_session
+    from visionfm.engine.features import resolved_encoder_options
     from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         load_decoder_checkpoint,
@@ -368,15 +373,19 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
     from visionfm.reports import write_report
 
     with command_session(opts.device, seed=opts.seed) as env:
-        if opts.input_size % opts.patch_size or opts.input_size % 16:
+        if opts.input_size % 16 or (opts.patch_size and opts.input_size % opts.patch_size):
             raise ConfigError(f"--input_size {opts.input_size} must be a multiple of 16 (the decoders up-sample x16)")
         if not opts.pretrained_weights:
             raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
         run_dir = Path(opts.output_dir) / opts.name
         encoder = load_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                opts.input_size).to(env.device)
+        opts = resolved_encoder_options(opts, encoder)  # what the run records: the encoder really loaded
+        if opts.input_size % opts.patch_size:
+            raise ConfigError(f"--input_size {opts.input_size} must be a multiple of the patch size {opts.patch_size} "
+                              f"of {opts.pretrained_weights}")
         block_ids = list(opts.block_ids) if opts.block_ids else dense_block_ids(encoder.depth)
-        extractor = FrozenFeatures(encoder, block_ids)
+        extractor = FrozenFeatures(encoder, block_ids, amp=opts.amp)
         root = opts.data_path
         for split in ("training", "test"):
             if not has_split(root, split):
@@ -410,7 +419,7 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
             log.info("initialised the decoder from %s", opts.load_from)
         cfg = DenseConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay,
                           batch_size=opts.batch_size_per_gpu, scheduler=opts.scheduler, val_freq=opts.val_freq,
-                          seed=opts.seed, num_workers=w)
+                          seed=opts.seed, num_workers=w, amp=opts.amp)
         meta = {"task": task.name, "arch": opts.arch, "pretrained_weights": str(opts.pretrained_weights),
                 "checkpoint_key": opts.checkpoint_key, "input_size": opts.input_size, "patch_size": opts.patch_size,
                 "block_ids": extractor.block_ids, "head_type": opts.head_type, "num_outputs": task.num_outputs,
@@ -430,7 +439,7 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
         else:
             test = LiveSplit(test_data, extractor, w, env.rank, env.world_size)
         writer = task.writer(run_dir, test_data.names, opts.n_overlays if env.is_main else 0)
-        metrics = evaluate(task, model, test, opts.batch_size_per_gpu, env.device, writer)
+        metrics = evaluate(task, model, test, opts.batch_size_per_gpu, env.device, writer, amp=opts.amp)
         figures = writer.finish()
         if env.is_main:
             metrics["best_epoch"] = result.best_epoch
@@ -455,6 +464,7 @@ def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence
     """``train-seg`` / ``train-landmark``: write ``<run>/model/`` from ``<run>/checkpoint_best`` after
     :func:`run_dense` has finished."""
     from visionfm.engine.distributed import is_main_process
+    from visionfm.engine.features import resolved_encoder_options
     from visionfm.engine.task import get_task
     from visionfm.engine.trainer import load_decoder_checkpoint
     from visionfm.packaging import encoder_for_package, model_folder_from_training
@@ -465,6 +475,7 @@ def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence
     sd, info, _ = load_decoder_checkpoint(run_dir / "checkpoint_best")
     encoder = encoder_for_package(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                   opts.input_size, opts.seed)
+    opts = resolved_encoder_options(opts, encoder)
     num_outputs = int(info.get("num_outputs") or opts.num_labels)
     head = build_head(opts.head_type, int(encoder.embed_dim), num_outputs, opts.patch_size)
     head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})

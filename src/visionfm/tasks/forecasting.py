@@ -204,7 +204,7 @@ def _cached_split(opts: TrainForecastConfig, encoder: nn.Module, ident: dict[str
             log.info("features %s: reusing the feature store %s", split, folder)
         return ForecastSplit(split, st.cls, st.patch_mean, labels, days, paths)
     f = features_in_memory(encoder, _DropDays(ds), env, opts.batch_size_per_gpu, opts.num_workers,
-                           desc=f"features {split}" if env.is_main else None)
+                           desc=f"features {split}" if env.is_main else None, amp=opts.amp)
     if env.is_main:
         FeatureStore.write(folder, f["cls"].contiguous(), f["labels"], f["index"], want,
                            patch_mean=f["patch_mean"].contiguous())
@@ -241,7 +241,12 @@ def build_forecast_model(embed_dim: int, in_features: int, max_len: int, dropout
 def run_train_forecast(opts: TrainForecastConfig) -> int:
     """``visionfm train-forecast``: see the module docstring and docs/forecasting-and-finetuning.md."""
     from visionfm.engine.distributed import command_session
-    from visionfm.engine.features import encoder_identity, load_frozen_encoder
+    from visionfm.engine.features import (
+        encoder_identity,
+        load_frozen_encoder,
+        resolve_modality,
+        resolved_encoder_options,
+    )
     from visionfm.engine.logging import RunLogger
     from visionfm.engine.trainer import (
         FitConfig,
@@ -267,8 +272,14 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
         run_dir = opts.run_dir()
         encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                       opts.input_size).to(env.device)
+        if opts.embed_dim is not None and int(opts.embed_dim) != int(encoder.embed_dim):
+            raise ConfigError(f"--embed_dim {opts.embed_dim}, but the encoder of {opts.pretrained_weights} has width "
+                              f"{int(encoder.embed_dim)} ({encoder.load_report.arch}); leave --embed_dim out")
+        opts = resolved_encoder_options(opts, encoder).replace(
+            modality=resolve_modality(opts.modality, opts.pretrained_weights), embed_dim=int(encoder.embed_dim))
         ident = encoder_identity(encoder, opts.modality, opts.input_size, "cls")
         ident.pop("visionfm_version", None)
+        ident["autocast"] = "bf16" if opts.amp and env.device.type == "cuda" else "fp32"  # a cache of one precision
         cache_dir = run_dir / "features"
         splits = {role: _cached_split(opts, encoder, ident, env, role, cache_dir) for role in ("train", "val", "test")}
         embed_dim = int(encoder.embed_dim)
@@ -302,8 +313,8 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
             return bce(logits.reshape(-1), y.reshape(-1))
 
         cfg = FitConfig(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size_per_gpu, optimizer=opts.optimizer,
-                        weight_decay=opts.weight_decay, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed,
-                        amp=False)
+                        weight_decay=opts.weight_decay, scheduler=opts.scheduler, val_freq=opts.val_freq,
+                        seed=opts.seed, amp=False)
         resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(packed, train.labels.clone(), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                 env.device)

@@ -205,8 +205,11 @@ class _LandmarkWriter:
 
 def run_train_landmark(opts: TrainLandmarkConfig) -> int:
     """``visionfm train-landmark``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.engine.features import resolve_modality
     from visionfm.tasks.dense_common import package_dense_run
 
+    # the original train_landmark_decoder.py normalises with UBM statistics by default
+    opts = opts.replace(modality=resolve_modality(opts.modality, opts.pretrained_weights, "UBM"))
     rc = run_dense(opts, Landmark.for_run(opts))
     if rc == 0:
         package_dense_run(opts, "landmark")

@@ -495,6 +495,19 @@ class TaskSpec(Protocol):
         ...
 
 
+def lr_and_schedule(opts: StoreDecoderConfig, world_size: int) -> tuple[float, str]:
+    """The optimizer's LR and per-epoch schedule: ``opts.lr_scaling`` (``"none"``: ``--lr`` as given;
+    ``"linear"``: × batch·world/256) and ``opts.scheduler`` where the command has them (train-reg, whose
+    defaults are the original's raw LR, constant); otherwise the original train_cls_multi_decoder's rule,
+    linear scaling, constant with SGD (cosine with AdamW)."""
+    optimizer = getattr(opts, "optimizer", "adamw")
+    scaling = getattr(opts, "lr_scaling", "linear")
+    if scaling not in ("none", "linear"):
+        raise ConfigError(f"--lr_scaling {scaling!r}; expected none or linear")
+    lr = opts.lr * (opts.batch_size_per_gpu * world_size / 256.0 if scaling == "linear" else 1.0)
+    return lr, getattr(opts, "scheduler", None) or ("constant" if optimizer == "sgd" else "cosine")
+
+
 def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
     """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.trainer.fit`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
@@ -561,10 +574,9 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             return spec.evaluate(predict(m, x_val), y_val)
 
         optimizer = getattr(opts, "optimizer", "adamw")
-        lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
+        lr, scheduler = lr_and_schedule(opts, env.world_size)
         cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer=optimizer,
-                        weight_decay=0.0 if optimizer == "sgd" else 0.05,
-                        scheduler="constant" if optimizer == "sgd" else "cosine",
+                        weight_decay=0.0 if optimizer == "sgd" else 0.05, scheduler=scheduler,
                         val_freq=opts.val_freq, seed=opts.seed, amp=False)
         resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(train.x, spec.train_targets(train.labels), cfg.batch_size, cfg.seed,  # type: ignore[union-attr]

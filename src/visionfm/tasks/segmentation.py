@@ -206,8 +206,10 @@ class _SegWriter:
 
 def run_train_seg(opts: TrainSegConfig) -> int:
     """``visionfm train-seg``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.engine.features import resolve_modality
     from visionfm.tasks.dense_common import package_dense_run
 
+    opts = opts.replace(modality=resolve_modality(opts.modality, opts.pretrained_weights))
     task = Segmentation.for_run(opts)
     rc = run_dense(opts, task)
     if rc == 0:
