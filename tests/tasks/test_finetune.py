@@ -16,8 +16,11 @@ COMMON = ["--arch", "vit_tiny", "--input_size", "32", "--patch_size", "16", "--p
 
 
 def make_imagefolder(root, classes=("a_red", "b_green", "c_blue"), n=(10, 4, 4), skip=None, seed=0):
-    """``<root>/{train,val,test}/<class>/*.png``; class = dominant colour. ``skip``: (split, class) left out."""
+    """``<root>/{train,val,test}/<class>/*.png``; class = dominant colour (the named colours, else one of a
+    spread of hues by the class's position). ``skip``: (split, class) left out."""
     rng = np.random.default_rng(seed)
+    hues = {c: COLOURS.get(c, (40 + 180 * (i % 2), 40 + 90 * (i % 3), 220 - 45 * i % 180))
+            for i, c in enumerate(classes)}
     for split, k in zip(("train", "val", "test"), n):
         for c in classes:
             d = root / split / c
@@ -25,7 +28,7 @@ def make_imagefolder(root, classes=("a_red", "b_green", "c_blue"), n=(10, 4, 4),
             if skip and (split, c) in skip:
                 continue
             for i in range(k):
-                arr = np.clip(np.array(COLOURS[c]) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                arr = np.clip(np.array(hues[c]) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(d / f"{i}.png")
     return root
 

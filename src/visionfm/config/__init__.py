@@ -28,6 +28,7 @@ __all__ = [
     "TrainLandmarkConfig",
     "TrainForecastConfig",
     "FinetuneConfig",
+    "FINETUNE_RECIPES",
     "EvaluateConfig",
     "CONFIGS",
 ]
@@ -335,45 +336,68 @@ class TrainForecastConfig(CommandConfig):
     resume: bool = False
 
 
+# The two fine-tuning recipes of ``visionfm finetune --recipe`` (docs/forecasting-and-finetuning.md lists
+# them as one table). ``visionfm`` is the original script's recipe (reference §5.8); ``retfound`` is
+# RETFound's main_finetune.py defaults (layer decay, drop path, RandAugment, random erasing, smoothing,
+# per-iteration warm-up + cosine, no decay on 1-d tensors, mixed precision). A flag given explicitly wins.
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "visionfm": {"layer_decay": 1.0, "weight_decay_all": True, "scheduler": "cosine", "warmup_epochs": 0,
+                 "min_lr": 0.0, "drop_path": 0.0, "smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "randaug": "",
+                 "reprob": 0.0, "crop_interpolation": "bilinear", "amp": False, "drop_last": False,
+                 "class_order_preset": "auto"},
+    "retfound": {"layer_decay": 0.75, "weight_decay_all": False, "scheduler": "warmup_cosine", "warmup_epochs": 10,
+                 "min_lr": 1e-6, "drop_path": 0.1, "smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0,
+                 "randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "crop_interpolation": "bicubic", "amp": True,
+                 "drop_last": True, "class_order_preset": "alphabetical"},
+}
+
+
 @dataclass
 class FinetuneConfig(CommandConfig):
-    """``visionfm finetune``."""
+    """``visionfm finetune``. Fields left ``None`` take their value from ``recipe``
+    (:data:`FINETUNE_RECIPES`) in :meth:`resolved`."""
 
     command: ClassVar[str] = "finetune"
     data_path: str
     name: str | None = None
+    recipe: str = "visionfm"
     n_last_blocks: int = 4
     avgpool_patchtokens: int = 0
-    arch: str = "vit_base"
+    arch: str | None = None
     input_size: int = 224
-    patch_size: int = 16
+    patch_size: int | None = None
     pretrained_weights: str | None = None
     checkpoint_key: str = "teacher"
     epochs: int = 100
     lr: float = 0.001
     encoder_lr_scale: float = 0.1
-    layer_decay: float = 0.75
-    min_lr: float = 1e-06
-    warmup_epochs: int = 0
+    layer_decay: float | None = None
+    weight_decay_all: bool | None = None
+    scheduler: str | None = None
+    min_lr: float | None = None
+    warmup_epochs: float | None = None
     weight_decay: float = 0.05
     clip_grad: float = 0.0
-    drop_path: float = 0.1
+    drop_path: float | None = None
     accum_iter: int = 1
-    amp: bool = True
+    amp: bool | None = None
     min_crop_scale: float = 0.08
-    randaug: str = ""
-    mixup: float = 0.0
-    cutmix: float = 0.0
+    crop_interpolation: str | None = None
+    randaug: str | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
-    smoothing: float = 0.1
-    reprob: float = 0.0
+    smoothing: float | None = None
+    reprob: float | None = None
     head: str = "cls"
     bn_momentum: float = 0.1
     batch_size_per_gpu: int = 128
+    drop_last: bool | None = None
     seed: int = 0
     modality: str = "Fundus"
     task: str = ""
+    extra: str = ""
     num_workers: int = 10
     val_freq: int = 1
     output_dir: str = "."
@@ -384,6 +408,17 @@ class FinetuneConfig(CommandConfig):
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
+
+    def resolved(self) -> FinetuneConfig:
+        """A copy with every ``None`` recipe field filled from :data:`FINETUNE_RECIPES` [``recipe``]
+        (``class_order_preset`` only when ``class_order`` is not given either)."""
+        if self.recipe not in FINETUNE_RECIPES:
+            raise ConfigError(f"--recipe {self.recipe!r}: expected one of {', '.join(FINETUNE_RECIPES)}")
+        fill = {}
+        for key, value in FINETUNE_RECIPES[self.recipe].items():
+            if getattr(self, key) is None and not (key == "class_order_preset" and self.class_order):
+                fill[key] = value
+        return self.replace(**fill)
 
 
 @dataclass
@@ -396,17 +431,21 @@ class EvaluateConfig(CommandConfig):
     load_from: str | None = None
     model: str | None = None
     split: str = "test"
-    arch: str = "vit_base"
+    arch: str | None = None
     input_size: int = 224
-    patch_size: int = 16
+    patch_size: int | None = None
+    n_last_blocks: int = 4
+    avgpool_patchtokens: int = 0
     num_labels: int | None = None
     checkpoint_key: str = "visionfm_state_dict"
     modality: str = "Fundus"
+    task: str = ""
+    extra: str = ""
     class_order: str | None = None
     class_order_preset: str | None = None
     batch_size_per_gpu: int = 128
     num_workers: int = 10
-    amp: bool = True
+    amp: bool = False
     seed: int = 0
     output_dir: str = "."
     report_n_boot: int = 1000

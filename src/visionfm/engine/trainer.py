@@ -399,6 +399,7 @@ def fit(
     batches_per_epoch: int | None = None,
     keep_last_if_never_selected: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    on_best: Callable[[int, dict[str, Any], torch.optim.Optimizer, Any], None] | None = None,
 ) -> FitResult:
     """Train ``model``; see the module docstring.
 
@@ -422,6 +423,8 @@ def fit(
         keep_last_if_never_selected: when ``selection_key`` was never defined, write the last epoch as
             the best checkpoint (with a warning) instead of leaving none.
         on_epoch_end: ``(epoch, stats)`` after each epoch's checkpoints (tests inject faults here).
+        on_best: ``(epoch, metrics, optimizer, scheduler)`` on the main rank right after a new best
+            checkpoint is written (a command writes its extra files of the selected epoch there).
     """
     run_dir = Path(run_dir)
     device = env.device
@@ -550,6 +553,8 @@ def fit(
                     save_decoder_checkpoint(run_dir / "checkpoint_best", model, {
                         **record, "epoch": epoch, "best_value": best_value,
                         "val_metrics": _json_plain(stored_of(metrics))})
+                    if on_best is not None:
+                        on_best(epoch, metrics, optimizer, scheduler)
             stats["improved"] = bool(improved)
         stats.update({"best_epoch": best_epoch, f"best_{selection_key}": best_value,
                       "epoch_time_s": round(time.perf_counter() - t0, 3)})

@@ -2,21 +2,24 @@
 reference §2.8, §5.8, §5.9).
 
 Encoder and :class:`~visionfm.models.heads.ClsHead` are trained together, wrapped in ONE DDP module
-(the original trained the encoder outside DDP, §8 item 27). What RETFound users expect is here:
-layer-wise lr decay, per-iteration warm-up + cosine, drop path, timm RandAugment / mixup / cutmix /
-label smoothing / random erasing, bf16 autocast on CUDA, gradient accumulation. The best epoch is
-chosen on validation AUROC (macro one-vs-rest over the classes present, binary AUROC for two
-classes) computed by :func:`visionfm.metrics.classification_metrics`, so binary tasks and classes
-absent from a split work (the original crashed, §8 item 10).
+(the original trained the encoder outside DDP, §8 item 27). Two recipes
+(:data:`~visionfm.config.FINETUNE_RECIPES`): ``visionfm``, the original script's (two AdamW groups,
+per-epoch cosine, bilinear crops, plain CE, the original's class orders), and ``retfound`` (layer-wise
+lr decay, per-iteration warm-up + cosine, drop path, RandAugment, random erasing, label smoothing,
+bf16 autocast). The best epoch is chosen on validation AUROC (macro one-vs-rest over the classes
+present, binary AUROC for two classes) computed by :func:`visionfm.metrics.classification_metrics`, so
+binary tasks and classes absent from a split work (the original crashed, §8 item 10).
 
-Class order: alphabetical, ``--class_order a,b,c``, or ``--class_order_preset NAME`` (the original's
-hard-coded orders, :data:`~visionfm.data.layouts.RETFOUND_CLASS_ORDERS`); the order is fixed once for
-all splits, so a class missing from ``val`` keeps its index.
+Class order: ``--class_order a,b,c``, ``--class_order_preset NAME`` (the original's hard-coded orders,
+:data:`~visionfm.data.layouts.RETFOUND_CLASS_ORDERS`), ``auto`` (that order when the data folder's name
+or ``--task`` names the benchmark, as the original's path test did) or ``alphabetical``; the order is
+fixed once for all splits, so a class missing from ``val`` keeps its index.
 
-Checkpoint ``<run>/checkpoint_best.safetensors`` (``model.encoder.*``, ``model.head.*``) +
+Outputs: ``<run>/checkpoint_best.safetensors`` (``model.encoder.*``, ``model.head.*``) +
 ``checkpoint_best.json`` (architecture, pooling, classes, epoch, val and test metrics); the same
-selected model as a model folder ``<run>/model/`` (fine-tuned encoder + head, see docs/inference.md),
-which ``evaluate --model``, ``finetune --load_from`` and ``visionfm predict`` read.
+selected model as a model folder ``<run>/model/`` (see docs/inference.md); ``config.yaml`` (the
+resolved settings, usable as ``--config``); and the original's files of the selected epoch:
+``checkpoint_best_finetune.pth``, ``best.npy``, ``target.npy`` (``log.txt`` carries its keys).
 """
 
 from __future__ import annotations
@@ -38,17 +41,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FinetuneModel",
+    "ORIGINAL_CHECKPOINT",
+    "benchmark_of",
     "resolve_classes",
     "param_groups_lrd",
     "build_train_transform",
     "predict_probs",
     "metrics_for",
+    "original_finetune_checkpoint",
     "load_finetuned",
     "run_finetune",
     "run_evaluate",
 ]
 
 log = logging.getLogger("visionfm.finetune")
+
+#: the original's fine-tuned checkpoint file name (reference §5.8), written beside ours
+ORIGINAL_CHECKPOINT = "checkpoint_best_finetune.pth"
 
 
 class FinetuneModel(nn.Module):
@@ -65,6 +74,8 @@ class FinetuneModel(nn.Module):
         if not 1 <= n_last_blocks <= depth:
             raise ConfigError(f"--n_last_blocks must be in [1, {depth}], got {n_last_blocks}")
         self.encoder = encoder
+        if getattr(encoder, "masked_embed", None) is not None:
+            encoder.masked_embed.requires_grad_(False)  # no masks when fine-tuning (the original had no token)
         self.n_last_blocks = int(n_last_blocks)
         self.avgpool = int(avgpool)
         self.in_dim = {0: n_last_blocks * d, 1: d, 2: (n_last_blocks + 1) * d}[avgpool]
@@ -82,36 +93,75 @@ class FinetuneModel(nn.Module):
 # -- classes, transforms, optimisation ----------------------------------------------------------------
 
 
-def resolve_classes(root: str | Path, class_order: str | None, preset: str | None) -> list[str]:
-    """The label order: preset, explicit list, or alphabetical over the class folders of every split."""
-    from visionfm.data.layouts import retfound_class_order
+def benchmark_of(root: str | Path, task: str = "") -> str | None:
+    """The RETFound benchmark whose class order the original script would have used for ``root``.
+
+    The original tested substrings of the whole data path in this order (PAPILA, Glaucoma_fundus,
+    Retina, OCTID, JSIEC, IDRiD, otherwise the 5-grade DR order of MESSIDOR2/APTOS2019). Here only the
+    data folder's own name is tested, then ``--task`` (the FT-README's tasks start with the benchmark),
+    and the DR order needs its name too: a folder that names no benchmark gets ``None``."""
+    from visionfm.data.layouts import RETFOUND_CLASS_ORDERS
+
+    for text in (Path(root).resolve().name, task or ""):
+        for name in RETFOUND_CLASS_ORDERS:
+            if name in text:
+                return name
+    return None
+
+
+def _class_folders(root: Path) -> set[str]:
     from visionfm.data.layouts.imagefolder import available_splits
 
-    if class_order and preset:
-        raise ConfigError("give --class_order or --class_order_preset, not both")
-    if preset:
-        return retfound_class_order(preset)
-    if class_order:
-        return [c.strip() for c in class_order.split(",") if c.strip()]
-    root = Path(root)
     names: set[str] = set()
     for split in available_splits(root):
         names.update(d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith("."))
     if not names:
         raise DataFormatError("no class folders found; expected <split>/<class>/<images>", root)
-    return sorted(names)
+    return names
+
+
+def resolve_classes(root: str | Path, class_order: str | None, preset: str | None, task: str = "") -> list[str]:
+    """The label order: an explicit list, a benchmark preset, ``auto`` (the benchmark's order when the data
+    folder or ``task`` names one and its class folders are that benchmark's, else alphabetical) or
+    alphabetical (``None`` / ``alphabetical``) over the class folders of every split."""
+    from visionfm.data.layouts import retfound_class_order
+
+    if class_order and preset:
+        raise ConfigError("give --class_order or --class_order_preset, not both")
+    if class_order:
+        return [c.strip() for c in class_order.split(",") if c.strip()]
+    if preset and preset not in ("auto", "alphabetical"):
+        return retfound_class_order(preset)
+    root = Path(root)
+    folders = _class_folders(root)
+    if preset == "auto":
+        bench = benchmark_of(root, task)
+        if bench is None:
+            log.info("class order: alphabetical (neither the data folder's name nor --task names a RETFound "
+                     "benchmark)")
+        elif set(retfound_class_order(bench)) != folders:
+            log.warning("class order: alphabetical; %s names the %s benchmark but its class folders are not "
+                        "that benchmark's (%s)", root, bench, ", ".join(retfound_class_order(bench)))
+        else:
+            log.info("class order: the original's %s order", bench)
+            return retfound_class_order(bench)
+    return sorted(folders)
 
 
 def build_train_transform(opts: FinetuneConfig):
-    """RandomResizedCrop → H/V flips → [RandAugment] → ToTensor → Normalize → [RandomErasing]."""
+    """RandomResizedCrop → H/V flips → [RandAugment] → ToTensor → Normalize → [RandomErasing] (``opts``
+    resolved: see :meth:`~visionfm.config.FinetuneConfig.resolved`)."""
     from torchvision import transforms as T
 
     from visionfm.data.modalities import get_stats
 
     mean, std = get_stats(opts.modality)
+    interp = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    if opts.crop_interpolation not in interp:
+        raise ConfigError(f"--crop_interpolation {opts.crop_interpolation!r}: expected bilinear or bicubic")
     steps: list[Any] = [
         T.RandomResizedCrop(opts.input_size, scale=(opts.min_crop_scale, 1.0),
-                            interpolation=T.InterpolationMode.BICUBIC),
+                            interpolation=interp[opts.crop_interpolation]),
         T.RandomHorizontalFlip(),
         T.RandomVerticalFlip(),
     ]
@@ -137,9 +187,11 @@ def _layer_id(name: str, depth: int) -> int:
 
 
 def param_groups_lrd(model: FinetuneModel, weight_decay: float, layer_decay: float,
-                     encoder_lr_scale: float) -> list[dict[str, Any]]:
-    """AdamW groups: encoder layer ``i`` gets ``encoder_lr_scale · layer_decay^(depth+1-i)``; the head
-    gets 1. No weight decay on biases, norms (1-d tensors), position embedding and tokens."""
+                     encoder_lr_scale: float, decay_all: bool = False) -> list[dict[str, Any]]:
+    """AdamW groups, each with its ``lr_scale``: encoder layer ``i`` gets ``encoder_lr_scale ·
+    layer_decay^(depth+1-i)``, the head 1. Without ``decay_all``, biases, norms (1-d tensors), position
+    embedding and tokens get no weight decay. With ``layer_decay == 1`` and ``decay_all`` these are the
+    original's two groups, encoder then head."""
     depth = int(model.encoder.depth)  # type: ignore[arg-type]
     no_decay_names = set(getattr(model.encoder, "no_weight_decay", lambda: set())())
     groups: dict[str, dict[str, Any]] = {}
@@ -147,13 +199,16 @@ def param_groups_lrd(model: FinetuneModel, weight_decay: float, layer_decay: flo
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            no_decay = p.ndim <= 1 or name in no_decay_names or name.endswith(".bias")
+            no_decay = not decay_all and (p.ndim <= 1 or name in no_decay_names or name.endswith(".bias"))
+            key, scale = prefix, 1.0
             if prefix == "encoder":
-                lid = _layer_id(name, depth)
-                scale = encoder_lr_scale * layer_decay ** (depth + 1 - lid)
-            else:
-                lid, scale = depth + 2, 1.0
-            key = f"{prefix}_{lid}_{'no_decay' if no_decay else 'decay'}"
+                scale = encoder_lr_scale
+                if layer_decay != 1.0:
+                    lid = _layer_id(name, depth)
+                    scale *= layer_decay ** (depth + 1 - lid)
+                    key = f"encoder_{lid}"
+            if not decay_all:
+                key += "_no_decay" if no_decay else "_decay"
             g = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
                                         "lr_scale": scale, "name": key})
             g["params"].append(p)
@@ -231,6 +286,89 @@ def _save(stem: Path, model: FinetuneModel, info: dict[str, Any]) -> None:
     save_decoder_checkpoint(stem, model, info)
 
 
+def _cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU (optimizer states hold device tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def original_finetune_checkpoint(model: FinetuneModel, epoch: int, optimizer: Any, scheduler: Any,
+                                 best_auc: float | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """The original's ``checkpoint_best_finetune.pth`` content (reference §5.8): ``epoch`` (selected epoch
+    + 1), ``classifier_state_dict`` (ClsHead names with DDP's ``module.``), ``visionfm_state_dict`` (bare
+    ViT keys, no ``masked_embed``), ``optimizer``, ``scheduler`` (``None`` for the per-iteration
+    schedule), ``best_auc``; plus ``visionfm`` (architecture, pooling, classes), which the original
+    ignores and ``evaluate`` reads."""
+    from visionfm.models.heads.official import to_official
+
+    encoder = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items() if k != "masked_embed"}
+    head = to_official("cls", {k: v.detach().cpu() for k, v in model.head.state_dict().items()})
+    return {"epoch": int(epoch) + 1, "classifier_state_dict": head, "visionfm_state_dict": encoder,
+            "optimizer": _cpu(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "best_auc": None if best_auc is None else float(best_auc), "visionfm": dict(meta)}
+
+
+def _from_original_pth(p: Path, device: torch.device,
+                       opts: FinetuneConfig | EvaluateConfig | None) -> tuple[FinetuneModel, dict[str, Any]]:
+    """A :class:`FinetuneModel` from a ``checkpoint_best_finetune.pth`` (the original's or ours): encoder
+    from ``visionfm_state_dict``, ClsHead from ``classifier_state_dict`` (``module.`` stripped). Outputs
+    and head width come from the head's tensors; architecture and patch size from the encoder's (given
+    flags are checks); pooling and classes from our ``visionfm`` entry, else the flags."""
+    from visionfm import load_encoder
+    from visionfm.io import load_checkpoint_file
+    from visionfm.models.heads.official import from_official
+
+    obj, _ = load_checkpoint_file(p)
+    if not isinstance(obj, dict) or not isinstance(obj.get("visionfm_state_dict"), dict):
+        keys = ", ".join(sorted(map(str, obj))) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{p}: not a fine-tuned checkpoint (expected 'visionfm_state_dict' and "
+                              f"'classifier_state_dict'; found {keys})")
+    raw_head = obj.get("classifier_state_dict")
+    if not isinstance(raw_head, dict) or not raw_head:
+        raise CheckpointError(f"{p}: no 'classifier_state_dict', so the fine-tuned head is missing (the original "
+                              "went on with a random head; visionfm refuses)")
+    head_sd = from_official("cls", raw_head)
+    linear = sorted((int(k.split(".")[1]), v) for k, v in head_sd.items()
+                    if k.startswith("classifier.") and k.endswith(".weight") and v.ndim == 2)
+    if "channel_bn.weight" not in head_sd or len(linear) != 3:
+        raise CheckpointError(f"{p}: 'classifier_state_dict' is not a 3-layer ClsHead (keys: "
+                              f"{', '.join(sorted(head_sd)[:6])} ...)")
+    n_out, in_dim = int(linear[-1][1].shape[0]), int(head_sd["channel_bn.weight"].shape[0])
+    want = getattr(opts, "num_labels", None)
+    if want and int(want) != n_out:
+        raise ConfigError(f"--num_labels {want}, but the head in {p} has {n_out} outputs")
+    meta = obj.get("visionfm") if isinstance(obj.get("visionfm"), dict) else {}
+    size = int(meta.get("input_size") or getattr(opts, "input_size", 224))
+    key = getattr(opts, "checkpoint_key", None)
+    key = key if key and isinstance(obj.get(key), dict) else "visionfm_state_dict"
+    enc = load_encoder(p, getattr(opts, "arch", None) or meta.get("arch"), key,
+                       getattr(opts, "patch_size", None) or meta.get("patch_size"), size)
+    n_last = int(meta.get("n_last_blocks", getattr(opts, "n_last_blocks", 4)))
+    avg = int(meta.get("avgpool_patchtokens", getattr(opts, "avgpool_patchtokens", 0)))
+    bn_m = float(meta.get("bn_momentum", getattr(opts, "bn_momentum", 0.1)))
+    model = FinetuneModel(enc, n_out, n_last, avg, "cls", bn_m)
+    if model.in_dim != in_dim:
+        raise CheckpointError(f"{p}: the head takes {in_dim} features, but --n_last_blocks {n_last} "
+                              f"--avgpool_patchtokens {avg} on {enc.load_report.arch} give {model.in_dim}")
+    try:
+        model.head.load_state_dict(head_sd)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{p}: 'classifier_state_dict' does not fit ClsHead({in_dim}, {n_out}): "
+                              f"{str(exc).splitlines()[0]}") from None
+    info = {"format": "original-finetune-pth", "task": "finetune", "epoch": obj.get("epoch"),
+            "arch": enc.load_report.arch, "patch_size": int(enc.patch_size), "input_size": size,
+            "n_last_blocks": n_last, "avgpool_patchtokens": avg, "head": "cls", "bn_momentum": bn_m,
+            "num_outputs": n_out, "binary_logit": n_out == 1, "class_names": meta.get("class_names"),
+            "modality": meta.get("modality") or getattr(opts, "modality", None), "interpolation": "bicubic"}
+    return model.to(device), info
+
+
 def _from_model_folder(folder: Path, device: torch.device) -> tuple[FinetuneModel, dict[str, Any]]:
     """A :class:`FinetuneModel` from a classification model folder (``finetune``'s ``<run>/model`` or any
     pooled single-label classification folder with a ``cls``/``linear`` head)."""
@@ -281,8 +419,8 @@ def is_model_folder(path: str | Path | None) -> bool:
 def load_finetuned(path: str | Path, device: torch.device,
                    opts: FinetuneConfig | EvaluateConfig | None = None) -> tuple[FinetuneModel, dict[str, Any]]:
     """A fine-tuned model from our checkpoint (``.safetensors`` + ``.json``), a model folder (``<run>/model``)
-    or the original's ``checkpoint_best_finetune.pth`` (``visionfm_state_dict`` + ``classifier_state_dict``;
-    needs ``opts.arch/patch_size/input_size`` and ``opts.num_labels``, safe loader)."""
+    or a ``checkpoint_best_finetune.pth``, the original's or ours (safe loader; see
+    :func:`_from_original_pth`)."""
     from visionfm.engine.trainer import load_decoder_checkpoint
     from visionfm.models import build_encoder
 
@@ -292,23 +430,7 @@ def load_finetuned(path: str | Path, device: torch.device,
             raise CheckpointError(f"{p}: a folder without config.json (expected a model folder such as <run>/model)")
         return _from_model_folder(p, device)
     if p.suffix in (".pth", ".pt"):
-        from visionfm import load_encoder
-        from visionfm.io import load_checkpoint_file
-
-        if opts is None or not opts.num_labels:
-            raise ConfigError("an original checkpoint_best_finetune.pth needs --num_labels (and --arch, --input_size)")
-        obj, _ = load_checkpoint_file(p)
-        head_sd = obj.get("classifier_state_dict") if isinstance(obj, dict) else None
-        if not isinstance(head_sd, dict):
-            raise CheckpointError(f"{p}: no 'classifier_state_dict' (not a finetune checkpoint)")
-        enc = load_encoder(p, opts.arch, "visionfm_state_dict", opts.patch_size, opts.input_size)
-        model = FinetuneModel(enc, opts.num_labels, 4, 0, "cls")
-        clean = {k[len("module."):] if k.startswith("module.") else k: v for k, v in head_sd.items()}
-        model.head.load_state_dict(clean)
-        info = {"format": "original-finetune-pth", "epoch": obj.get("epoch"), "arch": opts.arch,
-                "patch_size": opts.patch_size, "input_size": opts.input_size, "binary_logit": opts.num_labels == 1,
-                "modality": opts.modality, "class_names": None, "num_outputs": opts.num_labels}
-        return model.to(device), info
+        return _from_original_pth(p, device, opts)
     sd, info, _ = load_decoder_checkpoint(p)
     if info.get("task") != "finetune":
         raise CheckpointError(f"{p}: not a 'visionfm finetune' checkpoint (task={info.get('task')!r})")
@@ -355,22 +477,60 @@ def _loss(opts: FinetuneConfig, num_classes: int, binary_logit: bool, mixup_on: 
     return nn.CrossEntropyLoss()
 
 
+class _OriginalLogKeys:
+    """The run logger, adding the original's ``train_lr`` to each epoch line (``val_loss``, ``val_auc`` and
+    ``val_aupr`` come from the evaluation itself)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def log(self, stats: dict[str, Any], step: int | None = None) -> None:
+        self.inner.log({**stats, "train_lr": stats["lr"]} if "lr" in stats else stats, step=step)
+
+
+def _mean_nll(probs: np.ndarray, y: np.ndarray, binary_logit: bool) -> float:
+    """Mean cross-entropy (BCE for one sigmoid output) of predicted probabilities: the validation loss."""
+    eps = 1e-12
+    if binary_logit:
+        p = np.clip(probs.reshape(-1), eps, 1 - eps)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    from visionfm.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+
+
+def original_arrays(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``best.npy`` / ``target.npy`` as the original wrote them: probabilities ``[N, C]`` (``[N, 1]`` for one
+    sigmoid output), float32, and labels ``[N, 1]`` int64."""
+    p = probs.reshape(len(probs), -1).astype(np.float32)
+    return p, y.reshape(-1, 1).astype(np.int64)
+
+
 def run_finetune(opts: FinetuneConfig) -> int:
     """``visionfm finetune``: see the module docstring and docs/forecasting-and-finetuning.md."""
+    import yaml
     from torch.utils.data import DataLoader, DistributedSampler
 
     from visionfm import load_encoder
     from visionfm.engine.distributed import command_session
     from visionfm.engine.logging import RunLogger
-    from visionfm.io import save_json_atomic
+    from visionfm.io import save_json_atomic, save_text_atomic, save_torch_atomic
 
+    opts = opts.resolved()
     if not opts.pretrained_weights:
         raise ConfigError("--pretrained_weights is required (a weights file, or 'random' for a random encoder)")
     if opts.accum_iter < 1:
         raise ConfigError("--accum_iter must be >= 1")
     with command_session(opts.device, seed=opts.seed) as env:
         run_dir = opts.run_dir()
-        classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset)
+        if env.is_main:
+            log.info("fine-tuning %s (%s recipe) on %s", opts.task or opts.run_name(), opts.recipe, opts.data_path)
+        classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset, opts.task)
         n_cls = len(classes)
         if n_cls < 2:
             raise DataFormatError(f"need at least 2 classes, found {classes}", opts.data_path)
@@ -402,13 +562,22 @@ def run_finetune(opts: FinetuneConfig) -> int:
             log.info("initialised encoder and head from %s", opts.load_from)
         eff_batch = opts.batch_size_per_gpu * opts.accum_iter * env.world_size
         base_lr = opts.lr * eff_batch / 256.0
-        groups = param_groups_lrd(model, opts.weight_decay, opts.layer_decay, opts.encoder_lr_scale)
+        groups = param_groups_lrd(model, opts.weight_decay, opts.layer_decay, opts.encoder_lr_scale,
+                                  opts.weight_decay_all)
+        for grp in groups:  # per-epoch schedules start from each group's own lr (warmup_cosine sets it per step)
+            grp["lr"] = base_lr * grp["lr_scale"]
         sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                      seed=opts.seed, drop_last=mixup_on) if env.world_size > 1 else None
+        per_rank = len(sampler) if sampler is not None else len(train_ds)
+        rest = per_rank % opts.batch_size_per_gpu
+        drop_last = per_rank > opts.batch_size_per_gpu and (
+            bool(opts.drop_last) or rest == 1 or (mixup_on and rest % 2 == 1))
+        if drop_last and not opts.drop_last and env.is_main:
+            log.info("dropping the last training batch of each epoch (%d sample(s): %s)", rest,
+                     "BatchNorm cannot train on one sample" if rest == 1 else "mixup needs an even batch")
         g = torch.Generator()
         loader = DataLoader(train_ds, batch_size=opts.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
-                            num_workers=opts.num_workers, collate_fn=_collate,
-                            drop_last=len(train_ds) > opts.batch_size_per_gpu, generator=g,
+                            num_workers=opts.num_workers, collate_fn=_collate, drop_last=drop_last, generator=g,
                             pin_memory=env.device.type == "cuda")
         if len(loader) == 0:
             raise DataFormatError(f"train/ has {len(train_ds)} images, fewer than one batch of "
@@ -422,20 +591,25 @@ def run_finetune(opts: FinetuneConfig) -> int:
                              num_classes=n_cls)
         loss_fn = _loss(opts, n_cls, binary_logit, mixup_on)
         run_logger = RunLogger(run_dir, enabled=env.is_main)
-        meta = {"task": "finetune", "arch": model.encoder.load_report.arch if hasattr(model.encoder, "load_report")
-                else opts.arch, "patch_size": int(model.encoder.patch_size), "input_size": opts.input_size,
-                "n_last_blocks": opts.n_last_blocks, "avgpool_patchtokens": opts.avgpool_patchtokens,
-                "head": opts.head, "bn_momentum": opts.bn_momentum, "num_outputs": n_out, "binary_logit": binary_logit,
-                "class_names": classes, "modality": opts.modality, "selection_split": sel_split,
-                "selection_key": "auroc", "pretrained_weights": str(opts.pretrained_weights)}
+        arch = model.encoder.load_report.arch if hasattr(model.encoder, "load_report") else opts.arch
+        meta = {"task": "finetune", "recipe": opts.recipe, "arch": arch, "patch_size": int(model.encoder.patch_size),
+                "input_size": opts.input_size, "n_last_blocks": opts.n_last_blocks,
+                "avgpool_patchtokens": opts.avgpool_patchtokens, "head": opts.head, "bn_momentum": opts.bn_momentum,
+                "num_outputs": n_out, "binary_logit": binary_logit, "class_names": classes,
+                "modality": opts.modality, "selection_split": sel_split, "selection_key": "auroc",
+                "pretrained_weights": str(opts.pretrained_weights)}
         cfg = FitConfig(epochs=opts.epochs, lr=base_lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
-                        weight_decay=opts.weight_decay, scheduler="warmup_cosine", warmup_epochs=opts.warmup_epochs,
+                        weight_decay=opts.weight_decay, scheduler=opts.scheduler, warmup_epochs=opts.warmup_epochs,
                         min_lr=opts.min_lr, accum_iter=opts.accum_iter, clip_grad=opts.clip_grad, amp=bool(opts.amp),
                         val_freq=opts.val_freq, seed=opts.seed)
         identity = {**{k: v for k, v in meta.items() if k != "selection_split"}, "data": str(opts.data_path),
                     "load_from": str(opts.load_from or ""), "augment": {k: getattr(opts, k) for k in (
-                        "min_crop_scale", "randaug", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
-                        "smoothing", "drop_path", "layer_decay", "encoder_lr_scale")}}
+                        "min_crop_scale", "crop_interpolation", "randaug", "reprob", "mixup", "cutmix", "mixup_prob",
+                        "mixup_switch_prob", "smoothing", "drop_path", "layer_decay", "encoder_lr_scale",
+                        "weight_decay_all", "drop_last")}}
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_text_atomic(yaml.safe_dump(opts.to_dict(), sort_keys=True), run_dir / "config.yaml")
 
         def batches(epoch: int) -> Any:
             g.manual_seed(opts.seed * 10_007 + epoch)  # the epoch's order depends on (seed, epoch) only: resumable
@@ -451,15 +625,31 @@ def run_finetune(opts: FinetuneConfig) -> int:
                 x, target = mixup_fn(x, y)
             return loss_fn(net(x).float(), target), len(x)
 
+        last_eval: dict[str, np.ndarray] = {}
+
         def evaluate(m: nn.Module) -> dict[str, Any]:
             probs, yv, _ = predict_probs(m, sel_ds, env, opts.batch_size_per_gpu, opts.num_workers, binary_logit,
                                          opts.amp)
-            return metrics_for(yv, probs, classes, binary_logit)
+            last_eval.update(probs=probs, y=yv)
+            out = metrics_for(yv, probs, classes, binary_logit)
+            # the original's log keys (val_auc, val_aupr, val_loss in log.txt)
+            return {**out, "auc": out["auroc"], "aupr": out["aupr"], "loss": _mean_nll(probs, yv, binary_logit)}
+
+        def on_best(epoch: int, metrics: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
+            """The original's files of the selected epoch (rank 0, atomically)."""
+            best, target = original_arrays(last_eval["probs"], last_eval["y"])
+            if opts.head == "cls":
+                save_torch_atomic(original_finetune_checkpoint(model, epoch, optimizer, scheduler, metrics["auc"],
+                                                               {k: meta[k] for k in _ORIGINAL_META}),
+                                  run_dir / ORIGINAL_CHECKPOINT)
+            _save_npy(best, run_dir / "best.npy")
+            _save_npy(target, run_dir / "target.npy")
 
         resume_from, _ = start_point(run_dir, None, opts.resume)
         result = fit(model, batches, step, evaluate, selection_key="auroc", higher_is_better=True, run_dir=run_dir,
-                     cfg=cfg, env=env, run_logger=run_logger, meta=meta, identity=identity, param_groups=groups,
-                     resume_from=resume_from, log_prefix=f"{sel_split}_", keep_last_if_never_selected=True)
+                     cfg=cfg, env=env, run_logger=_OriginalLogKeys(run_logger), meta=meta, identity=identity,
+                     param_groups=groups, resume_from=resume_from, log_prefix=f"{sel_split}_",
+                     keep_last_if_never_selected=True, on_best=on_best)
         best_value = result.best_value
         best_model, info = load_finetuned(run_dir / "checkpoint_best.safetensors", env.device)
         summary: dict[str, Any] = {"best_epoch": info.get("epoch"), "best_val_auroc": best_value,
@@ -477,8 +667,16 @@ def run_finetune(opts: FinetuneConfig) -> int:
         if env.is_main:
             run_logger.log({"final": summary})
             run_logger.close()
+            aupr = result.best_metrics.get("aupr")
+            print("Finetuning of VisionFM completed\nBest val auc: {}; accompanying aupr: {}".format(
+                "n/a" if best_value is None else f"{best_value:.4f}", "n/a" if aupr is None else f"{aupr:.4f}"))
             print(json.dumps(summary))
         return 0
+
+
+# what the original-format checkpoint records beside the weights, for ``evaluate``
+_ORIGINAL_META = ("arch", "patch_size", "input_size", "n_last_blocks", "avgpool_patchtokens", "bn_momentum",
+                  "class_names", "modality", "binary_logit", "recipe")
 
 
 def _package(opts: FinetuneConfig, run_dir: Path, model: FinetuneModel, info: dict[str, Any],
@@ -534,7 +732,8 @@ def evaluate_split(model: FinetuneModel, info: dict[str, Any], dataset: Any, opt
 
 
 def run_evaluate(opts: EvaluateConfig) -> int:
-    """``visionfm evaluate``: a fine-tuned checkpoint on ``<data_path>/<split>``."""
+    """``visionfm evaluate``: a fine-tuned checkpoint on ``<data_path>/<split>``; prints the original's
+    ``AUC: ..., AUPR: ...`` line and writes its ``best.npy`` / ``target.npy`` beside our report."""
     from visionfm.data.layouts import ImageFolderDataset
     from visionfm.engine.distributed import command_session
     from visionfm.engine.features import eval_transform
@@ -543,16 +742,19 @@ def run_evaluate(opts: EvaluateConfig) -> int:
     with command_session(opts.device) as env:
         source = getattr(opts, "model", None) or opts.load_from
         if getattr(opts, "model", None) and opts.load_from:
-            raise ConfigError("give --model (a model folder) or --load_from (a checkpoint), not both")
+            raise ConfigError("give --model (a model folder) or --pretrained_weights (a checkpoint), not both")
         if not source:
-            raise ConfigError("--model FOLDER or --load_from CHECKPOINT is required")
+            raise ConfigError("--pretrained_weights CHECKPOINT (or --model FOLDER) is required")
         if getattr(opts, "model", None) and not is_model_folder(source):
             raise ConfigError(f"--model {source}: not a model folder (config.json + model.safetensors); "
-                              "use --load_from for checkpoint files")
+                              "use --pretrained_weights for checkpoint files")
         model, info = load_finetuned(source, env.device, opts)
+        if opts.num_labels and int(opts.num_labels) != int(info.get("num_outputs", 0)):
+            raise ConfigError(f"--num_labels {opts.num_labels}, but {source} has {info.get('num_outputs')} outputs")
         classes = info.get("class_names")
         if opts.class_order or opts.class_order_preset or not classes:
-            classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset)
+            classes = resolve_classes(opts.data_path, opts.class_order, opts.class_order_preset or
+                                      (None if classes else "auto"), opts.task)
         if len(classes) != max(int(info.get("num_outputs", 0)), 2):
             raise ConfigError(f"the checkpoint has {info.get('num_outputs')} outputs but the class order has "
                               f"{len(classes)} classes ({', '.join(classes)})")
@@ -562,9 +764,18 @@ def run_evaluate(opts: EvaluateConfig) -> int:
                                 transform=eval_transform(size, modality, interpolation=info.get("interpolation",
                                                                                                 "bicubic")))
         run_dir = opts.run_dir()
+        if env.is_main:
+            log.info("evaluating %s on %s/%s (%s)", source, opts.data_path, opts.split, opts.task or opts.run_name())
         metrics = evaluate_split(model, info, ds, opts, env, run_dir / "report", f"{opts.split} ({source})")
         if env.is_main:
+            best, target = original_arrays(np.load(run_dir / "report" / "probs.npy"),
+                                           np.load(run_dir / "report" / "target.npy"))
+            _save_npy(best, run_dir / "best.npy")
+            _save_npy(target, run_dir / "target.npy")
             save_json_atomic({"checkpoint": str(source), "split": opts.split, "metrics": metrics},
                              run_dir / "evaluate.json")
+            auc = metrics.get("auroc_macro", metrics.get("auroc"))
+            aupr = metrics.get("aupr_macro", metrics.get("aupr"))
+            print(f"AUC: {auc}, AUPR: {aupr}")
             print(json.dumps(metrics))
         return 0
