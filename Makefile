@@ -19,11 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/visionfm demo --output_dir demo_output
 
+# One intra-op thread per test process: two xdist workers with a thread per core each oversubscribe the
+# CPU (OpenMP spin-waits), which made the suite several times slower on 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --timeout 900 --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider --timeout 900 --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" -p no:cacheprovider
 
 # ruff over all of src/ and benchmarks/; mypy on the typed packages (settings in pyproject.toml).
 lint: $(STAMP)
