@@ -147,10 +147,10 @@ def test_dicom_readers(tmp_path):
     assert a[0, vals <= -1].max() == 0 and a[0, vals >= 2048].min() == 255
     mid = np.argmin(np.abs(vals - 1024))
     assert abs(int(a[0, mid, 0]) - 128) <= 3
-    # MONOCHROME2 without a window: min-max; MONOCHROME1 is inverted
-    plain = np.asarray(read_image(_write_dicom(tmp_path / "plain.dcm", ramp, "MONOCHROME2")))
-    inv = np.asarray(read_image(_write_dicom(tmp_path / "inv.dcm", ramp, "MONOCHROME1")))
-    assert plain[0, 0, 0] == 0 and plain[0, -1, 0] == 255 and (inv == 255 - plain).all()
+    # MONOCHROME2 without a window: by BitsStored (12 bits: 4032 / 4095); MONOCHROME1 is inverted
+    plain = np.asarray(read_image(_write_dicom(tmp_path / "plain.dcm", ramp, "MONOCHROME2", BitsStored=12)))
+    inv = np.asarray(read_image(_write_dicom(tmp_path / "inv.dcm", ramp, "MONOCHROME1", BitsStored=12)))
+    assert plain[0, 0, 0] == 0 and plain[0, -1, 0] == round(4032 * 255 / 4095) and (inv == 255 - plain).all()
     # RGB uint8 keeps its colours
     rgb = np.zeros((40, 30, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[10:20, :, 2] = 200, np.arange(30, dtype=np.uint8)[None] * 8, 90
@@ -158,7 +158,7 @@ def test_dicom_readers(tmp_path):
     assert (got == rgb).all()
     # multi-frame: the first frame, with a warning; a file without extension is found by its magic
     stack = np.stack([ramp, ramp[:, ::-1].copy()]).astype(np.uint16)
-    mf = _write_dicom(tmp_path / "multiframe", stack, "MONOCHROME2", frames=2)
+    mf = _write_dicom(tmp_path / "multiframe", stack, "MONOCHROME2", frames=2, BitsStored=12)
     with pytest.warns(UserWarning, match="2 frames"):
         first = np.asarray(read_image(mf))
     assert (first == plain).all()
@@ -187,7 +187,7 @@ def test_predict_on_dicom_files(tmp_path, cls_model):
     for r in rows:
         png = np.asarray(Image.open(out / r["attention_map"]))
         assert png.std() > 5
-    assert (out / "attention" / "sub__colour.png").is_file()
+    assert (out / "attention" / "sub" / "colour.dcm.png").is_file()
 
 
 def test_predict_segmentation_and_errors(tmp_path, encoder, cls_model, capsys):

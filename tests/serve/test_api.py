@@ -24,7 +24,7 @@ from visionfm.serve.registry import DEMO_LABEL, ModelRegistry, split_unit  # noq
 
 @pytest.fixture(scope="module")
 def client(models_dir):
-    with TestClient(create_app(models_dir, max_upload_mb=1)) as c:
+    with TestClient(create_app(models_dir, max_upload_mb=1), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -214,7 +214,7 @@ def test_examples_are_served(client):
 
 
 def test_demo_models_when_folder_is_empty(tmp_path):
-    with TestClient(create_app(tmp_path)) as c:
+    with TestClient(create_app(tmp_path), base_url="http://localhost") as c:
         body = c.get("/api/models").json()
         assert [m["id"] for m in body["models"]] == ["demo-classification", "demo-segmentation"]
         assert all(m["demo"] and DEMO_LABEL in m["name"] for m in body["models"])

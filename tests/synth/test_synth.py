@@ -298,7 +298,7 @@ def test_cli(tmp_path, capsys):
     assert rc == 0 and "single_cls" in out and "FundusClassification/val: 2 images" in out
     assert (tmp_path / "FundusClassification" / DS / "val_labels.txt").is_file()
     rc = cli_main(["synth", "--task", "pretrain", "--dst_dir", str(tmp_path / "x"), "--num", "0"])
-    assert rc == 2 and "num must be" in capsys.readouterr().err
+    assert rc == 2 and "--num: expected an integer ≥ 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["synth", "--task", "nope", "--dst_dir", str(tmp_path)])
 

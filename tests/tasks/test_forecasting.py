@@ -97,7 +97,8 @@ def test_train_forecast_beats_interval_only_baseline(tmp_path):
     assert abs(got[90.0] - p90) < 1e-5 and abs(got[2000.0] - p2000) < 1e-5
     # a rerun under another name reuses nothing of the first; the same name reuses the feature cache
     before = (run / "features" / "test" / "features.safetensors").stat().st_mtime_ns
-    assert run_cli("train-forecast", "--name", "fc", *common[:-6], "--epochs", "61", *common[-6:]) == 0
+    assert run_cli("train-forecast", "--name", "fc", *common[:-6], "--epochs", "61", *common[-6:],
+                   "--overwrite") == 0
     assert (run / "features" / "test" / "features.safetensors").stat().st_mtime_ns == before
 
 

@@ -2,7 +2,8 @@
 
 synthetic data → brief iBOT pretraining of a tiny encoder → ``extract`` (feature stores) →
 ``train-cls`` (frozen-encoder decoder, selection on val) → evaluation report. Every step is the
-same library call the commands make; the summary ends with where the report is.
+same library call the commands make; the summary ends with where the report is. A second demo into
+the same folder replaces the first one's runs (``--overwrite``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
           "--input_size", size, "--batch_size_per_gpu", "32", "--epochs", str(args.pretrain_epochs),
           "--warmup_epochs", "1", "--warmup_teacher_temp_epochs", "1", "--lr", "2e-3", "--out_dim", "1024",
           "--patch_out_dim", "1024", "--num_workers", "2", "--saveckp_freq", "1000", "--name", run_name,
-          "--output_dir", str(out), "--seed", str(args.seed), "--no_progress"], "pretraining")
+          "--output_dir", str(out), "--seed", str(args.seed), "--no_progress", "--overwrite"], "pretraining")
     ckpt = out / run_name / "checkpoint.pth"
 
     mark("3/5 extracting frozen features (CLS of the last 4 blocks) with the pretrained teacher")
@@ -66,14 +67,16 @@ def run(args: argparse.Namespace) -> int:
     cls_name = "dr_grading"
     step(["train-cls", "--name", cls_name, "--features", str(stores), "--num_labels", "5", "--modality", "Fundus",
           "--epochs", str(args.decoder_epochs), "--batch_size_per_gpu", "64", "--lr", "0.004",
-          "--output_dir", str(out), "--report_n_boot", "200", "--seed", str(args.seed)], "decoder training")
+          "--output_dir", str(out), "--report_n_boot", "200", "--seed", str(args.seed), "--overwrite"],
+         "decoder training")
 
     mark("5/5 training a UNETR vessel-segmentation decoder on the same frozen encoder")
     seg_name = "vessel_segmentation"
     step(["train-seg", "--name", seg_name, "--data_path", str(data / "VesselSegmentation"), "--num_labels", "1",
           "--pretrained_weights", str(ckpt), "--checkpoint_key", "teacher", "--arch", "vit_tiny", "--input_size", size,
           "--epochs", str(args.seg_epochs), "--lr", "3e-3", "--batch_size_per_gpu", "8", "--no_augment",
-          "--num_workers", "0", "--output_dir", str(out), "--seed", str(args.seed)], "segmentation training")
+          "--num_workers", "0", "--output_dir", str(out), "--seed", str(args.seed), "--overwrite"],
+         "segmentation training")
     seg_metrics = json.loads((out / seg_name / "metrics.json").read_text())
 
     run_dir = out / cls_name

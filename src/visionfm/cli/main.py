@@ -11,7 +11,8 @@ import sys
 from typing import Sequence
 
 from visionfm import __version__
-from visionfm.cli.options import VFMArgumentParser, parse_with_config
+from visionfm.cli.options import VFMArgumentParser, check_args, parse_with_config
+from visionfm.config import CONFIGS
 
 # name -> (module, one-line help). Every module defines ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,12 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_with_config(sp, argv[1:])
     args.command = name
     try:
+        if name not in CONFIGS:  # a command with a typed config is checked when run() builds it (to_config)
+            check_args(name, sp, args)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except VisionFMError as exc:  # user-facing error: one clear line, no traceback
-        print(f"visionfm {name}: error: {exc}", file=sys.stderr)
+        print(f"visionfm {name}: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
 
 

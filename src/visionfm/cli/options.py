@@ -20,6 +20,7 @@ __all__ = [
     "bool_flag",
     "parse_with_config",
     "to_config",
+    "check_args",
     "arch_choices",
     "add_store_decoder_arguments",
     "add_dense_arguments",
@@ -29,6 +30,8 @@ __all__ = [
 
 # Flags that steer parsing or the launcher, not the command itself (they are not config fields).
 NOT_CONFIG = {"config", "dist_url", "local_rank", "command"}
+# Namespace attribute: {flag dest: --config file} for the values that came from the YAML file.
+CONFIG_SOURCES = "_config_sources"
 
 
 def arch_choices() -> list[str]:
@@ -39,9 +42,41 @@ def arch_choices() -> list[str]:
 
 
 def to_config(cls: Any, args: argparse.Namespace) -> Any:
-    """The command's typed config (:mod:`visionfm.config`) from its parsed flags."""
-    values = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
-    return cls.from_mapping(values, where=f"visionfm {cls.command}")
+    """The command's typed config (:mod:`visionfm.config`) from its parsed flags; every value is checked
+    there (:mod:`visionfm.config.checks`), those from ``--config`` YAML too."""
+    values = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG and not k.startswith("_")}
+    return cls.from_mapping(values, sources=getattr(args, CONFIG_SOURCES, None))
+
+
+def _flag_kind(action: argparse.Action) -> Any:
+    """The annotation a flag's parsed value has (``int``, ``list[float] | None``...), for :func:`check_args`."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.type is bool_flag:
+        kind: Any = bool
+    elif action.type in (int, float):
+        kind = action.type
+    elif action.type is None:
+        kind = str
+    else:
+        return Any
+    if action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 0):  # store_true: nargs 0
+        kind = list[kind]  # type: ignore[valid-type]
+    return kind | None if action.default is None else kind
+
+
+def check_args(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the flags of a command without a typed config (``extract``, ``predict``, ``serve``...) with
+    the same rules as the configs (:func:`visionfm.config.checks.check_values`): types read off the
+    flags, their ``choices``, and the ranges of the rule table. Values from ``--config`` YAML, which
+    argparse leaves unchecked, are checked here like flags."""
+    from visionfm.config.checks import Rule, check_values
+
+    actions = [a for a in parser._actions if a.dest not in NOT_CONFIG and a.dest not in ("help", "version")]
+    kinds = {a.dest: _flag_kind(a) for a in actions}
+    choices = {a.dest: Rule(choices=tuple(a.choices)) for a in actions if a.choices is not None}
+    values = {a.dest: getattr(args, a.dest) for a in actions if hasattr(args, a.dest)}
+    checked = check_values(command, values, kinds, getattr(args, CONFIG_SOURCES, None), extra_rules=choices)
+    for key, value in checked.items():
+        setattr(args, key, value)
 
 
 def bool_flag(value: str | bool) -> bool:
@@ -73,6 +108,11 @@ class VFMArgumentParser(argparse.ArgumentParser):
                     extra.append(twin)
         return super().add_argument(*names, *extra, **kwargs)
 
+    def error(self, message: str):  # type: ignore[override]
+        """A usage error as one line on stderr (``visionfm CMD: error: ...``), exit code 2; ``--help``
+        shows the usage."""
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
     def _get_option_tuples(self, option_string: str) -> list[Any]:
         # A prefix of a flag also prefixes its hyphenated twin (``--batch`` → ``--batch_size_per_gpu`` and
         # ``--batch-size-per-gpu``); one action matched twice is not ambiguous, so keep one match per action.
@@ -94,7 +134,12 @@ class VFMArgumentParser(argparse.ArgumentParser):
     def add_resume_argument(self) -> None:
         self.add_argument("--resume", action="store_true",
                           help="continue <output_dir>/<name>/checkpoint_last (refused when its settings differ); "
-                               "without it a run of the same name starts afresh")
+                               "without it an existing run of the same name is refused (see --overwrite)")
+
+    def add_overwrite_argument(self) -> None:
+        self.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier run in the run folder (its checkpoints, log.txt, reports); "
+                               "without it (and without --resume) an existing run is refused")
 
     def add_run_arguments(self, resume: bool = True, report: bool = True) -> None:
         """The flags every training/evaluation command ends with: report resamples, device, resume,
@@ -105,6 +150,7 @@ class VFMArgumentParser(argparse.ArgumentParser):
         self.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         if resume:
             self.add_resume_argument()
+            self.add_overwrite_argument()
         self.add_distributed_arguments()
         self.add_config_argument()
 
@@ -146,25 +192,57 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     """
     pre, _ = parser.parse_known_args(argv)
     cfg_path = getattr(pre, "config", None)
+    defaults: dict[str, Any] = {}
     if cfg_path:
         path = Path(cfg_path)
         if not path.is_file():
             parser.error(f"--config {cfg_path}: file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            parser.error(f"--config {cfg_path}: not valid YAML ({exc})")
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            parser.error(f"--config {cfg_path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--config {cfg_path}: cannot read it as UTF-8 text ({exc})")
         if not isinstance(data, dict):
             parser.error(f"--config {cfg_path}: expected a mapping of flag names to values, got {type(data).__name__}")
-        known = {a.dest for a in parser._actions}
-        defaults = {}
+        actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
         for key, value in data.items():
             dest = str(key).replace("-", "_")
-            if dest not in known:
+            if dest not in actions:
                 parser.error(f"--config {cfg_path}: unknown key {key!r}")
-            defaults[dest] = value
+            defaults[dest] = _yaml_value(parser, actions[dest], value, str(cfg_path))
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # which values came from the file (the flags not given on the command line), for the checks' messages
+    if defaults:
+        probe = argparse.Namespace(**{k: _FROM_FILE for k in defaults})
+        parser.parse_known_args(argv, namespace=probe)
+        setattr(args, CONFIG_SOURCES, {k: str(cfg_path) for k in defaults if getattr(probe, k) is _FROM_FILE})
+    return args
+
+
+_FROM_FILE = object()
+
+
+def _yaml_value(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, path: str) -> Any:
+    """A YAML string value converted by the flag's ``type``, as argparse would convert it on the command
+    line, with an error naming the file (argparse would name only the flag); other values are checked
+    with the config (:mod:`visionfm.config.checks`)."""
+    if not isinstance(value, str) or not callable(action.type):
+        return value
+    try:
+        converted = action.type(value)
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        if isinstance(exc, argparse.ArgumentTypeError):
+            why = str(exc)
+        else:
+            why = {int: "expected an integer", float: "expected a number"}.get(action.type, "invalid value")
+            why += f", got {value!r}"
+        parser.error(f"--{action.dest}: {why} (from --config {path})")
+    many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 0)
+    return [converted] if many else converted
 
 
 def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir: str, num_labels: int,

@@ -16,6 +16,9 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no_attention", action="store_true", help="do not write attention-map PNGs")
     p.add_argument("--no_overlays", action="store_true", help="do not write segmentation / landmark overlays")
+    p.add_argument("--on_error", default=None, choices=["skip", "fail"],
+                   help="an unreadable input file: 'skip' it (listed in predictions.csv with the reason; the default "
+                        "for a folder) or 'fail' at once (the default for a single file)")
     p.add_config_argument()
 
 
@@ -27,6 +30,7 @@ def run(args) -> int:
 
     setup_logging(True)
     summary = run_predict(args.model, args.input, args.output, days=args.days, batch_size=args.batch_size,
-                          device=args.device, attention=not args.no_attention, overlays=not args.no_overlays)
+                          device=args.device, attention=not args.no_attention, overlays=not args.no_overlays,
+                          on_error=args.on_error)
     print(json.dumps(summary))
     return 0

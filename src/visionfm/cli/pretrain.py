@@ -113,6 +113,9 @@ def add_arguments(p: VFMArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--load_from", default=None, help="resume file (relative to <output_dir>/<name> or absolute)")
     g.add_argument("--resume", default=None, help="'auto' resumes from <output_dir>/<name>/checkpoint.pth when present")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in <output_dir>/<name>; without it (and without --resume) "
+                        "an existing run is refused")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--log_freq", type=int, default=10, help="iterations between host-side metric reads")
     g.add_argument("--use_wandb", action="store_true", help="accepted for compatibility; visionfm logs to TensorBoard")

@@ -10,6 +10,7 @@ checks that every command's flags and its config's fields stay the same set with
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
@@ -59,9 +60,12 @@ class CommandConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_mapping(cls: type[C], values: Mapping[str, Any], where: str = "") -> C:
+    def from_mapping(cls: type[C], values: Mapping[str, Any], where: str = "",
+                     sources: Mapping[str, str] | None = None) -> C:
         """Build from ``{field: value}``; an unknown key or a missing required field is a
-        :class:`~visionfm.errors.ConfigError` naming ``where`` and listing the valid names."""
+        :class:`~visionfm.errors.ConfigError` naming ``where`` and listing the valid names. Every value
+        is checked (type, range, choices) by :func:`visionfm.config.checks.check_values`; ``sources``
+        names the ``--config`` file a value came from."""
         names = cls.field_names()
         unknown = sorted(k for k in values if k not in names)
         prefix = f"{where}: " if where else ""
@@ -72,7 +76,13 @@ class CommandConfig:
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{prefix}'{cls.command}' needs {', '.join(missing)}")
-        return cls(**dict(values))
+        from visionfm.config.checks import check_values
+
+        try:
+            checked = check_values(cls.command, values, typing.get_type_hints(cls), sources)
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
+        return cls(**checked)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +160,7 @@ class PretrainConfig(CommandConfig):
     seed: int = 0
     load_from: str | None = None
     resume: str | None = None
+    overwrite: bool = False
     device: str = "auto"
     log_freq: int = 10
     use_wandb: bool = False
@@ -190,6 +201,7 @@ class TrainClsConfig(CommandConfig):
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -216,6 +228,7 @@ class StoreDecoderConfig(CommandConfig):
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
     optimizer: str = "sgd"
 
 
@@ -272,6 +285,7 @@ class DenseDecoderConfig(CommandConfig):
     amp: bool = True
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -334,6 +348,7 @@ class TrainForecastConfig(CommandConfig):
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
 
 # The two fine-tuning recipes of ``visionfm finetune --recipe`` (docs/forecasting-and-finetuning.md lists
@@ -408,6 +423,7 @@ class FinetuneConfig(CommandConfig):
     report_n_boot: int = 1000
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
     def resolved(self) -> FinetuneConfig:
         """A copy with every ``None`` recipe field filled from :data:`FINETUNE_RECIPES` [``recipe``]

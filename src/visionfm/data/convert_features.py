@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from visionfm.errors import ConfigError, DataFormatError
+from visionfm.io.atomic import replace_dir
 
 __all__ = ["convert_original_features", "ConversionSummary", "read_original_feature_file", "SPLITS", "PROVENANCE"]
 
@@ -214,13 +215,7 @@ def convert_original_features(src: str | os.PathLike[str], dst: str | os.PathLik
                 if any(names != images_per_pass[0] for names in images_per_pass[1:]):
                     log.warning("%s/%s: the epochs %s do not all hold the same images (an interrupted extraction?); "
                                 "each pass keeps the files it has", ds, split, epochs)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

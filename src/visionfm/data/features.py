@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from visionfm.errors import VisionFMError
+from visionfm.io.atomic import replace_dir
 
 __all__ = ["FeatureStore", "FeatureStoreError", "IDENTITY_KEYS", "identity_mismatches", "INDEX_FIELDS"]
 
@@ -165,13 +166,7 @@ class FeatureStore:
             for p in tmp.iterdir():
                 with open(p, "rb") as fh:
                     os.fsync(fh.fileno())
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            replace_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

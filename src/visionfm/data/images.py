@@ -14,6 +14,7 @@ import logging
 import math
 import operator
 import os
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -26,6 +27,7 @@ from visionfm.errors import ConfigError, DataFormatError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LOSSY_MASK_FORMATS",
     "OnErrorPolicy",
     "ON_ERROR_POLICIES",
     "SampleDataset",
@@ -38,12 +40,17 @@ __all__ = [
     "read_jpeg",
     "EncodedJPEG",
     "read_label_lines",
+    "recorded_bits",
     "resolve_split",
+    "scale_to_uint8",
+    "significant_bits",
 ]
 
 logger = logging.getLogger("visionfm.data")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+#: Formats refused as masks (decoded format, not the file name): lossy compression alters class ids.
+LOSSY_MASK_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
 
 OnErrorPolicy = Literal["fail", "skip"]
 ON_ERROR_POLICIES: tuple[str, ...] = get_args(OnErrorPolicy)
@@ -186,25 +193,117 @@ def _decode(
         raise DataFormatError(f"corrupt or truncated {what} ({type(exc).__name__}: {exc})", path) from None
 
 
-def _wide_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """16-bit / 32-bit / float grayscale → 8-bit, so ``convert('RGB')`` does not saturate at 255."""
+_LOW_BITS_WARNED: list[bool] = [False]  # the "data in the low bits" warning is given once per process
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_sbit(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """The PNG ``sBIT`` chunk (significant bits per channel), read from the chunk list before ``IDAT``;
+    ``None`` when there is none (Pillow does not expose it)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                if kind == b"sBIT":
+                    data = fh.read(length)
+                    return tuple(data) if 0 < len(data) == length else None
+                fh.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def recorded_bits(img: Image.Image, path: str | os.PathLike[str] | None = None) -> int | None:
+    """The significant bits per sample the file records: PNG ``sBIT`` (the grey or the largest colour
+    channel's), TIFF ``BitsPerSample``; ``None`` when the file records nothing."""
+    path = path if path is not None else getattr(img, "filename", None)
+    if img.format == "PNG" and path:
+        sbit = _png_sbit(path)
+        if sbit:
+            return int(sbit[0]) if img.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L") else int(max(sbit[:3]))
+    if img.format == "TIFF":
+        bps = getattr(img, "tag_v2", {}).get(258)
+        bits = (int(max(bps)) if isinstance(bps, tuple) else int(bps)) if bps else None
+        # 8/16/32 is the sample type itself (TIFF must state it), not a record of fewer significant bits
+        return None if bits in (None, 8, 16, 32) else bits
+    return None
+
+
+def _type_bits(img: Image.Image) -> int:
+    """Bits of the file's integer sample type (``I;16*`` 16, ``I`` 16 for PNG else 32)."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        return 16
+    return 32
+
+
+def scale_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Integer samples with ``bits`` significant bits → uint8: ``round(v * 255 / (2**bits - 1))``, clipped to
+    0..255 (so 0 → 0 and the largest ``bits``-bit value → 255). The one scaling of every reader: PNG, TIFF
+    and DICOM, for training and for ``predict``. 8-bit input is returned unchanged."""
+    if arr.dtype == np.uint8 and bits == 8:
+        return arr
+    peak = float(2 ** max(int(bits), 1) - 1)
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / peak)), 0, 255).astype(np.uint8)
+
+
+def significant_bits(arr: np.ndarray, type_bits: int, recorded: int | None, path: object = None) -> int:
+    """How many bits to scale ``arr`` by (see :func:`scale_to_uint8`); the convention, also in
+    ``docs/data-layouts.md``:
+
+    * the file records its significant bits ``b`` (PNG ``sBIT``, TIFF ``BitsPerSample``, DICOM ``BitsStored``)
+      and every value fits in ``b`` bits: the data are in the low bits (as cameras and most writers store
+      12-bit data in 16-bit files) → scaled by ``2**b - 1``;
+    * the record says ``b`` but values exceed ``2**b - 1``: the samples were scaled up to the full type as the
+      PNG specification asks of an encoder writing ``sBIT`` → scaled by the type's maximum;
+    * no record: the type's maximum (``2**16 - 1`` for 16-bit files), and a warning (once per process) when
+      the values use at most ``type_bits - 2`` bits, i.e. when the picture would come out dark.
+    """
+    peak = int(arr.max()) if arr.size else 0
+    if recorded is not None and 1 <= recorded < type_bits:
+        return recorded if peak <= 2**recorded - 1 else type_bits
+    if recorded is None and type_bits > 8 and 0 < peak and peak.bit_length() <= type_bits - 2 \
+            and not _LOW_BITS_WARNED[0]:
+        _LOW_BITS_WARNED[0] = True
+        used = peak.bit_length()
+        logger.warning(
+            "%s: %d-bit image whose values use only the low %d bits (max %d) and that records no significant "
+            "bits (PNG sBIT, TIFF BitsPerSample); scaled by the %d-bit maximum %d, so it comes out dark — if the "
+            "data are %d-bit, record that in the file (e.g. an sBIT chunk). Further such files are not reported.",
+            path if path is not None else "image", type_bits, used, peak, type_bits, 2**type_bits - 1, used)
+    return type_bits
+
+
+def _wide_to_uint8(arr: np.ndarray, type_bits: int = 16, recorded: int | None = None, path: object = None
+                   ) -> np.ndarray:
+    """16-bit / 32-bit integer or float grayscale → 8-bit, by the real bit depth (:func:`significant_bits`).
+
+    Floats are read as 0..1 when every value is at most 1, else as 0..255 (clipped); NaN becomes 0."""
     if arr.dtype.kind == "f":
         arr = np.nan_to_num(arr.astype(np.float64))
         if arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
-    else:
-        arr = arr.astype(np.float64)
-        peak = arr.max() if arr.size else 0.0
-        if peak > 65535:
-            arr = arr * (255.0 / peak)
-        elif peak > 255:
-            arr = arr / 257.0  # full 16-bit range onto 8 bits
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if arr.size and int(arr.min()) < 0:
+        raise DataFormatError(f"image has negative sample values (min {int(arr.min())}); expected unsigned "
+                              "integer samples", path)
+    return scale_to_uint8(arr, significant_bits(arr, type_bits, recorded, path))
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, path: str | os.PathLike[str] | None = None) -> Image.Image:
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        img = Image.fromarray(_wide_to_uint8(np.asarray(img)))
+        arr = np.asarray(img)
+        if img.mode == "F":
+            img = Image.fromarray(_wide_to_uint8(arr, path=path))
+        else:
+            bits = _type_bits(img)
+            img = Image.fromarray(_wide_to_uint8(arr, bits, recorded_bits(img, path), path or img.filename))
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's warning about byte transparency in palettes
     return img if img.mode == "RGB" else img.convert("RGB")
@@ -213,14 +312,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: str | os.PathLike[str], min_pixels: int = 0) -> Image.Image:
     """Load an image as fully decoded 8-bit RGB.
 
-    Grayscale, palette, alpha and 16-bit files are converted (16-bit values are scaled, not clipped).
+    Grayscale, palette, alpha and 16-bit files are converted; wide integer samples are scaled by the
+    file's real bit depth (PNG ``sBIT``, TIFF ``BitsPerSample``, else the type's maximum; see
+    :func:`significant_bits`), never clipped.
     With ``min_pixels > 0`` a JPEG is decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8 per side)
     that still holds ``min_pixels`` pixels, which is several times faster for large photographs
     (see :func:`visionfm.pretrain.views.min_decode_pixels` for the bound pretraining uses).
     Raises:
         DataFormatError: naming the path, for missing, unreadable, corrupt, truncated or oversized files.
     """
-    return _decode(path, "image", _to_rgb, min_pixels)
+    return _decode(path, "image", lambda img: _to_rgb(img, path), min_pixels)
 
 
 class EncodedJPEG:
@@ -287,9 +388,18 @@ def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
 
     Palette PNGs keep their indices (the original converted them to RGB and lost them, item 14);
     grayscale and 16-bit masks keep their values; RGB masks are accepted only when gray (R=G=B).
+    JPEG masks are refused, whatever their name: lossy compression alters ids at every edge.
     """
     path = Path(path)
-    return _decode(path, "mask", lambda img: _mask_ids(img, path))
+
+    def convert(img: Image.Image) -> np.ndarray:
+        if img.format in LOSSY_MASK_FORMATS:
+            raise DataFormatError(
+                f"mask is a {img.format} file; lossy compression changes class ids along every edge — store "
+                "masks losslessly (PNG, TIFF or BMP) with one integer class id per pixel", path)
+        return _mask_ids(img, path)
+
+    return _decode(path, "mask", convert)
 
 
 # --------------------------------------------------------------------------------------------------

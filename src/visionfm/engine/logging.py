@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-__all__ = ["setup_logging", "RunLogger", "progress"]
+__all__ = ["setup_logging", "RunLogger", "progress", "json_safe"]
 
 
 def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
@@ -44,9 +45,9 @@ class RunLogger:
     def log(self, stats: Mapping[str, Any], step: int | None = None, prefix_for_tb: str = "") -> None:
         if not self.enabled:
             return
-        clean = {k: _plain(v) for k, v in stats.items()}
+        clean = json_safe(stats)
         with open(self.run_dir / "log.txt", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(clean) + "\n")
+            fh.write(json.dumps(clean, allow_nan=False) + "\n")
         if self._tb is not None and step is not None:
             for k, v in clean.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -62,6 +63,68 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    def rewind(self, entries: Sequence[Mapping[str, Any]], key: str = "epoch",
+               write: Callable[..., None] | None = None) -> None:
+        """On resume: make ``log.txt`` hold its opening lines (those before the first epoch line, each
+        once) and then exactly one line per entry of ``entries`` (the epochs the resumed checkpoint has
+        finished, in order). Lines of later epochs (logged after that checkpoint, before a kill), repeated
+        lines and the opening lines a resumed start logs again are dropped; an entry whose line is missing
+        (a kill between the checkpoint and its line) is logged again through ``write`` (default
+        :meth:`log`). Kept lines stay byte for byte."""
+        if not self.enabled:
+            return
+        from visionfm.io.atomic import save_text_atomic
+
+        path = self.run_dir / "log.txt"
+        old = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        opening: list[str] = []
+        by_key: dict[Any, str] = {}
+        for raw in old:
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and key in obj:
+                by_key.setdefault(obj[key], raw)
+            elif not by_key and raw not in opening:
+                opening.append(raw)
+        kept = list(opening)
+        for entry in entries:
+            line = by_key.get(entry.get(key))
+            if line is None:
+                break
+            kept.append(line)
+        if kept != old:
+            if len(old) > len(kept):
+                logging.getLogger(__name__).warning(
+                    "%s: dropped %d line(s) written after the checkpoint being resumed", path, len(old) - len(kept))
+            save_text_atomic("".join(line + "\n" for line in kept), path)
+        for entry in entries[len(kept) - len(opening):]:
+            (write or self.log)(dict(entry), step=entry.get(key))
+
+
+def json_safe(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """``stats`` as strict JSON values: tensors and NumPy scalars become numbers, and NaN/inf (at any
+    depth) become ``null`` with their dotted keys listed under ``"nonfinite"``, so every ``log.txt``
+    line parses as JSON and a diverged value is still visible as such."""
+    bad: list[str] = []
+
+    def clean(v: Any, key: str) -> Any:
+        v = _plain(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(key)
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x, f"{key}.{k}") for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x, f"{key}[{i}]") for i, x in enumerate(v)]
+        return v
+
+    out = {str(k): clean(v, str(k)) for k, v in stats.items()}
+    if bad:
+        out["nonfinite"] = sorted(set(bad) | set(out.get("nonfinite") or []))
+    return out
 
 
 def _plain(v: Any) -> Any:

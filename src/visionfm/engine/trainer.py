@@ -14,9 +14,12 @@ atomically every epoch in the run folder:
   state after the latest epoch: ``resume_from`` continues from it after checking that the saved
   run settings equal the current ones (a different run with the same name is refused, not resumed).
 
-The training loss is summed on the device and read once per epoch (no per-step host syncs); a
-non-finite epoch stops the run with :class:`~visionfm.errors.NonFiniteLossError` before anything
-is saved. What differs between tasks — where batches come from and how a batch becomes a loss —
+The training loss and a count of steps with non-finite gradients are kept on the device and read
+once per epoch (no per-step host syncs); an epoch with a non-finite loss, a non-finite gradient or
+non-finite weights after it stops the run with :class:`~visionfm.errors.NonFiniteLossError` before
+anything of it is evaluated or saved (the previous ``checkpoint_last`` stays), and the writers
+refuse non-finite tensors anyway (:mod:`visionfm.io.finite`). An epoch without a batch is an error.
+What differs between tasks — where batches come from and how a batch becomes a loss —
 is passed in: ``batches(epoch)`` and ``step(net, batch) -> (loss, n)``.
 
 Safetensors holds tensors only (``model.*`` and ``optim.<param id>.<name>``); the JSON holds the
@@ -39,6 +42,7 @@ from torch import nn
 
 from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
 from visionfm.io import save_json_atomic, save_safetensors_atomic
+from visionfm.io.finite import all_finite
 
 __all__ = [
     "FitConfig",
@@ -108,7 +112,9 @@ class FitResult:
 def epoch_mean_loss(total: torch.Tensor | float, count: int, epoch: int) -> float:
     """Mean training loss of an epoch from a sum kept on the device (one host read per epoch, not two
     per step); a non-finite epoch stops the run with a clear error."""
-    value = float(total) / max(count, 1)
+    if count == 0:  # no step was taken: an error, not a 0.0 loss
+        raise ConfigError(f"epoch {epoch}: no training batch was run (fewer training samples than one batch?)")
+    value = float(total) / count
     if not math.isfinite(value):
         raise NonFiniteLossError(f"epoch {epoch}: training loss is {value}; stopping before saving (lower --lr?)")
     return value
@@ -443,6 +449,7 @@ def fit(
     record = {"selection_key": selection_key, "higher_is_better": higher_is_better, "config": asdict(cfg),
               "identity": settings["identity"], **dict(meta or {})}
     start_epoch, best_value, best_epoch, best_metrics = 0, None, -1, {}
+    history: list[dict[str, Any]] = []
     if resume_from is not None:
         sd, info, otensors = load_decoder_checkpoint(resume_from)
         saved = {"config": info.get("config"), "identity": info.get("identity", {}),
@@ -469,6 +476,10 @@ def fit(
         best_value = info.get("best_value")
         best_epoch = int(info.get("best_epoch", -1))
         best_metrics = dict(info.get("best_metrics") or {})
+        if isinstance(info.get("history"), list):  # log.txt: one line per finished epoch, whatever the kill point
+            history = [dict(h) for h in info["history"]]
+            if env.is_main and run_logger is not None and hasattr(run_logger, "rewind"):
+                run_logger.rewind(history)
         log.info("resumed from %s after epoch %d (best %s=%s at epoch %d)", resume_from, start_epoch - 1,
                  selection_key, best_value, best_epoch)
     elif init_from is not None:
@@ -489,13 +500,13 @@ def fit(
         warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     from visionfm.engine.logging import progress
 
-    history: list[dict[str, Any]] = []
     opt_step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         net.train()
         total: torch.Tensor | float = 0.0
         count = 0
+        bad_grads = torch.zeros((), dtype=torch.int64, device=device)  # optimizer steps with NaN/inf gradients
         optimizer.zero_grad(set_to_none=True)
         epoch_batches = batches(epoch)
         n_epoch = _length(epoch_batches)
@@ -516,6 +527,7 @@ def fit(
                 loss.backward()
                 if cfg.clip_grad > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                bad_grads += ~all_finite(p.grad for p in model.parameters())  # on the device, read per epoch
                 optimizer.step()
                 opt_step += 1
             else:
@@ -524,6 +536,7 @@ def fit(
                 if (i + 1) % cfg.accum_iter == 0 or last:
                     if cfg.clip_grad > 0:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    bad_grads += ~all_finite(p.grad for p in model.parameters())
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     opt_step += 1
@@ -537,6 +550,7 @@ def fit(
         if per_step:
             lr = optimizer.param_groups[-1]["lr"]
         stats: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_mean_loss(total, count, epoch), "lr": lr}
+        _stop_if_nonfinite(model, bad_grads, epoch)  # before anything of this epoch is evaluated or saved
         is_val = (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch == cfg.epochs - 1
         if is_val:
             model.eval()
@@ -560,12 +574,15 @@ def fit(
                       "epoch_time_s": round(time.perf_counter() - t0, 3)})
         history.append(stats)
         if env.is_main:
-            if run_logger is not None:
-                run_logger.log(stats, step=epoch)
+            # the checkpoint (its history holds this epoch's line) before the line: a resume after a kill
+            # in between writes the missing line from it (RunLogger.rewind)
             save_decoder_checkpoint(run_dir / "checkpoint_last", model, {
                 **record, "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch,
-                "best_metrics": _json_plain(stored_of(best_metrics)) if best_metrics else {}},
+                "best_metrics": _json_plain(stored_of(best_metrics)) if best_metrics else {},
+                "history": _json_plain(history)},
                 optimizer, scheduler, rng=True)
+            if run_logger is not None:
+                run_logger.log(stats, step=epoch)
             log.info("epoch %d/%d loss %.4f%s", epoch + 1, cfg.epochs, stats["train_loss"],
                      f" {log_prefix}{selection_key}={stats.get(log_prefix + selection_key)}" if is_val else "")
         if on_epoch_end is not None:
@@ -580,6 +597,18 @@ def fit(
 
         barrier()
     return FitResult(best_epoch, best_value, best_metrics, cfg.epochs - 1, history)
+
+
+def _stop_if_nonfinite(model: nn.Module, bad_grad_steps: torch.Tensor, epoch: int) -> None:
+    """Stop the run (nothing of this epoch saved; the previous ``checkpoint_last`` stays) when a step had
+    non-finite gradients or the weights (or buffers) after the epoch are not all finite."""
+    n = int(bad_grad_steps)
+    if n:
+        raise NonFiniteLossError(f"epoch {epoch}: {n} optimizer step(s) had non-finite gradients; stopping "
+                                 "before saving, the last checkpoint is intact (lower --lr, set --clip_grad?)")
+    if not bool(all_finite(model.state_dict().values())):
+        raise NonFiniteLossError(f"epoch {epoch}: the weights became non-finite (an optimizer step overflowed); "
+                                 "stopping before saving, the last checkpoint is intact (lower --lr?)")
 
 
 def _length(obj: Any) -> int | None:
@@ -604,29 +633,44 @@ def loss_step(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return step
 
 
-def start_point(run_dir: str | Path, load_from: str | Path | None, resume: bool) -> tuple[Path | None, Path | None]:
-    """``(resume_from, init_from)`` from the ``--load_from`` / ``--resume`` flags.
+def start_point(run_dir: str | Path, load_from: str | Path | None, resume: bool, *, overwrite: bool = False,
+                named: bool = True, is_main: bool = True) -> tuple[Path | None, Path | None]:
+    """``(resume_from, init_from)`` from the ``--load_from`` / ``--resume`` / ``--overwrite`` flags, after
+    claiming the run folder (:func:`~visionfm.engine.run_folder.claim_run_dir`). Call it before anything
+    is written to ``run_dir``.
 
     ``--load_from`` a ``checkpoint_last`` (it holds optimizer state) resumes that run, as the original's
     ``--load_from`` did — after :func:`fit` has checked that its settings are these; any other decoder
     checkpoint only initialises the weights. ``--resume`` continues ``<run>/checkpoint_last``. With
-    neither, an existing run of the same name is not resumed: the new run replaces its checkpoints.
+    neither, a folder that already holds a run is refused, or replaced with ``--overwrite``.
     """
+    from visionfm.engine.run_folder import claim_run_dir, existing_run_files
+
     run_dir = Path(run_dir)
     last = checkpoint_paths(run_dir / "checkpoint_last")[0]
     if load_from and resume:
         raise ConfigError("give --load_from CHECKPOINT or --resume, not both")
+    resume_from: Path | None = None
+    init_from: Path | None = None
     if resume:
+        if overwrite:
+            raise ConfigError("--overwrite and --resume contradict each other: give one")
         if not last.is_file():
-            raise ConfigError(f"--resume: {run_dir} has no checkpoint_last to continue")
-        return last, None
-    if load_from:
+            partial = existing_run_files(run_dir)
+            raise ConfigError(f"--resume: {run_dir} has no checkpoint_last to continue" + (
+                f" (it holds {', '.join(partial)} of a run stopped in its first epoch: pass --overwrite to "
+                "start it again)" if partial else ""))
+        resume_from = last
+    elif load_from:
         p = Path(load_from)
         if p.suffix in (".pth", ".pt"):
-            return None, p
-        _, info, _ = load_decoder_checkpoint(p)
-        return (p, None) if info.get("optimizer") else (None, p)
-    if last.is_file():
-        log.warning("%s holds an earlier run of the same name; starting a new run that replaces its checkpoints "
-                    "(pass --resume to continue it instead)", run_dir)
-    return None, None
+            init_from = p
+        else:
+            _, info, _ = load_decoder_checkpoint(p)
+            resume_from, init_from = (p, None) if info.get("optimizer") else (None, p)
+    if overwrite and init_from is not None and run_dir.resolve() in Path(init_from).resolve().parents:
+        raise ConfigError(f"--load_from {load_from} lies in the run folder that --overwrite would clear; "
+                          "copy it elsewhere first")
+    claim_run_dir(run_dir, resume=resume_from is not None, overwrite=overwrite, resume_flag="--resume",
+                  named=named, is_main=is_main)
+    return resume_from, init_from

@@ -5,7 +5,8 @@ DICOM handling (:func:`read_dicom`):
 
 * the modality LUT (``RescaleSlope`` / ``RescaleIntercept``) is applied to grey images;
 * VOI windowing: the first ``WindowCenter`` / ``WindowWidth`` pair with the DICOM linear function
-  (PS3.3 C.11.2.1.2); without a window the image's own min–max range is used;
+  (PS3.3 C.11.2.1.2); without a window the stored values are scaled by their real bit depth
+  (``BitsStored``, the rule of :func:`visionfm.data.images.significant_bits`, as for PNG and TIFF);
 * ``MONOCHROME1`` (white = low values) is inverted so that the result reads like ``MONOCHROME2``;
 * ``RGB`` (and ``YBR_*``, converted to RGB) with more than 8 bits are scaled to 8 bits;
 * ``PALETTE COLOR`` goes through its colour lookup table;
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visionfm.data.images import IMAGE_EXTENSIONS, load_image
+from visionfm.data.images import IMAGE_EXTENSIONS, load_image, scale_to_uint8, significant_bits
 from visionfm.errors import DataFormatError
 
 __all__ = ["DICOM_EXTENSIONS", "INPUT_EXTENSIONS", "is_dicom_file", "read_dicom", "read_image", "list_inputs",
@@ -74,11 +75,13 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def _scale_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+def _dicom_to_uint8(arr: np.ndarray, bits: int, p: Path, type_bits: int | None = None) -> np.ndarray:
+    """Stored values with ``BitsStored`` bits → uint8 by the one bit-depth rule of the image readers
+    (:func:`visionfm.data.images.significant_bits`, :func:`~visionfm.data.images.scale_to_uint8`)."""
     if arr.dtype == np.uint8:
         return arr
-    peak = float(2 ** max(int(bits), 1) - 1)
-    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / peak)), 0, 255).astype(np.uint8)
+    type_bits = type_bits or int(arr.dtype.itemsize * 8)
+    return scale_to_uint8(arr, significant_bits(arr, type_bits, bits, p))
 
 
 def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
@@ -115,7 +118,7 @@ def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
             from pydicom.pixel_data_handlers.util import convert_color_space
 
             arr = convert_color_space(arr, pi, "RGB")
-        return Image.fromarray(_scale_to_uint8(arr, bits), mode="RGB")
+        return Image.fromarray(_dicom_to_uint8(arr, bits, p), mode="RGB")
     if pi == "PALETTE COLOR":
         try:
             try:
@@ -125,14 +128,24 @@ def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
             rgb = apply_color_lut(arr, ds)
         except Exception as exc:
             raise DataFormatError(f"cannot apply the DICOM palette ({exc})", p) from None
-        return Image.fromarray(_scale_to_uint8(rgb, 16 if rgb.dtype != np.uint8 else 8), mode="RGB")
+        return Image.fromarray(scale_to_uint8(rgb, 16 if rgb.dtype != np.uint8 else 8), mode="RGB")
     if arr.ndim != 2:
         raise DataFormatError(f"DICOM grey image has unexpected shape {arr.shape}", p)
     values = arr.astype(np.float64)
     slope, intercept = _first(getattr(ds, "RescaleSlope", None)), _first(getattr(ds, "RescaleIntercept", None))
-    if slope is not None or intercept is not None:
-        values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-    grey = window_to_uint8(values, _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None)))
+    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+    if center is not None and width is not None and width >= 1:
+        if slope is not None or intercept is not None:
+            values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+        grey = window_to_uint8(values, center, width)
+    else:
+        # No VOI window: the stored values by their real bit depth (BitsStored), as PNG/TIFF are read
+        # (the linear modality LUT changes units, not the place of a value in the stored range).
+        if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1:  # signed: shift -2^(b-1).. to 0..
+            values = values + float(2 ** (bits - 1))
+        grey = _dicom_to_uint8(np.clip(values, 0, None).astype(np.uint32), bits, p, int(arr.dtype.itemsize * 8))
+        if slope is not None and slope < 0:
+            grey = 255 - grey
     if pi == "MONOCHROME1":
         grey = 255 - grey
     elif pi != "MONOCHROME2":

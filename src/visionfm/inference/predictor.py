@@ -13,8 +13,16 @@ Outputs in the output folder:
 The records' fields come from the task (:meth:`visionfm.engine.task.Task.record`); nothing here
 branches on the task's name.
 
-``<name>`` is the file's path relative to the input folder with ``/`` replaced by ``__`` and the
-extension dropped, so files with the same name in different sub-folders do not collide.
+``<name>`` is the file's path relative to the input folder, sub-folders and extension kept
+(``sub/a.png`` → ``attention/sub/a.png.png``), so ``x.png`` and ``x.jpg``, or ``sub/a.png`` and
+``sub__a.png``, never share an output; names that differ only in case get ``~2``, ``~3`` ... (for
+case-insensitive file systems). Each row of the table names its files.
+
+Unreadable inputs (corrupt, truncated, not an image): with ``on_error="skip"`` (the default for a
+folder) they are listed in the table with ``status`` ``skipped`` and the reason in ``error``, and the
+others are predicted; with ``"fail"`` (the default for a single file) the run stops at the first one
+with one line naming it. Either way ``predictions.csv`` / ``predictions.json`` are written (atomically)
+for what was done; when no input could be read the command fails after writing them.
 """
 
 from __future__ import annotations
@@ -32,18 +40,29 @@ import torch
 from PIL import Image
 
 from visionfm.engine.task import task_names
-from visionfm.errors import ConfigError
+from visionfm.errors import ConfigError, DataFormatError
 from visionfm.reports.colours import attention_overlay
 
-__all__ = ["Predictor", "run_predict", "safe_name"]
+__all__ = ["Predictor", "run_predict", "output_keys"]
 
 log = logging.getLogger("visionfm.predict")
 
 
-def safe_name(rel: str) -> str:
-    p = Path(rel)
-    stem = p.with_suffix("").as_posix() if p.suffix else p.as_posix()
-    return stem.replace("/", "__").replace("\\", "__") or "image"
+def output_keys(names: Sequence[str]) -> list[str]:
+    """One output stem per input name (a path relative to the input folder): the name itself, sub-folders
+    and extension kept, so distinct inputs never share a file; a name equal to an earlier one up to case
+    gets ``~2``, ``~3`` ... (file systems that ignore case)."""
+    seen: set[str] = set()
+    keys = []
+    for name in names:
+        base = Path(name).as_posix().lstrip("/") or "image"
+        key, n = base, 1
+        while key.casefold() in seen:
+            n += 1
+            key = f"{base}~{n}"
+        seen.add(key.casefold())
+        keys.append(key)
+    return keys
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -128,13 +147,18 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+_FIRST_COLUMNS = ("image", "status")
+
+
 def _write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
     from visionfm.io import save_text_atomic
 
     rows = [_flatten(r) for r in records]
-    cols: list[str] = []
+    cols: list[str] = list(_FIRST_COLUMNS)
     for row in rows:
-        cols += [c for c in row if c not in cols]
+        cols += [c for c in row if c not in cols and c != "error"]
+    if any("error" in row for row in rows):
+        cols.append("error")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
@@ -143,13 +167,45 @@ def _write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
     save_text_atomic(buf.getvalue(), path)
 
 
+def _reason(exc: DataFormatError) -> str:
+    """The message without the leading ``path: `` (the table's ``image`` column names the file)."""
+    text = str(exc)
+    prefix = f"{exc.path}: " if exc.path is not None else ""
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def _output_folder(output_dir: str | os.PathLike[str]) -> Path:
+    out = Path(output_dir)
+    existing = next((a for a in (out, *out.parents) if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--output {out}: {existing} is a file; expected a folder (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output {out}: cannot create the folder ({exc.strerror or exc})") from None
+    return out
+
+
+def _save_png(image: Image.Image, dst: Path) -> None:
+    from visionfm.io import atomic_path
+
+    with atomic_path(dst) as tmp:
+        image.save(tmp, format="PNG")
+
+
 def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                 days: Sequence[float] | None = None, batch_size: int = 8, device: str = "cpu",
-                attention: bool = True, overlays: bool = True) -> dict[str, Any]:
-    """Predict every input file and write the outputs listed in the module docstring; returns a summary."""
+                attention: bool = True, overlays: bool = True, on_error: str | None = None) -> dict[str, Any]:
+    """Predict every input file and write the outputs listed in the module docstring; returns a summary.
+
+    ``on_error``: ``"skip"`` or ``"fail"`` for unreadable inputs; ``None`` is ``"skip"`` for a folder and
+    ``"fail"`` for a single file."""
+    from visionfm.data.images import check_on_error
     from visionfm.inference.io import list_inputs, read_image
     from visionfm.io import save_json_atomic
 
+    if on_error is not None:
+        check_on_error(on_error)
     t_load = time.perf_counter()
     pred = model if isinstance(model, Predictor) else Predictor(model, device=device, batch_size=batch_size)
     load_s = time.perf_counter() - t_load
@@ -168,44 +224,79 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
             raise ConfigError(f"--days only applies to {takes_days} models; this one is a {task} model")
         horizons = [None]
     files = list_inputs(inputs)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    policy = on_error or ("skip" if Path(inputs).is_dir() else "fail")
+    out = _output_folder(output_dir)
+    keys = output_keys([n for _, n in files])
+    rows: list[dict[str, Any]] = []  # every input in order: its records, or its skipped / failed row
     records: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    failed: dict[str, Any] | None = None
     t0 = time.perf_counter()
-    for start in range(0, len(files), pred.batch_size):
-        chunk = files[start:start + pred.batch_size]
-        images = [read_image(f) for f, _ in chunk]
-        names = [n for _, n in chunk]
-        for h_i, horizon in enumerate(horizons):
-            want_att = attention and h_i == 0
-            p, att = pred.run_batch(images, horizon, attention=want_att)
-            recs = pred.records(names, images, p, horizon)
-            for i, r in enumerate(recs):
-                key = safe_name(names[i])
-                if horizon is not None:
-                    key = f"{key}_days{horizon:g}"
-                if att is not None:
-                    dst = out / "attention" / f"{safe_name(names[i])}.png"
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    attention_overlay(att[i], images[i]).save(dst)
-                    r["attention_map"] = dst.relative_to(out).as_posix()
-                r.update(spec.save_outputs(pred.config, p, i, images[i], out, key, names[i], overlays))
-            records.extend(recs)
-    total_s = time.perf_counter() - t0
-    _write_csv(records, out / "predictions.csv")
-    per_image = float(np.mean(pred.timings)) if pred.timings else None
-    summary = {
-        "model": str(getattr(pred.model, "source", "")),
-        "task": task,
-        "task_kind": pred.config.get("task_kind"),
-        "output_names": pred.model.output_names,
-        "n_images": len(files),
-        "n_records": len(records),
-        "device": str(pred.device),
-        "model_load_seconds": round(load_s, 4),
-        "seconds_per_image_model": None if per_image is None else round(per_image, 5),
-        "seconds_total": round(total_s, 4),
-    }
-    save_json_atomic({**summary, "predictions": records}, out / "predictions.json")
-    log.info("%d images → %s (%.3f s/image in the model)", len(files), out, per_image or 0.0)
+    try:
+        for start in range(0, len(files), pred.batch_size):
+            chunk = list(zip(files[start:start + pred.batch_size], keys[start:start + pred.batch_size]))
+            loaded: list[tuple[str, str, Image.Image]] = []
+            order: list[tuple[str, dict[str, Any] | None]] = []
+            for (f, name), key in chunk:
+                try:
+                    loaded.append((name, key, read_image(f)))
+                    order.append((name, None))
+                except DataFormatError as exc:
+                    if policy == "fail":
+                        failed = {"image": name, "status": "failed", "error": _reason(exc)}
+                        raise
+                    row = {"image": name, "status": "skipped", "error": _reason(exc)}
+                    log.warning("skipping %s (on_error=skip): %s", f, _reason(exc))
+                    skipped.append(row)
+                    order.append((name, row))
+            by_name: dict[str, list[dict[str, Any]]] = {}
+            if loaded:
+                names, images = [n for n, _, _ in loaded], [im for _, _, im in loaded]
+                for h_i, horizon in enumerate(horizons):
+                    want_att = attention and h_i == 0
+                    p, att = pred.run_batch(images, horizon, attention=want_att)
+                    recs = pred.records(names, images, p, horizon)
+                    for i, (r, (name, key, image)) in enumerate(zip(recs, loaded)):
+                        r["status"] = "ok"
+                        if att is not None:
+                            dst = out / "attention" / f"{key}.png"
+                            _save_png(attention_overlay(att[i], image), dst)
+                            r["attention_map"] = dst.relative_to(out).as_posix()
+                        hkey = key if horizon is None else f"{key}_days{horizon:g}"
+                        r.update(spec.save_outputs(pred.config, p, i, image, out, hkey, name, overlays))
+                        by_name.setdefault(name, []).append(r)
+            for name, row in order:
+                if row is not None:
+                    rows.append(row)
+                else:
+                    rows.extend(by_name[name])
+                    records.extend(by_name[name])
+    finally:
+        total_s = time.perf_counter() - t0
+        table = rows + ([failed] if failed else [])
+        _write_csv(table, out / "predictions.csv")
+        per_image = float(np.mean(pred.timings)) if pred.timings else None
+        summary = {
+            "model": str(getattr(pred.model, "source", "")),
+            "task": task,
+            "task_kind": pred.config.get("task_kind"),
+            "output_names": pred.model.output_names,
+            "n_images": len(files),
+            "n_records": len(records),
+            "n_skipped": len(skipped),
+            "on_error": policy,
+            "device": str(pred.device),
+            "model_load_seconds": round(load_s, 4),
+            "seconds_per_image_model": None if per_image is None else round(per_image, 5),
+            "seconds_total": round(total_s, 4),
+        }
+        extra = {"failed": failed} if failed else {}
+        save_json_atomic({**summary, **extra, "predictions": records, "skipped": skipped}, out / "predictions.json")
+    if skipped and not records:
+        raise DataFormatError(f"none of the {len(files)} input files could be read (first: {skipped[0]['image']}: "
+                              f"{skipped[0]['error']}); predictions.csv lists them", inputs)
+    if skipped:
+        log.warning("%d of %d input files skipped as unreadable; predictions.csv lists them with the reason",
+                    len(skipped), len(files))
+    log.info("%d images → %s (%.3f s/image in the model)", len(files) - len(skipped), out, per_image or 0.0)
     return summary

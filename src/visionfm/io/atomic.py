@@ -8,11 +8,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-__all__ = ["atomic_path", "save_torch_atomic", "save_safetensors_atomic", "save_json_atomic", "save_text_atomic"]
+__all__ = ["atomic_path", "save_torch_atomic", "save_safetensors_atomic", "save_json_atomic", "save_text_atomic",
+           "remove_stale_temps", "replace_dir"]
+
+# the temporaries of atomic_path: ``.<file name>.<8 random characters of mkstemp>.tmp``
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -39,9 +44,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def replace_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Put the finished folder ``tmp`` at ``dest`` with renames only: an old ``dest`` is first renamed
+    aside (``.<name>.old-<pid>``), then removed, so ``dest`` is always either the old folder or the new."""
+    import shutil
+
+    tmp, dest = Path(tmp), Path(dest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
 def save_torch_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` atomically; a state holding a non-finite tensor is refused before anything is
+    written (:func:`visionfm.io.finite.require_finite`), so the file already there stays."""
     import torch
 
+    from visionfm.io.finite import require_finite
+
+    require_finite(obj, path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
@@ -50,8 +75,12 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
 def save_safetensors_atomic(
     tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
 ) -> Path:
+    """Safetensors atomically; non-finite tensors are refused before anything is written, as above."""
     from safetensors.torch import save_file
 
+    from visionfm.io.finite import require_finite
+
+    require_finite(tensors, path)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
@@ -81,3 +110,24 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries that interrupted :func:`atomic_path` writes (a kill, a power cut) left in
+    ``folder`` and its subfolders; returns what was removed.
+
+    Call it when a run starts in its own run folder, where no other write can be in progress. Only
+    plain files named as :func:`atomic_path` names its temporaries are touched; links are not followed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed: list[Path] = []
+    for dirpath, _dirnames, filenames in os.walk(root):  # os.walk does not descend into linked folders
+        for name in filenames:
+            p = Path(dirpath) / name
+            if _TEMP_NAME.match(name) and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed

@@ -76,8 +76,11 @@ class VisionFMEncoder(VisionTransformer):
         masked_im_modeling: bool = True,
     ) -> None:
         spec = get_arch(arch)
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if patch_size < 1 or img_size < 1 or img_size % patch_size:
+            from visionfm.errors import ConfigError  # a ValueError: one line on the command line
+
+            raise ConfigError(f"--input_size: expected a positive multiple of the patch size {patch_size}, "
+                              f"got {img_size}")
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from visionfm import __version__
+from visionfm.errors import ConfigError
 from visionfm.io.atomic import save_json_atomic, save_safetensors_atomic
 from visionfm.io.safe_load import load_checkpoint_file
 from visionfm.models.formats import clean_backbone_keys, detect_format
@@ -32,6 +33,7 @@ def export_encoder(
     from visionfm.data.modalities import canonical_modality
     from visionfm.models.loading import load_encoder
 
+    out = _check_out(out)
     enc = load_encoder(weights, arch=arch, checkpoint_key=checkpoint_key, patch_size=patch_size, img_size=224)
     # Keep the file's native grid: rebuild at the size the file was trained at when it differs.
     grid_tokens = enc.pos_embed.shape[1] - 1
@@ -62,13 +64,25 @@ def export_encoder(
         "checkpoint_key": rep.checkpoint_key or "",
         "visionfm_version": __version__,
     }
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {out}")
     save_safetensors_atomic(sd, out, metadata=config)
     json_cfg = dict(config, patch_size=rep.patch_size, img_size=native, num_pos_tokens=grid_tokens + 1)
     save_json_atomic(json_cfg, out.with_suffix(".json"))
     return json_cfg
+
+
+def _check_out(out: str | os.PathLike[str]) -> Path:
+    """``--out`` must name a ``.safetensors`` file (its ``.json`` config goes next to it); checked before
+    anything is read or written."""
+    path = Path(out)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"--out must end in .safetensors (the .json config is written next to it), got {path}")
+    for target in (path, path.with_suffix(".json")):
+        if target.is_dir():
+            raise ConfigError(f"--out {path}: {target} is a folder; expected a file path ending in .safetensors")
+    existing = next((a for a in path.parents if a.exists()), None)  # the folders that are missing are created
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {path}: {existing} is a file, not a folder")
+    return path
 
 
 def _raw_backbone(weights: str | os.PathLike[str], checkpoint_key: str | None) -> tuple[dict, dict]:

@@ -246,6 +246,14 @@ def load_encoder(
             f"(e.g. {', '.join(missing[:5])}); refusing to leave them randomly initialised"
         )
     to_load = {k: v for k, v in sd.items() if k in expected}
+    from visionfm.io.finite import nonfinite_tensors
+
+    bad = nonfinite_tensors(to_load)
+    if bad:  # a diverged run's weights: every feature would be NaN, and training would fail only at its end
+        raise CheckpointError(
+            f"{source}: {sum(n for _, n in bad)} non-finite (NaN/inf) value(s) in {len(bad)} backbone tensor(s) "
+            f"(first: {bad[0][0]}); the run that wrote this file diverged — use an earlier checkpoint"
+        )
     enc.load_state_dict(to_load, strict=False)
     if unexpected:
         log.warning("%s: ignored %d unexpected backbone keys: %s", source, len(unexpected), ", ".join(unexpected[:10]))

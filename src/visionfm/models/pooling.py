@@ -20,15 +20,18 @@ def pool_tokens(cls: torch.Tensor, patch_mean: torch.Tensor | None, n_last_block
     ``avgpool=0``: the CLS tokens of the last ``n_last_blocks`` blocks concatenated, ``[N, n·D]``;
     ``1``: the mean patch token, ``[N, D]`` (the original's meaning); ``2``: both, ``[N, (n+1)·D]``.
     """
+    from visionfm.errors import ConfigError  # a ValueError that the command line prints as one line
+
     if avgpool not in (0, 1, 2):
-        raise ValueError(f"avgpool_patchtokens must be 0, 1 or 2, got {avgpool}")
+        raise ConfigError(f"--avgpool_patchtokens: expected one of 0, 1, 2, got {avgpool!r}")
     if avgpool and patch_mean is None:
-        raise ValueError(f"avgpool_patchtokens={avgpool} needs mean patch tokens, which these features lack")
+        raise ConfigError(f"--avgpool_patchtokens {avgpool} needs mean patch tokens, which these features lack")
     if avgpool == 1:
         return patch_mean.float()  # type: ignore[union-attr]
     levels = cls.shape[1]
     if not 1 <= n_last_blocks <= levels:
-        raise ValueError(f"n_last_blocks must be in [1, {levels}] (features hold {levels} levels), got {n_last_blocks}")
+        raise ConfigError(f"--n_last_blocks: expected an integer in [1, {levels}] (the features hold the CLS tokens "
+                          f"of {levels} blocks), got {n_last_blocks!r}")
     out = cls[:, levels - n_last_blocks:].reshape(cls.shape[0], -1).float()
     return torch.cat([out, patch_mean.float()], dim=1) if avgpool == 2 else out  # type: ignore[union-attr]
 

@@ -46,6 +46,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "CARD_FILE",
     "VisionFMModel",
+    "check_model_folder",
     "register_head",
     "get_head_constructor",
     "from_pretrained",
@@ -125,7 +126,28 @@ def validate_config(cfg: Any, where: str = "config") -> dict[str, Any]:
     if not isinstance(head.get("args", {}), dict):
         raise _bad(where, "head args must be a JSON object")
     task.validate_config(cfg, lambda msg: _bad(where, msg))
+    _check_output_names(cfg, task, where)
     return cfg
+
+
+def _check_output_names(cfg: Mapping[str, Any], task: Task, where: str) -> None:
+    """The names list (``class_names`` / ``target_names`` / ``landmark_names``) must fit the head's output
+    count when the head's args declare it: one name per output, or 1–2 names for a single (binary) output.
+    A shorter list made ``predict`` and ``serve`` fail with an ``IndexError``; a longer one mislabels."""
+    names = cfg.get(task.names_key)
+    args = cfg["head"].get("args", {})
+    declared = next((args[k] for k in ("num_classes", "num_targets", "num_outputs") if k in args), None)
+    if not names or declared is None:
+        return
+    if not isinstance(names, list):
+        raise _bad(where, f"{task.names_key} must be a JSON list, got {type(names).__name__}")
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise _bad(where, f"head args: the output count must be a positive integer, got {declared!r}")
+    allowed = (1, 2) if declared == 1 else (declared,)
+    if len(names) not in allowed:
+        want = "1 or 2 names (one binary output)" if declared == 1 else f"{declared} names"
+        raise _bad(where, f"{task.names_key} lists {len(names)} names but the {cfg['head'].get('type')} head has "
+                          f"{declared} outputs; expected {want}")
 
 
 def num_outputs(cfg: Mapping[str, Any]) -> int:
@@ -298,9 +320,13 @@ class VisionFMModel(nn.Module):
 
         cfg["visionfm_version"] = __version__
         validate_config(cfg, str(dest))
+        tensors = self.tensors()
+        from visionfm.io.finite import require_finite
+
+        require_finite(tensors, f"model folder {dest}")  # never a folder of NaN/inf weights; an old one stays
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
-            save_safetensors_atomic(self.tensors(), tmp / WEIGHTS_FILE,
+            save_safetensors_atomic(tensors, tmp / WEIGHTS_FILE,
                                     metadata={"format": f"visionfm-model/{FORMAT_VERSION}", "task": self.task})
             save_json_atomic(cfg, tmp / CONFIG_FILE)
             if metrics is not None:
@@ -414,6 +440,58 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_config(cfg, str(folder))
 
 
+def _meta_model_matching(folder: Path, cfg: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> VisionFMModel:
+    """The model ``cfg`` describes, built on the meta device (no initialisation cost, nothing allocated),
+    after checking that the weights file's tensor names and ``shapes`` are exactly the ones it needs."""
+    with torch.device("meta"):
+        model = build_model(cfg, str(folder))
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in expected)
+    mismatched = [f"{k}: file {tuple(shapes[k])} vs config {tuple(v.shape)}"
+                  for k, v in expected.items() if k in shapes and tuple(shapes[k]) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:4])})")
+        if mismatched:
+            parts.append("shape mismatches: " + "; ".join(mismatched[:4]))
+        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} does not match {CONFIG_FILE} "
+                              f"({cfg['task']}, {cfg['encoder']['arch']}, head {cfg['head']['type']}): "
+                              + "; ".join(parts))
+    return model
+
+
+def check_model_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything :func:`from_pretrained` checks before reading a weight: the validated ``config.json``
+    (returned), and the tensor names and shapes in the header of ``model.safetensors`` against the model the
+    config describes. Cheap at any model size (no tensor is read); ``visionfm serve`` lists folders with it.
+
+    Raises:
+        CheckpointError: naming the folder and the problem.
+    """
+    folder = Path(folder)
+    cfg = read_config(folder)
+    _meta_model_matching(folder, cfg, _read_weights(folder, load=False))
+    return cfg
+
+
+def _read_weights(folder: Path, *, load: bool) -> dict[str, Any]:
+    """The tensors of ``folder/model.safetensors`` (``load``), or only their shapes from the header."""
+    wpath = folder / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise CheckpointError(f"{folder}: not a complete model folder ({WEIGHTS_FILE} is missing)")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(wpath), framework="pt", device="cpu") as fh:
+            return {k: fh.get_tensor(k) if load else tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} is not a readable safetensors file ({exc})") from None
+
+
 def build_model(config: Mapping[str, Any], where: str = "config") -> VisionFMModel:
     """Encoder + head from a validated config (random weights)."""
     from visionfm.models import build_encoder
@@ -441,35 +519,14 @@ def from_pretrained(path_or_hub_id: str | os.PathLike[str], device: str | torch.
     """
     folder = _resolve(path_or_hub_id, revision, token)
     cfg = read_config(folder)
-    wpath = folder / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise CheckpointError(f"{folder}: not a complete model folder ({WEIGHTS_FILE} is missing)")
-    from safetensors import safe_open
+    tensors = _read_weights(folder, load=True)
+    model = _meta_model_matching(folder, cfg, {k: tuple(t.shape) for k, t in tensors.items()})
+    from visionfm.io.finite import nonfinite_tensors
 
-    try:
-        with safe_open(str(wpath), framework="pt", device="cpu") as fh:
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} is not a readable safetensors file ({exc})") from None
-    # Built on the meta device: no initialisation cost, and nothing is allocated before the check.
-    with torch.device("meta"):
-        model = build_model(cfg, str(folder))
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in tensors)
-    unexpected = sorted(k for k in tensors if k not in expected)
-    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
-              for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:4])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:4])})")
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:4]))
-        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} does not match {CONFIG_FILE} "
-                              f"({cfg['task']}, {cfg['encoder']['arch']}, head {cfg['head']['type']}): "
-                              + "; ".join(parts))
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{folder}: {WEIGHTS_FILE} holds {sum(n for _, n in bad)} non-finite (NaN/inf) value(s) "
+                              f"in {len(bad)} tensor(s) (first: {bad[0][0]}); every prediction would be NaN")
     model.load_state_dict(tensors, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:  # a head with non-persistent buffers: build it for real and load normally

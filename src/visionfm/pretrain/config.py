@@ -59,8 +59,13 @@ def resolve_pretrain_path(args: PretrainConfig) -> str:
 
 
 def validate_pretrain_args(args: PretrainConfig) -> PretrainConfig:
-    """Normalise list flags and reject inconsistent values with one clear message each."""
+    """Normalise list flags and reject inconsistent combinations with one clear message each.
+
+    Each value on its own (types, ranges, choices) was checked when the config was built
+    (:mod:`visionfm.config.checks`); what is checked here relates several of them, before any model
+    is built or anything written."""
     from visionfm.errors import ConfigError
+    from visionfm.pretrain.masking import MaskRatioSampler
 
     args.pred_ratio = _float_list(
         list(args.pred_ratio) if isinstance(args.pred_ratio, (list, tuple)) else [args.pred_ratio]
@@ -68,14 +73,31 @@ def validate_pretrain_args(args: PretrainConfig) -> PretrainConfig:
     args.pred_ratio_var = _float_list(
         list(args.pred_ratio_var) if isinstance(args.pred_ratio_var, (list, tuple)) else [args.pred_ratio_var]
     )
+    try:  # the masking's own rules (ratio ≥ var, ratio + var ≤ 1, matching lengths), as one line
+        MaskRatioSampler(args.pred_ratio, args.pred_ratio_var, args.pred_start_epoch)
+    except ValueError as exc:
+        raise ConfigError(f"--pred_ratio/--pred_ratio_var: {exc}") from None
     if args.warmup_epochs > args.epochs:
-        raise ConfigError(f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
-    if args.input_size % args.patch_size or args.local_crops_size % args.patch_size:
-        raise ConfigError("--input_size and --local_crops_size must be multiples of --patch_size")
-    if args.global_crops_number < 1:
-        raise ConfigError("--global_crops_number must be ≥ 1")
-    if args.batch_size_per_gpu < 1:
-        raise ConfigError("--batch_size_per_gpu must be ≥ 1")
+        raise ConfigError(f"--warmup_epochs: expected an integer in [0, --epochs {args.epochs}], "
+                          f"got {args.warmup_epochs}")
+    if args.local_crops_number > 0 and args.local_crops_size % args.patch_size:
+        raise ConfigError(f"--local_crops_size: expected a positive multiple of --patch_size {args.patch_size}, "
+                          f"got {args.local_crops_size}")
+    for name in ("global_crops_scale", "local_crops_scale"):
+        lo, hi = getattr(args, name)
+        if lo > hi:
+            raise ConfigError(f"--{name}: expected MIN MAX with MIN ≤ MAX, got {lo} {hi}")
+    if args.shared_head != args.shared_head_teacher and args.out_dim != args.patch_out_dim:
+        # the teacher starts as a copy of the student: a head shared on one side only has K patch prototypes
+        # there and K2 on the other (the original fails with "size mismatch for head.last_layer2")
+        who = "teacher" if args.shared_head_teacher else "student"
+        raise ConfigError(
+            f"--patch_out_dim {args.patch_out_dim} differs from --out_dim {args.out_dim}, but only the {who} "
+            f"shares its head's last layer between CLS and patch tokens (--shared_head "
+            f"{str(args.shared_head).lower()}, --shared_head_teacher {str(args.shared_head_teacher).lower()}), so "
+            f"the teacher cannot copy the student's head: set --patch_out_dim {args.out_dim}, or --shared_head "
+            "and --shared_head_teacher to the same value"
+        )
     if args.load_pretrain:
         resolve_pretrain_path(args)
     if args.use_wandb:

@@ -14,7 +14,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ResumableSampler", "PretrainCropDataset", "collate_crops"]
+__all__ = ["ResumableSampler", "PretrainCropDataset", "collate_crops", "loader_generator"]
+
+
+def loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator a pretraining ``DataLoader`` draws its per-iterator base seed from.
+
+    Every ``iter(DataLoader)`` draws one number (the workers' base seed) from its generator, by default
+    the global one. Drawn from the global generator, it would shift every later global draw (drop
+    path, ...) by one whenever a resume creates the epoch's iterator after restoring the checkpoint's
+    RNG state at a point the uninterrupted run had already drawn it: a dedicated generator seeded by
+    ``(seed, epoch)`` keeps the global stream the same with and without a resume.
+    """
+    return torch.Generator().manual_seed((int(seed) * 1_000_033 + int(epoch)) % (2**63))
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
@@ -42,10 +54,12 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         self.epoch = 0
         self.start_iter = 0
-        if self.iters_per_epoch == 0:
-            raise ValueError(
-                f"{num_samples} images cannot fill one batch of {batch_size} per process × {world_size} processes; "
-                "lower --batch_size_per_gpu or add images"
+        if self.iters_per_epoch == 0:  # a ConfigError (a ValueError): one line on the command line
+            from visionfm.errors import ConfigError
+
+            raise ConfigError(
+                f"--batch_size_per_gpu {batch_size}: {num_samples} images cannot fill one batch per process × "
+                f"{world_size} processes (every pretraining batch is full); lower --batch_size_per_gpu or add images"
             )
 
     @property

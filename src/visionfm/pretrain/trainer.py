@@ -4,22 +4,25 @@ Per iteration: schedules → (device path) batched photometric augmentation → 
 forward under autocast, the head's patch projection only on the masked tokens → iBOT loss (centres
 all-reduced) → backward → clipping → last-layer freeze → optimizer step → fused EMA.
 
-No host sync per step: with AdamW or SGD (fused kernels) a non-finite loss makes the optimizer skip
-its update on the device (``found_inf``) and the EMA weight 0, so weights, moments and teacher stay
-put; the skip counters live on the device and are read every ``--log_freq`` iterations, before
-each checkpoint and at epoch ends. LARS and fp16 (GradScaler) keep one host read per step.
+No host sync per step: with AdamW or SGD (fused kernels) a non-finite loss or gradient makes the
+optimizer skip its update on the device (``found_inf``) and the EMA weight 0, so weights, moments and
+teacher stay put; an applied update that leaves a weight non-finite sets a device flag that stops the
+run. The counters and the flag live on the device and are read every ``--log_freq`` iterations,
+before each checkpoint and at epoch ends. LARS and fp16 (GradScaler) keep one host read per step.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
@@ -37,11 +40,13 @@ from visionfm.engine.checkpoint import (
 )
 from visionfm.engine.distributed import DistEnv, init_distributed, seed_everything
 from visionfm.engine.logging import RunLogger, progress
+from visionfm.engine.run_folder import claim_run_dir
 from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
 from visionfm.io.atomic import save_text_atomic
+from visionfm.io.finite import all_finite
 from visionfm.pretrain.augment import IBOTAugmentation
 from visionfm.pretrain.config import resolve_pretrain_path
-from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops
+from visionfm.pretrain.data import PretrainCropDataset, ResumableSampler, collate_crops, loader_generator
 from visionfm.pretrain.lars import LARS
 from visionfm.pretrain.loss import IBOTLoss
 from visionfm.pretrain.masking import PretrainMasker
@@ -143,6 +148,19 @@ class EpochMeters:
         z = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
         return cls(z(), z(), z(), z(), z())
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running sums (on the CPU) for a mid-epoch checkpoint: a resumed epoch logs the
+        averages of all its iterations, not only of those after the resume."""
+        return {f.name: getattr(self, f.name).detach().cpu().clone() for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor] | None, device: torch.device) -> EpochMeters:
+        meters = cls.zeros(device)
+        for f in dataclasses.fields(cls):
+            if state and f.name in state:
+                setattr(meters, f.name, state[f.name].to(device=device, dtype=torch.float64).clone())
+        return meters
+
     def add(self, out: dict[str, torch.Tensor], acc: torch.Tensor, ok: torch.Tensor | None = None) -> None:
         """Add one step's values; with ``ok`` (a device bool) a skipped step adds nothing."""
         def v(t: torch.Tensor) -> torch.Tensor:
@@ -161,7 +179,8 @@ class EpochMeters:
             torch.distributed.all_reduce(vec)
         n = max(float(vec[4]), 1.0)
         return {
-            "loss": float(vec[0]) / n, "cls": float(vec[1]) / n, "patch": float(vec[2]) / n, "acc": float(vec[3]) / n
+            "loss": float(vec[0]) / n, "cls": float(vec[1]) / n, "patch": float(vec[2]) / n, "acc": float(vec[3]) / n,
+            "steps": float(vec[4]),  # the applied (not skipped) steps
         }
 
 
@@ -176,6 +195,9 @@ class IBOTTrainer:
         self.env = env or init_distributed(args.device)
         self.device = self.env.device
         self.run_dir = Path(args.output_dir) / args.name
+        # an earlier run here is continued (--resume/--load_from), replaced (--overwrite) or refused
+        claim_run_dir(self.run_dir, resume=bool(args.resume or args.load_from), overwrite=args.overwrite,
+                      resume_flag="--resume auto", named=bool(args.name), is_main=self.env.is_main)
         self.amp_dtype = resolve_precision(args, self.device)
         seed_everything(args.seed)
         if self.device.type == "cuda":
@@ -313,17 +335,26 @@ class IBOTTrainer:
         )
         self.wd_schedule = cosine_schedule(args.weight_decay, args.weight_decay_end, args.epochs, ipe)
         self.momentum_schedule = cosine_schedule(args.momentum_teacher, 1.0, args.epochs, ipe)
+        for flags, values in (("--lr/--min_lr", self.lr_schedule),
+                              ("--weight_decay/--weight_decay_end", self.wd_schedule),
+                              ("--momentum_teacher", self.momentum_schedule)):
+            if not np.isfinite(values).all():  # a non-finite rate would make every weight NaN at the first step
+                raise ConfigError(f"{flags}: the schedule they give is not finite (it reaches "
+                                  f"{values[~np.isfinite(values)][0]}); expected finite numbers")
         self._momentum_dev = torch.as_tensor(self.momentum_schedule, dtype=torch.float32, device=self.device)
         self.student_params = [p for p in student.parameters() if p.requires_grad]
 
         self.start_epoch = 0
         self.start_iter = 0
+        self._resume_meters: dict[str, torch.Tensor] | None = None  # running sums of a mid-epoch checkpoint
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         # device-side counters of the fused path (skips since the last read, current streak),
         # folded into the two above by _check_nonfinite()
         self._streak_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._skipped_dev = torch.zeros((), dtype=torch.int64, device=self.device)
+        # set on the device when an optimizer step left a student weight non-finite (read with the counters)
+        self._badparam_dev = torch.zeros((), dtype=torch.bool, device=self.device)
         self.logger = RunLogger(self.run_dir, enabled=self.env.is_main)
         self.history: list[dict[str, Any]] = []
 
@@ -355,7 +386,10 @@ class IBOTTrainer:
         load_into(teacher, "teacher")
         log.info("initialised student and teacher backbones from %s", path)
 
-    def _checkpoint_state(self, epoch: int, epoch_iter: int) -> dict[str, Any]:
+    def _checkpoint_state(self, epoch: int, epoch_iter: int, meters: EpochMeters | None = None) -> dict[str, Any]:
+        """Everything a resume needs. ``history`` (the finished epochs' log lines) lets a resume make
+        ``log.txt`` one line per finished epoch whatever the kill point; ``epoch_meters`` (mid-epoch
+        only) the running sums of the interrupted epoch."""
         args_dict = self.args.to_dict()
         state: dict[str, Any] = {
             "student": {f"module.{k}": v for k, v in self.student.state_dict().items()},
@@ -372,16 +406,20 @@ class IBOTTrainer:
             "rng": capture_rng_state(),
             "world_size": self.env.world_size,
             "skipped_steps": self.skipped_steps,
+            "history": [dict(h) for h in self.history],
             "visionfm_version": __version__,
         }
+        if epoch_iter and meters is not None:
+            state["epoch_meters"] = meters.state()
         if self.scaler is not None:
             state["fp16_scaler"] = self.scaler.state_dict()
         return state
 
-    def save(self, epoch: int, epoch_iter: int, also_numbered: bool = False) -> None:
+    def save(self, epoch: int, epoch_iter: int, also_numbered: bool = False,
+             meters: EpochMeters | None = None) -> None:
         if not self.env.is_main:
             return
-        state = self._checkpoint_state(epoch, epoch_iter)
+        state = self._checkpoint_state(epoch, epoch_iter, meters)
         save_checkpoint(state, self.run_dir / "checkpoint.pth")
         if also_numbered:
             save_checkpoint(state, self.run_dir / f"checkpoint{epoch - 1:04d}.pth")
@@ -389,6 +427,8 @@ class IBOTTrainer:
     def maybe_resume(self) -> bool:
         path = find_resume(self.run_dir, self.args.resume, self.args.load_from)
         if path is None:
+            if self.args.resume:  # nothing to continue: a log.txt without its checkpoint is not this run's
+                self.logger.rewind([])
             return False
         ckpt = load_training_checkpoint(path)
 
@@ -415,6 +455,12 @@ class IBOTTrainer:
             log.warning("checkpoint was written with %d processes, now %d: restarting epoch %d from its start",
                         saved_world, self.env.world_size, self.start_epoch)
             self.start_iter = 0
+        saved_meters = ckpt.get("epoch_meters")
+        self._resume_meters = saved_meters if self.start_iter and isinstance(saved_meters, dict) else None
+        if isinstance(ckpt.get("history"), list):  # ours: log.txt becomes one line per finished epoch
+            self.history = [dict(h) for h in ckpt["history"]]
+            self.logger.rewind(self.history)
+        # last: nothing between this and the first step may draw from the global generators
         restore_rng_state(ckpt.get("rng"))
         log.info("resumed from %s at epoch %d, iteration %d of the epoch", path, self.start_epoch, self.start_iter)
         return True
@@ -432,6 +478,7 @@ class IBOTTrainer:
             collate_fn=self.collate,
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
+            generator=loader_generator(self.args.seed, epoch),  # never a draw from the global generator
         )
 
     # -- one step -----------------------------------------------------------------------------------
@@ -487,13 +534,9 @@ class IBOTTrainer:
             bad_anywhere = (~ok).float()
             torch.distributed.all_reduce(bad_anywhere)
             ok = bad_anywhere == 0
-        if not self.device_skip:  # LARS / fp16: the one per-step host read
+        if self.scaler is not None:  # fp16: the one per-step host read (the GradScaler skips inf gradients itself)
             if not bool(ok):
-                self.nonfinite_streak += 1
-                self.skipped_steps += 1
-                log.warning("non-finite loss at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
-                self.optimizer.zero_grad(set_to_none=True)
-                self._raise_if_diverged(it)
+                self._skip_on_host(it)
                 return
             self.nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -509,6 +552,15 @@ class IBOTTrainer:
             else:
                 clip_gradients_per_param(self.student_params, args.clip_grad)
         cancel_last_layer_grads(self.student, epoch, args.freeze_last_layer)
+        if self.scaler is None:
+            # a finite loss can still give NaN/inf gradients (identical on every rank after DDP's
+            # all-reduce): such a step is skipped too, before it touches weights, moments or the EMA
+            ok = ok & all_finite(p.grad for p in self.student_params)
+            if not self.device_skip:  # LARS: the one per-step host read
+                if not bool(ok):
+                    self._skip_on_host(it)
+                    return
+                self.nonfinite_streak = 0
         momentum: float | torch.Tensor = float(self.momentum_schedule[it])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -521,6 +573,9 @@ class IBOTTrainer:
                 self._skipped_dev += bad
                 self._streak_dev = torch.where(ok, torch.zeros_like(self._streak_dev), self._streak_dev + 1)
             self.optimizer.step()
+        # an applied update can still overflow (e.g. a huge --lr): flag it on the device; the run stops at
+        # the next read of the flags, which comes before every save (see _check_nonfinite)
+        self._badparam_dev |= ~all_finite(self.student_params)
         ema_update_(self.ema_teacher, self.ema_student, momentum)
         with torch.no_grad():
             b = crops[0].shape[0]
@@ -530,15 +585,31 @@ class IBOTTrainer:
                 acc = torch.zeros((), device=self.device)
         meters.add(out, acc, ok)
 
+    def _skip_on_host(self, it: int) -> None:
+        """LARS / fp16: count a skipped step (non-finite loss or gradients) and drop its gradients."""
+        self.nonfinite_streak += 1
+        self.skipped_steps += 1
+        log.warning("non-finite loss or gradients at iteration %d (streak %d); step skipped", it, self.nonfinite_streak)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._raise_if_diverged(it)
+
     def _check_nonfinite(self, it: int) -> None:
-        """Read the device-side skip counters (at logging, saving and epoch ends) and stop a run that
-        produced ``--max_nonfinite_steps`` non-finite losses in a row."""
-        if not self.device_skip:
-            return
-        new, streak = (int(v) for v in torch.stack([self._skipped_dev, self._streak_dev]).tolist())
-        self._skipped_dev.zero_()
+        """Read the device-side flags (at logging, saving and epoch ends): stop a run whose weights became
+        non-finite, or that skipped ``--max_nonfinite_steps`` steps in a row (non-finite loss or gradients)."""
+        if self.device_skip:
+            bad_params, new, streak = (int(v) for v in torch.stack(
+                [self._badparam_dev.long(), self._skipped_dev, self._streak_dev]).tolist())
+            self._skipped_dev.zero_()
+        else:
+            bad_params, new, streak = int(self._badparam_dev), 0, self.nonfinite_streak
+        if bad_params:
+            raise NonFiniteLossError(
+                f"the student's weights became non-finite by iteration {it} (an optimizer step overflowed); "
+                f"stopping before saving. The last good checkpoint in {self.run_dir} is intact. Try a lower --lr "
+                "or --clip_grad."
+            )
         if new > 0:
-            log.warning("%d non-finite loss(es) up to iteration %d; those steps were skipped", new, it)
+            log.warning("%d non-finite loss(es) or gradient(s) up to iteration %d; those steps were skipped", new, it)
         self.skipped_steps += new
         self.nonfinite_streak = streak
         self._raise_if_diverged(it)
@@ -546,7 +617,8 @@ class IBOTTrainer:
     def _raise_if_diverged(self, it: int) -> None:
         if self.nonfinite_streak >= self.args.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"{self.nonfinite_streak} consecutive non-finite losses (last at iteration {it}); stopping. "
+                f"{self.nonfinite_streak} consecutive non-finite losses or gradients (last at iteration {it}); "
+                "stopping. "
                 f"The last good checkpoint in {self.run_dir} is intact. Try a lower --lr, --clip_grad, "
                 "or --precision bf16/fp32."
             )
@@ -569,7 +641,7 @@ class IBOTTrainer:
         )
         for epoch in range(self.start_epoch, args.epochs):
             start_iter = self.start_iter if epoch == self.start_epoch else 0
-            meters = EpochMeters.zeros(self.device)
+            meters = EpochMeters.from_state(self._resume_meters if start_iter else None, self.device)
             loader = self._loader(epoch, start_iter)
             t0 = time.perf_counter()
             last_t, last_i = t0, start_iter
@@ -599,13 +671,19 @@ class IBOTTrainer:
                         bar_items.set_postfix(loss=f"{avg['loss']:.4f}", img_s=f"{rate:.1f}")
                 if args.saveckp_iters and (it + 1) % args.saveckp_iters == 0 and done < self.iters_per_epoch:
                     self._check_nonfinite(it)
-                    self.save(epoch, done)
+                    self.save(epoch, done, meters=meters)
                 if self.after_iteration is not None:
                     self.after_iteration(it)
             it_last = epoch * self.iters_per_epoch + self.iters_per_epoch - 1
             self._check_nonfinite(it_last)
             elapsed = time.perf_counter() - t0
             avg = meters.averages(all_reduce=True)
+            if avg.pop("steps") == 0:  # every step skipped: an error, not a 0.0 loss
+                raise NonFiniteLossError(
+                    f"epoch {epoch}: none of its {self.iters_per_epoch - start_iter} step(s) was applied (each had a "
+                    f"non-finite loss or gradients); stopping before saving. The last good checkpoint in "
+                    f"{self.run_dir} is intact. Try a lower --lr, --clip_grad, or --precision bf16/fp32."
+                )
             stats = {f"train_{k}": v for k, v in avg.items()}
             stats |= {"train_lr": float(self.lr_schedule[it_last]), "train_wd": float(self.wd_schedule[it_last]),
                       "train_momentum": float(self.momentum_schedule[it_last]),
@@ -615,11 +693,13 @@ class IBOTTrainer:
             if self.device.type == "cuda":
                 stats["train_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.history.append(stats)
+            numbered = args.saveckp_freq and epoch % args.saveckp_freq == 0 and epoch != 0
+            # the checkpoint (which holds this line in its history) first, then the line: a kill in
+            # between is repaired by the resume, which writes the lines from the checkpoint's history
+            self.save(epoch + 1, 0, also_numbered=bool(numbered))
             self.logger.log(stats, step=epoch)
             log.info("epoch %d: loss %.4f (cls %.4f, patch %.4f), %.1f images/s", epoch, avg["loss"], avg["cls"],
                      avg["patch"], stats["train_images_per_s"])
-            numbered = args.saveckp_freq and epoch % args.saveckp_freq == 0 and epoch != 0
-            self.save(epoch + 1, 0, also_numbered=bool(numbered))
         self.logger.close()
         return self.history
 

@@ -14,6 +14,11 @@ Safety: the request body is read in memory with a hard size cap (413 past it, be
 content decides whether it is an image (415 otherwise, whatever its name); pixel counts are checked from
 the header before decoding (413); a model is named only by a registered id (404 otherwise); inference runs
 in a bounded thread pool, so the event loop keeps answering while models run; nothing is written to disk.
+Requests whose ``Host`` header is not a loopback name (``localhost``, ``127.0.0.1``, ``::1``), the bound
+host or one of ``allowed_hosts`` get 400 (DNS rebinding). Error messages never carry a server path or a
+traceback (:mod:`visionfm.serve.redact`); an unexpected failure answers 500 with an error id, and the
+details go to the server log. A model folder that cannot be used is reported in ``/api/models``
+(``problems``) and the others are served.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,13 +40,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from visionfm import __version__
 from visionfm.errors import ConfigError, VisionFMError
 from visionfm.serve.inference import UploadError, check_days, decode_upload, render_result, run_model
-from visionfm.serve.registry import DEMO_LABEL, ModelRegistry, UnknownModelError
+from visionfm.serve.redact import error_id
+from visionfm.serve.registry import DEMO_LABEL, ModelRegistry, ModelUnavailableError, UnknownModelError
 
-__all__ = ["create_app", "load_examples", "STATIC_DIR"]
+__all__ = ["create_app", "load_examples", "trusted_hosts", "STATIC_DIR", "LOOPBACK_HOSTS"]
 
 log = logging.getLogger("visionfm.serve")
 
@@ -48,6 +56,27 @@ STATIC_DIR = Path(__file__).parent / "static"
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 _MULTIPART_OVERHEAD = 64 * 1024
 _RAW_TYPES = ("image/", "application/dicom", "application/octet-stream")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def trusted_hosts(host: str | None = None, allowed_hosts: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` header names the server answers: the loopback names, ``host`` (the address it listens
+    on, unless that is a wildcard address) and ``allowed_hosts`` (``*`` turns the check off; ``*.example.org``
+    matches sub-domains). IPv6 literals are admitted with and without brackets."""
+    out: list[str] = []
+    for name in (*LOOPBACK_HOSTS, *([host] if host and host not in _ANY_ADDRESS else []), *allowed_hosts):
+        name = str(name).strip().lower()
+        if not name:
+            continue
+        if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+            raise ConfigError(f"--allowed_hosts {name!r}: a wildcard must be '*' or like '*.example.org'")
+        forms = [name]
+        if ":" in name.strip("[]"):  # an IPv6 literal: the Host header carries it in brackets
+            bare = name.strip("[]")
+            forms = [bare, f"[{bare}]"]
+        out += [f for f in forms if f not in out]
+    return out
 
 
 # -- examples ------------------------------------------------------------------------------------------
@@ -216,7 +245,8 @@ class ErrorResponse(BaseModel):
 _ERRORS = {code: {"model": ErrorResponse, "description": desc} for code, desc in (
     (400, "damaged file or malformed request"), (404, "unknown model id"), (413, "upload or image too large"),
     (415, "not a supported image (checked from the content, not the name)"),
-    (422, "invalid parameter (e.g. days)"), (500, "the model failed"), (503, "server busy"))}
+    (422, "invalid parameter (e.g. days)"), (500, "the model failed (with an error id; details in the server log)"),
+    (503, "server busy, or the model failed to load (it is then listed in /api/models problems)"))}
 
 _PREDICT_BODY = {
     "requestBody": {
@@ -256,7 +286,8 @@ _PREDICT_BODY = {
 
 def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float = 25, *,
                max_megapixels: float = 64, workers: int = 2, max_queue: int = 64, device: str = "cpu",
-               preload: bool = False, registry: ModelRegistry | None = None) -> FastAPI:
+               preload: bool = False, registry: ModelRegistry | None = None, host: str | None = None,
+               allowed_hosts: Sequence[str] = ()) -> FastAPI:
     """The FastAPI application over the model folders in ``models_dir`` (demo models when it has none).
 
     Args:
@@ -266,7 +297,10 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
         workers: inference threads (requests beyond these wait in a queue).
         max_queue: requests in flight beyond which new ones get 503.
         device: ``cpu``, ``cuda`` or ``auto``.
-        preload: load every model at start-up instead of on first use.
+        preload: load (and warm up) every model at start-up instead of on first use; one that fails is
+            reported in ``problems`` and not offered, the others are served.
+        host: the address the server listens on (its name is admitted in the ``Host`` header).
+        allowed_hosts: more ``Host`` header names to admit besides the loopback names and ``host``.
     """
     if max_upload_mb <= 0 or max_megapixels <= 0 or workers < 1 or max_queue < 1:
         raise ConfigError("max_upload_mb and max_megapixels must be positive, workers and max_queue at least 1")
@@ -274,7 +308,9 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    hosts = trusted_hosts(host, allowed_hosts)
     reg = registry if registry is not None else ModelRegistry(models_dir, device=device)
+    redact = reg.redact
     max_bytes = int(max_upload_mb * 1_000_000)
     max_pixels = int(max_megapixels * 1_000_000)
     examples = {e["id"]: e for e in load_examples()}
@@ -285,8 +321,11 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
         app.state.pool = pool
         if preload:
             loop = asyncio.get_running_loop()
-            for mid in reg.entries:
-                await loop.run_in_executor(pool, _warm_up, mid)
+            for mid in list(reg.entries):
+                try:
+                    await loop.run_in_executor(pool, _warm_up, mid)
+                except Exception as exc:  # reported (log, /api/models, the page); the other models still serve
+                    reg.mark_broken(mid, exc)
         try:
             yield
         finally:
@@ -304,6 +343,7 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
     app.state.in_flight = 0
     app.state.predictors = {}
     app.state.pool = None
+    app.state.allowed_hosts = hosts
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -319,19 +359,29 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    # outermost: a request for another Host name (DNS rebinding) is refused before anything else runs
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+
     @app.exception_handler(UploadError)
     async def _upload_error(_: Request, exc: UploadError):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return JSONResponse({"detail": redact(exc.message)}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": redact(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # the last resort: no traceback, no path
+        ref = error_id()
+        log.error("unexpected error on %s %s (error id %s)", request.method, request.url.path, ref, exc_info=exc)
+        return JSONResponse({"detail": f"internal error (error id {ref}; details are in the server log)"},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
         parts = ["{}: {}".format(".".join(str(x) for x in e.get("loc", ()) if x != "body"), e.get("msg"))
                  for e in exc.errors()]
-        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": redact("invalid request: " + "; ".join(parts))}, status_code=422)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -351,7 +401,7 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
     @app.get("/api/models", response_model=ModelsResponse, summary="The models this server offers")
     async def models() -> dict[str, Any]:
         demo = any(e.demo for e in reg.entries.values())
-        return {"models": reg.list(), "problems": reg.problems, "max_upload_mb": float(max_upload_mb),
+        return {"models": reg.list(), "problems": reg.problem_list(), "max_upload_mb": float(max_upload_mb),
                 "demo_notice": ("No trained model folders were found, so only the built-in demo models are available "
                                 f"{DEMO_LABEL[len('demo model '):]}. Their outputs are meaningless.")
                 if demo else None}
@@ -372,14 +422,16 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
                                  "Cache-Control": "max-age=3600"})
 
     def _warm_up(model_id: str) -> None:
-        """Load a model and run one small image through it (the first CPU pass is much slower)."""
+        """Load a model and send one small image through the whole request path (decode, model, attention,
+        record, rendering): the first CPU pass is much slower, and a model that cannot answer shows now."""
+        import io
+
         from PIL import Image
 
-        model = reg.get(model_id)
-        entry = reg.entry(model_id)
-        days = 0.0 if entry.needs_days else None
-        with reg.run_lock(model_id):
-            run_model(model, Image.new("RGB", (64, 64), (90, 40, 20)), attention=True, days=days)
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (90, 40, 20)).save(buf, format="PNG")
+        days = 0.0 if reg.entry(model_id).needs_days else None
+        _work(model_id, buf.getvalue(), "warm-up.png", True, True, days)
 
     def _work(model_id: str, data: bytes, filename: str, attention: bool, overlay: bool,
               days: float | None) -> dict[str, Any]:
@@ -389,10 +441,7 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
         image, fmt = decode_upload(data, max_pixels)
         t1 = time.perf_counter()
         entry = reg.entry(model_id)
-        try:
-            model = reg.get(model_id)
-        except VisionFMError as exc:
-            raise UploadError(500, f"model {model_id!r} could not be loaded: {exc}") from None
+        model = reg.get(model_id)  # ModelUnavailableError (503) when it fails to load; then listed in problems
         with reg.run_lock(model_id):
             pred = app.state.predictors.get(model_id)
             if pred is None:
@@ -451,6 +500,8 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
             entry = reg.entry(model_id)
         except UnknownModelError as exc:
             raise UploadError(404, str(exc)) from None
+        except ModelUnavailableError as exc:
+            raise UploadError(503, str(exc)) from None
         attention = _flag(params.get("attention"), "attention", True)
         overlay = _flag(params.get("overlay"), "overlay", True)
         days = None
@@ -472,13 +523,19 @@ def create_app(models_dir: str | os.PathLike[str] | None, max_upload_mb: float =
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(app.state.pool, _work, model_id, data, _display_name(filename),
                                                 attention, overlay, days)
-        except (UploadError, UnknownModelError):
+        except UploadError:
             raise
+        except UnknownModelError as exc:
+            raise UploadError(404, str(exc)) from None
+        except ModelUnavailableError as exc:
+            raise UploadError(503, str(exc)) from None
         except VisionFMError as exc:
             raise UploadError(422, str(exc)) from None
-        except Exception as exc:
-            log.exception("prediction failed (model %s)", model_id)
-            raise UploadError(500, f"the model failed on this image ({type(exc).__name__}: {exc})") from None
+        except Exception:
+            ref = error_id()
+            log.exception("prediction failed (model %s, error id %s)", model_id, ref)
+            raise UploadError(500, f"the model failed on this image (error id {ref}; details are in the server "
+                                   "log)") from None
         finally:
             app.state.in_flight -= 1
         return JSONResponse(result)

@@ -4,7 +4,13 @@ A client never names a path: :class:`ModelRegistry` scans the ``--models`` folde
 model folders up to three levels below it, e.g. ``<run>/model``), validates every ``config.json`` without
 loading weights, and gives each model a stable id derived from its relative path. Weights are loaded on
 first use, once per model (a per-model lock makes concurrent first requests wait for one load), and
-cached for the life of the server. Folders that fail validation are reported (``problems``), not served.
+cached for the life of the server.
+
+A broken folder never stops the server: every candidate is checked cheaply when it is listed
+(:func:`visionfm.packaging.model_folder.check_model_folder`: the config, the names against the head, the
+weights file's header against the model, no tensor read), and one that fails — or that fails to load
+later, at warm-up or on first use — is reported in :attr:`ModelRegistry.problems` (folder, message without
+server paths) and in the server log, and is not served; every other model is.
 
 When the folder holds no valid model, two in-memory demo models are offered (a ViT-Tiny classifier and a
 ViT-Tiny + UNETR segmenter with fixed random weights), clearly named as demos: they let the page be tried
@@ -26,8 +32,10 @@ import torch
 from visionfm.engine.task import get_task
 from visionfm.errors import ConfigError, VisionFMError
 from visionfm.reports.units import split_unit
+from visionfm.serve.redact import Redactor, error_id
 
-__all__ = ["ModelEntry", "ModelRegistry", "UnknownModelError", "DEMO_LABEL", "demo_models", "split_unit"]
+__all__ = ["ModelEntry", "ModelRegistry", "UnknownModelError", "ModelUnavailableError", "DEMO_LABEL", "demo_models",
+           "split_unit"]
 
 log = logging.getLogger("visionfm.serve")
 
@@ -40,6 +48,10 @@ class UnknownModelError(VisionFMError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class ModelUnavailableError(VisionFMError):
+    """A listed model that failed to load (it is then reported in ``problems`` and no longer offered)."""
 
 
 @dataclass
@@ -102,9 +114,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
 
 
+_MARKERS = ("config.json", "model.safetensors")  # either makes a folder a model folder (complete or not)
+
+
 def _candidate_folders(root: Path) -> list[Path]:
-    """Folders holding a ``config.json`` at ``root`` or up to ``_MAX_DEPTH`` levels below (hidden ones skipped)."""
-    if (root / "config.json").is_file():
+    """Folders holding a ``config.json`` or a ``model.safetensors`` at ``root`` or up to ``_MAX_DEPTH``
+    levels below (hidden ones skipped); a folder with only one of the two is reported as incomplete."""
+    if any((root / m).is_file() for m in _MARKERS):
         return [root]
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -112,7 +128,7 @@ def _candidate_folders(root: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if len(rel.parts) >= _MAX_DEPTH:
             dirnames[:] = []
-        if "config.json" in filenames and rel.parts:
+        if rel.parts and any(m in filenames for m in _MARKERS):
             found.append(Path(dirpath))
             dirnames[:] = []  # a model folder's sub-folders are not models
     return sorted(found)
@@ -182,62 +198,117 @@ class ModelRegistry:
             model) offers the demo models.
         device: ``cpu`` or ``cuda``.
         demo_when_empty: offer the demo models when no valid model is found.
+
+    ``problems`` lists the folders that are not served, each ``{"folder", "error"}`` (plus ``"id"`` for a
+    model that was listed and then failed to load); ``error`` is client-safe (no server path).
     """
 
     def __init__(self, models_dir: str | os.PathLike[str] | None, device: str = "cpu",
                  demo_when_empty: bool = True) -> None:
-        from visionfm.packaging import read_config
-
         self.device = torch.device(device)
         self.entries: dict[str, ModelEntry] = {}
         self.problems: list[dict[str, str]] = []
         self._models: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._run_locks: dict[str, threading.Lock] = {}
+        self._failed: dict[str, str] = {}  # id -> problem, for models that failed to load
+        self._folders: dict[str, str] = {}  # id -> the folder as the page names it
+        self._lock = threading.Lock()  # guards entries / problems when a model fails while serving
         self.root = None if models_dir is None else Path(models_dir).expanduser()
+        self.redact = Redactor()
         if self.root is not None:
             if not self.root.is_dir():
                 raise ConfigError(f"--models {self.root}: not a folder (expected a model folder or a folder of them)")
+            self.redact.add(self.root, self.root.name or "models")
             for folder in _candidate_folders(self.root):
                 rel = folder.relative_to(self.root).as_posix()
                 if rel == ".":
                     rel = folder.resolve().name
                 elif rel.endswith("/model"):
                     rel = rel[: -len("/model")]
-                try:
-                    cfg = read_config(folder)
-                    if not (folder / "model.safetensors").is_file():
-                        raise ConfigError("model.safetensors is missing")
-                except VisionFMError as exc:
-                    msg = str(exc).replace(f"{folder}: ", "")
-                    self.problems.append({"folder": rel, "error": msg})
-                    log.warning("skipping %s: %s", folder, msg)
-                    continue
-                model_id = base = _slug(rel)
-                n = 2
-                while model_id in self.entries:
-                    model_id, n = f"{base}-{n}", n + 1
-                name = str(cfg.get("name") or rel)
-                self._add(_entry_from_config(cfg, model_id, name, folder=folder))
+                self.redact.add(folder, rel)
+                self._discover(folder, rel)
         if not self.entries and demo_when_empty:
             for entry in demo_models():
                 self._add(entry)
+
+    def _discover(self, folder: Path, rel: str) -> None:
+        """Check one candidate folder cheaply and list it, or record why not (never raises)."""
+        from visionfm.packaging.model_folder import check_model_folder
+
+        try:
+            cfg = check_model_folder(folder)
+            model_id = base = _slug(rel)
+            n = 2
+            while model_id in self.entries:
+                model_id, n = f"{base}-{n}", n + 1
+            entry = _entry_from_config(cfg, model_id, str(cfg.get("name") or rel), folder=folder)
+        except VisionFMError as exc:
+            log.info("not serving %s: %s", folder, exc)  # `visionfm serve` prints the problems at start-up
+            self.problems.append({"folder": rel, "error": self._client_message(exc, folder)})
+            return
+        except Exception as exc:  # a config the checks let through but the listing cannot read
+            ref = error_id()
+            log.exception("not serving %s (error id %s)", folder, ref)
+            self.problems.append({"folder": rel, "error": f"could not be read ({type(exc).__name__}; error id {ref}, "
+                                                         "details in the server log)"})
+            return
+        self._add(entry)
+        self._folders[entry.id] = rel
+
+    def _client_message(self, exc: BaseException, folder: Path | None) -> str:
+        msg = str(exc)
+        if folder is not None:
+            for form in (str(folder), str(folder.resolve())):
+                if msg.startswith(form + ": "):
+                    msg = msg[len(form) + 2:]
+        return self.redact(msg)
 
     def _add(self, entry: ModelEntry) -> None:
         self.entries[entry.id] = entry
         self._load_locks[entry.id] = threading.Lock()
         self._run_locks[entry.id] = threading.Lock()
 
+    def mark_broken(self, model_id: str, exc: BaseException) -> str:
+        """Stop offering ``model_id`` (it failed to load or to warm up): it moves to ``problems``; returns the
+        client-safe message. The full error goes to the server log."""
+        with self._lock:
+            entry = self.entries.get(model_id)
+            if entry is None:
+                return self._failed.get(model_id, "not available")
+            folder = entry.folder
+            label = self._folders.get(model_id, model_id)
+            if isinstance(exc, VisionFMError):
+                msg = self._client_message(exc, folder)
+                log.error("model %s (%s) cannot be served: %s", model_id, folder, exc)
+            else:
+                ref = error_id()
+                log.error("model %s (%s) cannot be served (error id %s)", model_id, folder, ref, exc_info=exc)
+                msg = f"could not be loaded or run ({type(exc).__name__}; error id {ref}, details in the server log)"
+            self._failed[model_id] = msg
+            # copy-on-write: requests iterating the listing meanwhile keep a consistent dict
+            self.entries = {k: v for k, v in self.entries.items() if k != model_id}
+            self.problems.append({"folder": label, "id": model_id, "error": msg})
+            self._models.pop(model_id, None)
+            return msg
+
     def __len__(self) -> int:
         return len(self.entries)
 
     def list(self) -> list[dict[str, Any]]:
-        return [e.public() for e in self.entries.values()]
+        with self._lock:
+            return [e.public() for e in list(self.entries.values())]
+
+    def problem_list(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [dict(p) for p in self.problems]
 
     def entry(self, model_id: str) -> ModelEntry:
         try:
             return self.entries[model_id]
         except KeyError:
+            if model_id in self._failed:
+                raise ModelUnavailableError(f"model {model_id!r} is not available: {self._failed[model_id]}") from None
             offered = ", ".join(self.entries) or "none"
             raise UnknownModelError(f"unknown model {model_id!r}; this server offers: {offered}") from None
 
@@ -245,7 +316,12 @@ class ModelRegistry:
         return model_id in self._models
 
     def get(self, model_id: str) -> Any:
-        """The loaded :class:`~visionfm.packaging.VisionFMModel` (loaded on first call, then cached)."""
+        """The loaded :class:`~visionfm.packaging.VisionFMModel` (loaded on first call, then cached).
+
+        Raises:
+            UnknownModelError: not an id of this server.
+            ModelUnavailableError: the model failed to load (now, or before); it is no longer offered.
+        """
         entry = self.entry(model_id)
         model = self._models.get(model_id)
         if model is not None:
@@ -253,13 +329,18 @@ class ModelRegistry:
         with self._load_locks[model_id]:
             model = self._models.get(model_id)
             if model is None:
-                if entry.factory is not None:
-                    model = entry.factory()
-                else:
-                    from visionfm.packaging import from_pretrained
+                self.entry(model_id)  # another request's load may have failed meanwhile
+                try:
+                    if entry.factory is not None:
+                        model = entry.factory()
+                    else:
+                        from visionfm.packaging import from_pretrained
 
-                    model = from_pretrained(entry.folder, device="cpu")  # type: ignore[arg-type]
-                model = model.to(self.device).eval()
+                        model = from_pretrained(entry.folder, device="cpu")  # type: ignore[arg-type]
+                    model = model.to(self.device).eval()
+                except Exception as exc:
+                    raise ModelUnavailableError(
+                        f"model {model_id!r} is not available: {self.mark_broken(model_id, exc)}") from None
                 self._models[model_id] = model
                 log.info("model %s loaded", model_id)
         return model

@@ -356,6 +356,8 @@ def run_train_cls(opts: TrainClsConfig) -> int:
             raise DataFormatError(f"no training split found under {opts.features or opts.data_path}")
         val, sel_split = selection_split(splits.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume, overwrite=opts.overwrite,
+                                             is_main=env.is_main)  # before anything is written there
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         if sel_split == "test":
             run_logger.log({"note": "no val split: model selection on the test split"})
@@ -369,7 +371,6 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
         cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
                         weight_decay=0.05, scheduler="cosine", val_freq=opts.val_freq, seed=opts.seed, amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(x_train, y_train, cfg.batch_size, cfg.seed, env.rank, env.world_size, env.device)
         result = fit(model, batches, loss_step(make_loss(task)), evaluate, selection_key="selection",
                      higher_is_better=True, run_dir=run_dir, cfg=cfg, env=env, run_logger=run_logger, meta=meta,

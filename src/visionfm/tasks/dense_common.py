@@ -413,7 +413,7 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
             train = LiveSplit(train_data, extractor, w, env.rank, env.world_size, train=True)
             val = LiveSplit(val_data, extractor, w, env.rank, env.world_size)
         model = DenseDecoder(build_head(opts.head_type, encoder.embed_dim, task.num_outputs, opts.patch_size))
-        resume_from, _ = start_point(run_dir, None, opts.resume)
+        resume_from, _ = start_point(run_dir, None, opts.resume, overwrite=opts.overwrite, is_main=env.is_main)
         if opts.load_from:
             load_decoder_weights(model, opts.load_from)
             log.info("initialised the decoder from %s", opts.load_from)

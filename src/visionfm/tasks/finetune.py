@@ -487,6 +487,9 @@ class _OriginalLogKeys:
     def log(self, stats: dict[str, Any], step: int | None = None) -> None:
         self.inner.log({**stats, "train_lr": stats["lr"]} if "lr" in stats else stats, step=step)
 
+    def rewind(self, entries: Any) -> None:
+        self.inner.rewind(entries, write=self.log)
+
 
 def _mean_nll(probs: np.ndarray, y: np.ndarray, binary_logit: bool) -> float:
     """Mean cross-entropy (BCE for one sigmoid output) of predicted probabilities: the validation loss."""
@@ -590,6 +593,8 @@ def run_finetune(opts: FinetuneConfig) -> int:
                              switch_prob=opts.mixup_switch_prob, mode="batch", label_smoothing=opts.smoothing,
                              num_classes=n_cls)
         loss_fn = _loss(opts, n_cls, binary_logit, mixup_on)
+        resume_from, _ = start_point(run_dir, None, opts.resume, overwrite=opts.overwrite, named=bool(opts.name),
+                                     is_main=env.is_main)  # before anything is written there
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         arch = model.encoder.load_report.arch if hasattr(model.encoder, "load_report") else opts.arch
         meta = {"task": "finetune", "recipe": opts.recipe, "arch": arch, "patch_size": int(model.encoder.patch_size),
@@ -645,7 +650,6 @@ def run_finetune(opts: FinetuneConfig) -> int:
             _save_npy(best, run_dir / "best.npy")
             _save_npy(target, run_dir / "target.npy")
 
-        resume_from, _ = start_point(run_dir, None, opts.resume)
         result = fit(model, batches, step, evaluate, selection_key="auroc", higher_is_better=True, run_dir=run_dir,
                      cfg=cfg, env=env, run_logger=_OriginalLogKeys(run_logger), meta=meta, identity=identity,
                      param_groups=groups, resume_from=resume_from, log_prefix=f"{sel_split}_",

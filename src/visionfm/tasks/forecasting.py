@@ -270,6 +270,8 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
     edges = parse_buckets(opts.interval_buckets)
     with command_session(opts.device, seed=opts.seed) as env:
         run_dir = opts.run_dir()
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume, overwrite=opts.overwrite,
+                                             named=bool(opts.name), is_main=env.is_main)  # before any write
         encoder = load_frozen_encoder(opts.pretrained_weights, opts.arch, opts.checkpoint_key, opts.patch_size,
                                       opts.input_size).to(env.device)
         if opts.embed_dim is not None and int(opts.embed_dim) != int(encoder.embed_dim):
@@ -315,7 +317,6 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
         cfg = FitConfig(epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size_per_gpu, optimizer=opts.optimizer,
                         weight_decay=opts.weight_decay, scheduler=opts.scheduler, val_freq=opts.val_freq,
                         seed=opts.seed, amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(packed, train.labels.clone(), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                 env.device)
         identity = {k: meta[k] for k in ("task", "embed_dim", "in_dim", "max_len", "n_last_blocks",

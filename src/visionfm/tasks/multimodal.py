@@ -565,6 +565,8 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             return 0
         val, sel_split = selection_split(inputs.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
+        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume, overwrite=opts.overwrite,
+                                             is_main=env.is_main)  # before anything is written there
         run_logger = RunLogger(run_dir, enabled=env.is_main)
         run_logger.log({"run": opts.name, "fusion": opts.fusion, "modalities": slots, "samples": data_info["n_samples"],
                         "selection_split": sel_split})
@@ -578,7 +580,6 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
         cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer=optimizer,
                         weight_decay=0.0 if optimizer == "sgd" else 0.05, scheduler=scheduler,
                         val_freq=opts.val_freq, seed=opts.seed, amp=False)
-        resume_from, init_from = start_point(run_dir, opts.load_from, opts.resume)
         batches = TensorBatches(train.x, spec.train_targets(train.labels), cfg.batch_size, cfg.seed,  # type: ignore[union-attr]
                                 env.rank, env.world_size, env.device)
         identity = {k: v for k, v in meta.items() if k != "data"}

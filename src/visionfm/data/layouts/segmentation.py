@@ -32,8 +32,10 @@ __all__ = [
 ]
 
 SEG_SPLITS: tuple[str, ...] = ("training", "val", "test")
-# Preferred first: PNG is lossless; JPEG masks are accepted last (lossy compression alters ids).
+# Preferred first: PNG is lossless. JPEG labels are found (so the error names them) but refused: lossy
+# compression alters class ids along every edge (11.5 % of a synthetic mask's pixels in issue 13).
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".webp", ".jpg", ".jpeg")
+LOSSY_MASK_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,11 @@ class SegmentationDataset(PairedDataset):
     ) -> None:
         super().__init__(root, split, "num_labels", num_labels, MASK_SUFFIXES, joint_transform, datasets, on_error)
         self.num_labels = self.count
+        lossy = [s.label for s in self.samples if s.label.suffix.lower() in LOSSY_MASK_SUFFIXES]
+        if lossy:  # refused up front, whatever on_error says: every JPEG mask is wrong along its edges
+            more = f" ({len(lossy) - 1} more JPEG masks)" if len(lossy) > 1 else ""
+            raise DataFormatError(f"mask is a JPEG file{more}; lossy compression changes class ids along every "
+                                  "edge — store masks as PNG (one integer class id per pixel)", lossy[0])
 
     def _load(self, index: int) -> tuple[Any, Any, dict[str, str]]:
         sample = self.samples[index]

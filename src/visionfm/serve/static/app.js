@@ -165,6 +165,7 @@
     const t0 = performance.now();
     try {
       const r = await fetch("/api/predict", { method: "POST", body: form });
+      if (r.status === 503) loadModels();  // a model that failed to load is now listed under the problems
       if (!r.ok) throw new Error(await errorMessage(r));
       const result = await r.json();
       state.result = result;
