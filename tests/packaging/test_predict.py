@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import write_dicom
 from visionfm.cli.main import main
 from visionfm.data.synth import generate
 from visionfm.inference.io import read_image
@@ -101,44 +102,12 @@ def test_predict_on_a_real_fundus_photo(tmp_path, cls_model):
     assert len(np.unique(heat.reshape(-1, 3)[:, 2])) > 20  # varies over the image
 
 
-def _write_dicom(path: Path, arr: np.ndarray, pi: str, frames: int = 1, **extra) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OP"
-    rgb = pi == "RGB"
-    shape = arr.shape[1:] if frames > 1 else arr.shape
-    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
-    ds.SamplesPerPixel = 3 if rgb else 1
-    ds.PhotometricInterpretation = pi
-    if rgb:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    bits = arr.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    try:
-        ds.save_as(str(path), enforce_file_format=True)
-    except TypeError:  # pydicom 2
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(str(path), write_like_original=False)
-    return path
 
 
 def test_dicom_readers(tmp_path):
     ramp = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (48, 1))  # 48 x 64, 0..4032
     # MONOCHROME2 uint16, rescale to -1000..3032 and a window [0, 2048)
-    mono2 = _write_dicom(tmp_path / "mono2.dcm", ramp, "MONOCHROME2", RescaleSlope="1", RescaleIntercept="-1000",
+    mono2 = write_dicom(tmp_path / "mono2.dcm", ramp, "MONOCHROME2", RescaleSlope="1", RescaleIntercept="-1000",
                          WindowCenter="1024", WindowWidth="2048", BitsStored=12)
     img = read_image(mono2)
     a = np.asarray(img)
@@ -148,17 +117,17 @@ def test_dicom_readers(tmp_path):
     mid = np.argmin(np.abs(vals - 1024))
     assert abs(int(a[0, mid, 0]) - 128) <= 3
     # MONOCHROME2 without a window: by BitsStored (12 bits: 4032 / 4095); MONOCHROME1 is inverted
-    plain = np.asarray(read_image(_write_dicom(tmp_path / "plain.dcm", ramp, "MONOCHROME2", BitsStored=12)))
-    inv = np.asarray(read_image(_write_dicom(tmp_path / "inv.dcm", ramp, "MONOCHROME1", BitsStored=12)))
+    plain = np.asarray(read_image(write_dicom(tmp_path / "plain.dcm", ramp, "MONOCHROME2", BitsStored=12)))
+    inv = np.asarray(read_image(write_dicom(tmp_path / "inv.dcm", ramp, "MONOCHROME1", BitsStored=12)))
     assert plain[0, 0, 0] == 0 and plain[0, -1, 0] == round(4032 * 255 / 4095) and (inv == 255 - plain).all()
     # RGB uint8 keeps its colours
     rgb = np.zeros((40, 30, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[10:20, :, 2] = 200, np.arange(30, dtype=np.uint8)[None] * 8, 90
-    got = np.asarray(read_image(_write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")))
+    got = np.asarray(read_image(write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")))
     assert (got == rgb).all()
     # multi-frame: the first frame, with a warning; a file without extension is found by its magic
     stack = np.stack([ramp, ramp[:, ::-1].copy()]).astype(np.uint16)
-    mf = _write_dicom(tmp_path / "multiframe", stack, "MONOCHROME2", frames=2, BitsStored=12)
+    mf = write_dicom(tmp_path / "multiframe", stack, "MONOCHROME2", frames=2, BitsStored=12)
     with pytest.warns(UserWarning, match="2 frames"):
         first = np.asarray(read_image(mf))
     assert (first == plain).all()
@@ -174,10 +143,10 @@ def test_predict_on_dicom_files(tmp_path, cls_model):
     src = tmp_path / "dicoms"
     src.mkdir()
     ramp = np.tile(np.arange(0, 65536, 1024, dtype=np.uint16), (64, 1))
-    _write_dicom(src / "grey.dcm", ramp, "MONOCHROME2")
+    write_dicom(src / "grey.dcm", ramp, "MONOCHROME2")
     rgb = np.asarray(Image.open(_retina(tmp_path)).convert("RGB").resize((96, 96)))
     (src / "sub").mkdir()
-    _write_dicom(src / "sub" / "colour.dcm", rgb, "RGB")
+    write_dicom(src / "sub" / "colour.dcm", rgb, "RGB")
     out = tmp_path / "out"
     assert main(["predict", "--model", str(cls_model), "--input", str(src), "--output", str(out),
                  "--device", "cpu"]) == 0

@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import write_dicom
 from visionfm.cli.main import main
 from visionfm.errors import DataFormatError
 
@@ -83,25 +84,8 @@ def _tiff12(path: Path, arr: np.ndarray) -> Path:
 
 
 def _dicom(path: Path, arr: np.ndarray, bits_stored: int, pixel_data: bool = True, **extra) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    if pixel_data:
-        ds.PixelData = np.ascontiguousarray(arr.astype(np.uint16)).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    return write_dicom(path, arr.astype(np.uint16), "MONOCHROME2", pixel_data=pixel_data, BitsStored=bits_stored,
+                       HighBit=bits_stored - 1, **extra)
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------

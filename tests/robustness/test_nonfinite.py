@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import tensors_in
 from visionfm.cli.main import main as cli_main
 from visionfm.errors import NonFiniteLossError
 
@@ -22,16 +23,6 @@ NAN, INF = float("nan"), float("inf")
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def _walk(obj, key=""):
-    """Every tensor of a loaded file (independent of visionfm.io.finite, which it checks)."""
-    if torch.is_tensor(obj):
-        yield key, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk(v, f"{key}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _walk(v, f"{key}[{i}]")
 
 
 def nonfinite_in_files(root: Path) -> dict[str, int]:
@@ -48,7 +39,7 @@ def nonfinite_in_files(root: Path) -> dict[str, int]:
             obj = load_file(str(p))
         else:
             continue
-        n = sum(int((~torch.isfinite(t)).sum()) for _, t in _walk(obj) if t.is_floating_point())
+        n = sum(int((~torch.isfinite(t)).sum()) for _, t in tensors_in(obj) if t.is_floating_point())
         if n:
             bad[str(p.relative_to(root))] = n
     return bad

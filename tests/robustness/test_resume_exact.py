@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import tensors_in
 from visionfm.cli.main import main as cli_main
 from visionfm.data.synth import generate
 from visionfm.engine.logging import RunLogger
@@ -34,20 +35,10 @@ def _log_lines(run: Path) -> list[dict]:
             for x in (run / "log.txt").read_text().splitlines()]
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor of a (nested) checkpoint, by dotted key."""
-    if torch.is_tensor(obj):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}[{i}]")
 
 
 def _max_abs_diff(a: dict, b: dict) -> float:
-    ta, tb = dict(_tensors(a)), dict(_tensors(b))
+    ta, tb = dict(tensors_in(a)), dict(tensors_in(b))
     assert ta.keys() == tb.keys()
     worst = 0.0
     for k in ta:

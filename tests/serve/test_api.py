@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import write_dicom
 from tests.serve.conftest import retina_bytes
 
 pytest.importorskip("httpx")
@@ -41,29 +42,8 @@ def _png(size=(40, 30), colour=(120, 60, 30)) -> bytes:
 
 
 def _dicom_bytes() -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OP"
-    ds.Rows, ds.Columns = 48, 64
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 1024, 2048
-    ds.PixelData = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (48, 1)).tobytes()
-    buf = io.BytesIO()
-    try:
-        ds.save_as(buf, enforce_file_format=True)
-    except TypeError:  # pydicom 2
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(buf, write_like_original=False)
-    return buf.getvalue()
+    ramp = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (48, 1))
+    return write_dicom(io.BytesIO(), ramp, BitsStored=12, HighBit=11, WindowCenter=1024, WindowWidth=2048).getvalue()
 
 
 def _png_header_only(width: int, height: int) -> bytes:
