@@ -120,7 +120,7 @@ def test_nan_learning_rate_mid_run_stops_and_keeps_the_last_good_checkpoint(imag
 def test_cli_divergence_huge_lr_without_clipping_exits_3_with_finite_files(images, tmp_path, capsys):
     rc, out, err = cli(pretrain_flags(images, tmp_path, "div", ["--lr", "1e4", "--clip_grad", "0"]), capsys)
     assert rc == 3, out + err
-    assert "stopped:" in out and "The last good checkpoint" in out
+    assert "stopped:" in err and "The last good checkpoint" in err  # on stderr, as every error
     assert nonfinite_in_files(tmp_path) == {}
     for line in strict_json_lines(tmp_path / "div" / "log.txt"):
         assert line["train_loss"] != 0.0  # a bogus 0.0 of an all-skipped epoch is never logged
@@ -166,9 +166,9 @@ def test_epoch_with_every_step_skipped_is_an_error_not_a_zero_loss(images, tmp_p
         return {key: v * NAN for key, v in real(self, *a, **k).items()}
 
     monkeypatch.setattr(IBOTLoss, "forward_selected", poisoned)
-    rc, out, _ = cli(pretrain_flags(images, tmp_path, "skip", ["--max_nonfinite_steps", "100"]), capsys)
+    rc, _, err = cli(pretrain_flags(images, tmp_path, "skip", ["--max_nonfinite_steps", "100"]), capsys)
     assert rc == 3
-    assert "epoch 0: none of its 1 step(s) was applied" in out
+    assert "epoch 0: none of its 1 step(s) was applied" in err
     assert weight_files(tmp_path) == []
     log = tmp_path / "skip" / "log.txt"
     assert not log.exists() or all("train_loss" not in x for x in strict_json_lines(log))

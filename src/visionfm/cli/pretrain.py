@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, parse_with_config, to_config
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_dir, history = run_pretrain(cfg)
     except NonFiniteLossError as exc:
-        print(f"visionfm pretrain: stopped: {exc}")
+        print(f"visionfm pretrain: stopped: {exc}", file=sys.stderr)
         return 3
     from visionfm.engine.distributed import is_main_process
 
