@@ -14,6 +14,21 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _isolated_console_logging():
+    """Each test starts without the console handler an earlier test's command installed (a command run
+    in-process calls ``setup_logging``; its handler would print into the next test's captured output)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for h in list(root.handlers):
+        if getattr(h, "_visionfm", False):
+            root.removeHandler(h)
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def probe_pretraining(tmp_path_factory):
     """A brief iBOT pretraining for the linear-probe test: ``(labelled dataset root, checkpoint, input size)``.

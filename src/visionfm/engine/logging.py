@@ -12,13 +12,27 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 __all__ = ["setup_logging", "RunLogger", "progress", "json_safe"]
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """A console handler that writes to ``sys.stdout`` as it is when each record is emitted, not as it was
+    when the handler was made: notebooks and test runners replace (and close) ``sys.stdout``, and a
+    handler holding an old, closed stream prints '--- Logging error ---' tracebacks instead."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
 def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
     """Console logging for rank 0; other ranks only show warnings and errors."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_visionfm", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _CurrentStdout()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler._visionfm = True  # type: ignore[attr-defined]
     root.addHandler(handler)
