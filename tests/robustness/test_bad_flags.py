@@ -46,6 +46,7 @@ BASE: dict[str, list[str]] = {
     "demo": ["--output_dir", OUT],
     "export": ["--weights", DATA, "--out", OUT + "/x.safetensors"],
     "convert-features": [DATA, OUT],
+    "weights": ["fetch", "Fundus"],
 }
 
 # Bad values of a flag, tried on every command that has it: (flag, value).
@@ -173,6 +174,7 @@ SPECIFIC: list[tuple[str, list[str], str]] = [
     ("demo", ["--seg_epochs", "-1"], "--seg_epochs"),
     ("export", ["--patch_size", "0"], "--patch_size"),
     ("convert-features", ["--progress", "sometimes"], "--progress"),
+    ("weights", ["--url", "ftp://example.org/x.pth"], "--url"),  # refused before any download
 ]
 
 # ``--config`` YAML values (argparse checks neither their type nor their choices): (command, YAML, flag).

@@ -17,6 +17,8 @@ from visionfm.config import CONFIGS
 # name -> (module, one-line help). Every module defines ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("visionfm.cli.info", "show what a weights file holds and which architecture it fits"),
+    "weights": ("visionfm.cli.weights",
+                "the official VisionFM encoder files: list them, fetch one (verified), print its local path"),
     "export": ("visionfm.cli.export", "convert an encoder checkpoint into safetensors + JSON config"),
     "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
     "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),

@@ -98,7 +98,9 @@ def _count(sd: Mapping[str, Any]) -> int:
 def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Describe a weights file without building a model: keys, format, inferred architecture, contents."""
     from visionfm.models.loading import infer_backbone_spec
+    from visionfm.models.weights import resolve_weights
 
+    path = resolve_weights(path)  # an official weights name ("Fundus") → its local file
     raw, meta = load_checkpoint_file(path)
     fmt = detect_format(raw, meta)
     info: dict[str, Any] = {

@@ -89,6 +89,22 @@ def _describe(spec: Mapping[str, Any]) -> str:
     return name + extra
 
 
+def _resolve(weights: Any) -> tuple[Any, str | None]:
+    """``weights`` with an official weights name (``Fundus``...) replaced by its verified local file
+    (:func:`visionfm.models.weights.resolve_weights`; a real path wins), and that file's modality (else None)."""
+    from visionfm.models.weights import resolve_weights
+
+    resolved = resolve_weights(weights)
+    if resolved is weights:
+        return weights, None
+    from visionfm.data.modalities import canonical_modality
+
+    try:
+        return resolved, canonical_modality(str(weights))
+    except ValueError:
+        return resolved, None
+
+
 def recorded_metadata(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
     """What a weights file records about its encoder (arch, patch size, modality...), read without its tensors.
 
@@ -97,6 +113,9 @@ def recorded_metadata(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
     """
     if weights is None or str(weights) in ("", RANDOM):
         return {}
+    weights, official = _resolve(weights)
+    if official:  # an official file (a .pth, which records nothing): its modality is known from its name
+        return {"modality": official}
     path = Path(weights)
     if path.is_dir():
         config = path / "config.json"
@@ -129,8 +148,10 @@ def read_backbone_state_dict(
     """Safely read ``weights`` and return ``(backbone_state_dict, info)``.
 
     ``info`` holds the detected format, the key used, dropped key count and, for our own
-    safetensors exports, their metadata (arch, patch size, image size, modality).
+    safetensors exports, their metadata (arch, patch size, image size, modality). An official weights
+    name (``Fundus``...) reads its local file.
     """
+    weights, _ = _resolve(weights)
     path = Path(weights)
     if path.is_dir():
         config = path / "config.json"
@@ -178,7 +199,8 @@ def load_encoder(
 
     Args:
         weights: a weights file (official VisionFM ``.pth``, RETFound, DINO/iBOT, ours,
-            ``.safetensors``) or a visionfm model folder. ``None`` or ``"random"`` gives a randomly
+            ``.safetensors``), a visionfm model folder, or the name of an official file (``"Fundus"``,
+            resolved by :mod:`visionfm.models.weights`; a real path wins). ``None`` or ``"random"`` gives a randomly
             initialised encoder — the only way to get one.
         arch: ``vit_tiny``/``vit_small``/``vit_base``/``vit_large``; ``None`` infers it from the file
             (a random encoder: ``vit_base``). Given, it is checked against the file.
@@ -198,6 +220,7 @@ def load_encoder(
     if str(weights).strip() == "":
         raise CheckpointError("no weights given; pass a weights file, or 'random' for a randomly initialised encoder")
 
+    weights, official = _resolve(weights)  # "Fundus" → the verified local VFM_Fundus_weights.pth
     source = str(weights)
     sd, info = read_backbone_state_dict(weights, checkpoint_key)
     spec = infer_backbone_spec(sd)
@@ -269,7 +292,7 @@ def load_encoder(
         unexpected=unexpected,
         dropped=info["dropped"],
         pos_embed_resized=resized,
-        modality=meta.get("modality"),
+        modality=meta.get("modality") or official,
     )
     enc.load_report = report
     log.info("loaded %s (%s, key=%s) into %s/%d", source, report.format, report.checkpoint_key, arch, patch_size)

@@ -1,0 +1,323 @@
+"""The official VisionFM encoder weights: a table, where each file lives locally, and a verified download.
+
+The authors release one ViT-B/16 encoder per modality on Google Drive (``VFM_<Modality>_weights.pth``,
+key ``teacher``, licence CC BY-NC 4.0). Files live in ``$VISIONFM_HOME/weights`` (default
+``~/.cache/visionfm/weights``). A download goes to a temporary file in that folder (kept between tries,
+so an interrupted download resumes), is verified by loading it with
+:func:`~visionfm.models.loading.load_encoder` (the entry's arch and key), and only then renamed into place;
+its sha256 is recorded in ``<file>.json`` next to it on the first success and checked on every later use.
+
+A modality name (``Fundus``, ``slit-lamp``, ``CFP``...) given where encoder weights are expected resolves
+to the local official file (:func:`resolve_weights`); a real path always wins over a name. Offline
+(``HF_HUB_OFFLINE=1`` or ``VISIONFM_OFFLINE=1``) nothing touches the network: one line says what to
+download from where and where to put it.
+
+Tests (and mirrors) add entries with ``VISIONFM_WEIGHTS_REGISTRY=<file.json>``: a JSON object
+``{name: {"file": ..., "url": ... or "drive_id": ..., "arch": ..., "patch_size": ..., "checkpoint_key": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from visionfm.errors import CheckpointError, ConfigError
+from visionfm.io.atomic import save_json_atomic
+from visionfm.io.safe_load import file_sha256
+
+__all__ = [
+    "OfficialWeights",
+    "OFFICIAL_WEIGHTS",
+    "LICENCE",
+    "registry",
+    "lookup",
+    "weights_dir",
+    "local_path",
+    "is_offline",
+    "download_hint",
+    "weights_path",
+    "fetch_weights",
+    "resolve_weights",
+    "weights_table",
+]
+
+log = logging.getLogger(__name__)
+
+LICENCE = "CC BY-NC 4.0"
+HOME_ENV, REGISTRY_ENV = "VISIONFM_HOME", "VISIONFM_WEIGHTS_REGISTRY"
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "VISIONFM_OFFLINE")
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    """One downloadable encoder: its name, file name, where it comes from and what loading it needs."""
+
+    name: str
+    file: str
+    drive_id: str | None = None
+    url: str | None = None  # a direct http(s) URL (a mirror; the tests' loopback server)
+    arch: str = "vit_base"
+    patch_size: int = 16
+    checkpoint_key: str = "teacher"
+    licence: str = LICENCE
+
+    @property
+    def source_url(self) -> str:
+        """Where a person downloads the file: the direct URL, else the Google Drive page."""
+        if self.url:
+            return self.url
+        return f"https://drive.google.com/file/d/{self.drive_id}/view"
+
+
+_DRIVE_IDS = {
+    "Fundus": "13uWm0a02dCWyARUcrCdHZIcEgRfBmVA4",
+    "OCT": "1o6E-ine2QLx2pxap-c77u-SU0FjxwypA",
+    "FFA": "128izBUNV00Ojb9w9Dq3GhBvhWqzU-mla",
+    "Ultrasound": "1IlD0snowxdEVvxmiIBZGR0D9uOcrCT2D",
+    "External": "16zGHTD4ZcGAYW382kKHBw3TU6D1OtvTD",
+    "SlitLamp": "1pemWDkGoZYlqLQ6ooFINktyk8xnv9wY_",
+    "MRI": "1fcfylnOWhfnZHBAKT9pQPufyS5ZYCXu0",
+    "UBM": "1q2fVOgFBnWNu1BsXaza1A-OIcCiifNUQ",
+}
+
+OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
+    name: OfficialWeights(name, f"VFM_{name}_weights.pth", drive_id=fid) for name, fid in _DRIVE_IDS.items()
+}
+
+_FIELDS = {"file", "drive_id", "url", "arch", "patch_size", "checkpoint_key", "licence"}
+
+
+def registry() -> dict[str, OfficialWeights]:
+    """The official table plus the entries of ``$VISIONFM_WEIGHTS_REGISTRY`` (a JSON file), which win."""
+    table = dict(OFFICIAL_WEIGHTS)
+    extra = os.environ.get(REGISTRY_ENV)
+    if not extra:
+        return table
+    try:
+        data = json.loads(Path(extra).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{REGISTRY_ENV}={extra}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{REGISTRY_ENV}={extra}: expected a JSON object {{name: {{file, url or drive_id, ...}}}}")
+    for name, fields in data.items():
+        if not isinstance(fields, dict) or not fields.get("file") or not (fields.get("url") or fields.get("drive_id")):
+            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} needs 'file' and 'url' or 'drive_id'")
+        unknown = set(fields) - _FIELDS
+        if unknown:
+            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} has unknown keys {sorted(unknown)}")
+        if Path(str(fields["file"])).name != str(fields["file"]):
+            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r}: 'file' must be a bare file name")
+        table[str(name)] = OfficialWeights(str(name), **fields)
+    return table
+
+
+def lookup(name: str) -> OfficialWeights | None:
+    """The entry ``name`` names (case-insensitive; the modality aliases of :mod:`visionfm.data.modalities`,
+    and the file name itself), or ``None``."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    table = registry()
+    folded = name.strip().lower()
+    for key, entry in table.items():
+        if folded in (key.lower(), entry.file.lower()):
+            return entry
+    from visionfm.data.modalities import canonical_modality
+
+    try:
+        return table.get(canonical_modality(name))
+    except ConfigError:
+        return None
+
+
+def _entry(name: str) -> OfficialWeights:
+    entry = lookup(name)
+    if entry is None:
+        raise ConfigError(f"unknown weights name {name!r}; known: {', '.join(registry())} "
+                          "(modality names and their spellings are accepted, case-insensitive)")
+    return entry
+
+
+def weights_dir() -> Path:
+    """``$VISIONFM_HOME/weights``, default ``~/.cache/visionfm/weights``."""
+    home = os.environ.get(HOME_ENV)
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "visionfm") / "weights"
+
+
+def local_path(entry: OfficialWeights) -> Path:
+    return weights_dir() / entry.file
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENVS)
+
+
+def download_hint(entry: OfficialWeights) -> str:
+    """One line: the command that fetches the file, or where to download it by hand and where to put it."""
+    return (f"download it with `visionfm weights fetch {entry.name}` or from {entry.source_url} "
+            f"into {local_path(entry)}")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    rec = _record_path(path)
+    if not rec.is_file():
+        return None
+    try:
+        data = json.loads(rec.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{rec}: not valid JSON ({exc}); delete it to verify {path.name} again") from None
+    return data if isinstance(data, dict) else None
+
+
+def _verify_load(entry: OfficialWeights, path: Path, shown: Path) -> None:
+    from visionfm.models.loading import load_encoder
+
+    try:
+        load_encoder(path, arch=entry.arch, checkpoint_key=entry.checkpoint_key, patch_size=entry.patch_size,
+                     hash_file=False)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{shown} does not load as {entry.name} weights ({entry.arch}/{entry.patch_size}, "
+                              f"key {entry.checkpoint_key!r}): {' '.join(str(exc).splitlines())}") from None
+
+
+def _check(entry: OfficialWeights, path: Path) -> Path:
+    """``path`` checked against its recorded sha256; without a record it is verified by loading and recorded."""
+    rec = _read_record(path)
+    sha = file_sha256(path)
+    if rec is not None and rec.get("sha256"):
+        if rec["sha256"] != sha:
+            raise CheckpointError(
+                f"{path}: sha256 {sha[:12]}… differs from the {rec['sha256'][:12]}… recorded in "
+                f"{_record_path(path).name} (corrupted or replaced); delete it and "
+                f"{download_hint(entry).replace('download it', 'download it again', 1)}")
+        return path
+    _verify_load(entry, path, path)
+    _write_record(entry, path, sha)
+    return path
+
+
+def _write_record(entry: OfficialWeights, path: Path, sha: str) -> None:
+    save_json_atomic({"name": entry.name, "file": entry.file, "sha256": sha, "size": path.stat().st_size,
+                      "source": entry.source_url, "arch": entry.arch, "patch_size": entry.patch_size,
+                      "checkpoint_key": entry.checkpoint_key, "licence": entry.licence,
+                      "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, _record_path(path))
+
+
+def weights_path(name: str) -> Path:
+    """The verified local file of ``name``; :class:`CheckpointError` (one line saying what to download from
+    where into which path) when it is not there."""
+    entry = _entry(name)
+    path = local_path(entry)
+    if not path.is_file():
+        raise CheckpointError(f"{entry.file} ({entry.name}) is not downloaded: {download_hint(entry)}")
+    return _check(entry, path)
+
+
+def _download_url(url: str, part: Path) -> None:
+    """``url`` into ``part``, resuming from its size with an HTTP Range request when it already exists."""
+    import urllib.error
+    import urllib.request
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "visionfm", **({"Range": f"bytes={have}-"} if have else {})}
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status = getattr(resp, "status", 200)
+            mode = "ab" if have and status == 206 else "wb"
+            with open(part, mode) as fh:
+                while block := resp.read(1 << 20):
+                    fh.write(block)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the range starts at the end: the part file is complete
+            return
+        raise CheckpointError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CheckpointError(f"download of {url} failed ({exc}); run the same command again to resume") from None
+
+
+def _download_drive(drive_id: str, out: Path) -> None:
+    try:
+        import gdown
+    except ImportError:
+        raise CheckpointError("downloading from Google Drive needs gdown (pip install 'gdown>=5'); "
+                              "or pass --url, or download the file by hand") from None
+    try:  # resume=True: gdown keeps its partial file next to ``out`` and continues it on the next try
+        result = gdown.download(id=drive_id, output=str(out), quiet=False, resume=True)
+    except Exception as exc:  # gdown raises its own error types (FileURLRetrievalError...)
+        raise CheckpointError(f"Google Drive download of {drive_id} failed: {' '.join(str(exc).split())}; "
+                              "run the same command again to resume") from None
+    if result is None or not out.is_file():
+        raise CheckpointError(f"Google Drive download of {drive_id} failed (gdown returned nothing)")
+
+
+Downloader = Callable[[OfficialWeights, str | None, Path], None]
+
+
+def _default_downloader(entry: OfficialWeights, url: str | None, part: Path) -> None:
+    if url or entry.url:
+        _download_url(url or entry.url or "", part)
+    else:
+        _download_drive(entry.drive_id or "", part)
+
+
+def fetch_weights(name: str, url: str | None = None, downloader: Downloader | None = None) -> Path:
+    """Download ``name`` (from ``url`` when given) into :func:`weights_dir`, verify and record it; an already
+    present file is only checked. Returns the local path."""
+    entry = _entry(name)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url: expected an http:// or https:// URL, got {url!r}")
+    path = local_path(entry)
+    if path.is_file():
+        return _check(entry, path)
+    if is_offline():
+        raise CheckpointError(f"offline ({' or '.join(OFFLINE_ENVS)} set): download {entry.file} from "
+                              f"{url or entry.source_url} into {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")  # kept when a download fails: the next try resumes it
+    (downloader or _default_downloader)(entry, url, part)
+    _verify_load(entry, part, path)
+    sha = file_sha256(part)
+    with open(part, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(part, path)
+    _write_record(entry, path, sha)
+    log.info("fetched %s (%s, sha256 %s) into %s", entry.name, entry.licence, sha, path)
+    return path
+
+
+def resolve_weights(weights: Any) -> Any:
+    """``weights`` as given when it is a path that exists (a real path wins), ``random``, empty or no known name;
+    the verified local official file when it names one (``Fundus``, ``slit-lamp``...). A named file that is not
+    downloaded is a :class:`CheckpointError` saying how to get it."""
+    if weights is None or isinstance(weights, Path):
+        return weights
+    text = str(weights)
+    if text.strip() in ("", "random") or os.sep in text or "/" in text or Path(text).exists():
+        return weights
+    entry = lookup(text)
+    if entry is None:
+        return weights
+    return weights_path(entry.name)
+
+
+def weights_table() -> list[dict[str, Any]]:
+    """One row per entry: name, file, arch, patch, key, licence, source, whether present, path, size, sha256."""
+    rows = []
+    for entry in registry().values():
+        path = local_path(entry)
+        rec = _read_record(path) if path.is_file() else None
+        row = asdict(replace(entry))
+        row.update(source=entry.source_url, present=path.is_file(), path=str(path),
+                   size=path.stat().st_size if path.is_file() else None,
+                   sha256=(rec or {}).get("sha256"))
+        rows.append(row)
+    return rows
