@@ -14,6 +14,17 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def encoder():
+    """A random vit_tiny/16 at 32 px (seed 0), shared by the modules that build model folders from it."""
+    import torch
+
+    from visionfm.models import build_encoder
+
+    torch.manual_seed(0)
+    return build_encoder("vit_tiny", img_size=32, patch_size=16)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_console_logging():
     """Each test starts without the console handler an earlier test's command installed (a command run

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.helpers import write_dicom
@@ -20,14 +19,6 @@ from visionfm.inference.io import read_image
 from visionfm.packaging import model_folder_from_training
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    from visionfm.models import build_encoder
-
-    torch.manual_seed(0)
-    return build_encoder("vit_tiny", img_size=SIZE, patch_size=16)
 
 
 @pytest.fixture(scope="module")

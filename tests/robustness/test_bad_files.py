@@ -92,14 +92,6 @@ def _dicom(path: Path, arr: np.ndarray, bits_stored: int, pixel_data: bool = Tru
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    from visionfm.models import build_encoder
-
-    torch.manual_seed(0)
-    return build_encoder("vit_tiny", img_size=SIZE, patch_size=16)
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory, encoder):
     """A valid encoder checkpoint, a valid classification model folder and a valid image."""
     from visionfm.models.heads import ClsHead

@@ -6,8 +6,8 @@ all-reduced) → backward → clipping → last-layer freeze → optimizer step 
 
 No host sync per step: with AdamW or SGD (fused kernels) a non-finite loss or gradient makes the
 optimizer skip its update on the device (``found_inf``) and the EMA weight 0, so weights, moments and
-teacher stay put; an applied update that leaves a weight non-finite sets a device flag that stops the
-run. The counters and the flag live on the device and are read every ``--log_freq`` iterations,
+teacher stay put; weights made non-finite by an applied update stop the run at the next read. The
+counters live on the device and are read every ``--log_freq`` iterations,
 before each checkpoint and at epoch ends. LARS and fp16 (GradScaler) keep one host read per step.
 """
 
@@ -353,8 +353,6 @@ class IBOTTrainer:
         # folded into the two above by _check_nonfinite()
         self._streak_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._skipped_dev = torch.zeros((), dtype=torch.int64, device=self.device)
-        # set on the device when an optimizer step left a student weight non-finite (read with the counters)
-        self._badparam_dev = torch.zeros((), dtype=torch.bool, device=self.device)
         self.logger = RunLogger(self.run_dir, enabled=self.env.is_main)
         self.history: list[dict[str, Any]] = []
 
@@ -573,9 +571,6 @@ class IBOTTrainer:
                 self._skipped_dev += bad
                 self._streak_dev = torch.where(ok, torch.zeros_like(self._streak_dev), self._streak_dev + 1)
             self.optimizer.step()
-        # an applied update can still overflow (e.g. a huge --lr): flag it on the device; the run stops at
-        # the next read of the flags, which comes before every save (see _check_nonfinite)
-        self._badparam_dev |= ~all_finite(self.student_params)
         ema_update_(self.ema_teacher, self.ema_student, momentum)
         with torch.no_grad():
             b = crops[0].shape[0]
@@ -595,13 +590,17 @@ class IBOTTrainer:
 
     def _check_nonfinite(self, it: int) -> None:
         """Read the device-side flags (at logging, saving and epoch ends): stop a run whose weights became
-        non-finite, or that skipped ``--max_nonfinite_steps`` steps in a row (non-finite loss or gradients)."""
+        non-finite, or that skipped ``--max_nonfinite_steps`` steps in a row (non-finite loss or gradients).
+
+        An update can still overflow (e.g. a huge --lr): the weights are checked here, at every read (before
+        every save), not after every step, since a NaN/inf weight stays non-finite under further updates."""
+        bad_weights = ~all_finite(self.student_params)
         if self.device_skip:
             bad_params, new, streak = (int(v) for v in torch.stack(
-                [self._badparam_dev.long(), self._skipped_dev, self._streak_dev]).tolist())
+                [bad_weights.long(), self._skipped_dev, self._streak_dev]).tolist())
             self._skipped_dev.zero_()
         else:
-            bad_params, new, streak = int(self._badparam_dev), 0, self.nonfinite_streak
+            bad_params, new, streak = int(bad_weights), 0, self.nonfinite_streak
         if bad_params:
             raise NonFiniteLossError(
                 f"the student's weights became non-finite by iteration {it} (an optimizer step overflowed); "
