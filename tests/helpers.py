@@ -24,8 +24,8 @@ def tensors_in(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]
 
 def write_dicom(target: str | Path | BinaryIO, arr: np.ndarray, pi: str = "MONOCHROME2", frames: int = 1,
                 pixel_data: bool = True, **attrs: Any) -> Any:
-    """A Secondary Capture DICOM of ``arr`` (``[H, W]``, ``[H, W, 3]`` for RGB, ``[F, H, W]`` for frames) at
-    ``target`` (a path or a binary file object); bits from the array's dtype, ``attrs`` set last (e.g.
+    """A Secondary Capture DICOM of ``arr`` (``[H, W]``, ``[H, W, 3]`` for RGB / YBR_FULL, ``[F, H, W(, 3)]`` for
+    frames) at ``target`` (a path or a binary file object); bits from the array's dtype, ``attrs`` set last (e.g.
     ``BitsStored=12``). ``pixel_data=False`` leaves the pixels out (a broken file)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -38,7 +38,7 @@ def write_dicom(target: str | Path | BinaryIO, arr: np.ndarray, pi: str = "MONOC
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "OP"
-    rgb = pi == "RGB"
+    rgb = pi in ("RGB", "YBR_FULL")  # three samples per pixel, interleaved
     shape = arr.shape[1:] if frames > 1 else arr.shape
     ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
     ds.SamplesPerPixel = 3 if rgb else 1

@@ -1,10 +1,12 @@
-"""DiceFocal (MONAI semantics) and the spatial soft-max cross-entropy, against hand computations."""
+"""DiceFocal (through MONAI) and the spatial soft-max cross-entropy, against hand computations."""
 
 import math
 
+import pytest
 import torch
 
-from visionfm.tasks.losses import DiceFocalLoss, dice_loss, sigmoid_focal_loss, spatial_softmax_ce
+from tests.metrics import golden_inputs, golden_values
+from visionfm.tasks.losses import DiceFocalLoss, spatial_softmax_ce
 
 
 def _sig(z):
@@ -22,7 +24,7 @@ def test_binary_dice_focal_by_hand():
     inter = sum(a * b for a, b in zip(p, g))
     dice = 1 - (2 * inter + 1e-5) / (sum(p) + sum(g) + 1e-5)
     focal = 0.0
-    for zi, gi, pi in zip([v for row in z for v in row], g, p):
+    for gi, pi in zip(g, p):
         bce = -(gi * math.log(pi) + (1 - gi) * math.log(1 - pi))
         pt = pi if gi == 1 else 1 - pi
         focal += bce * (1 - pt) ** 2
@@ -45,8 +47,9 @@ def test_multiclass_uses_softmax_dice_and_sigmoid_focal_with_background():
     focal = (-(pt.log()) * (1 - pt) ** 2).mean()
     got = DiceFocalLoss()(logits, target)
     assert torch.allclose(got, dice + focal, atol=1e-6)
-    assert torch.allclose(dice_loss(probs, onehot), dice, atol=1e-6)
-    assert torch.allclose(sigmoid_focal_loss(logits, onehot), focal, atol=1e-6)
+    no_focal = DiceFocalLoss(lambda_focal=0.0)(logits, target)
+    assert torch.allclose(no_focal, dice, atol=1e-6)  # the two terms separately
+    assert torch.allclose(DiceFocalLoss(lambda_dice=0.0)(logits, target), focal, atol=1e-6)
 
 
 def test_dice_focal_near_zero_for_confident_correct_logits_and_has_gradient():
@@ -78,3 +81,14 @@ def test_spatial_softmax_ce_skips_missing_landmarks():
     zero = spatial_softmax_ce(logits, torch.zeros_like(target))
     zero.backward()
     assert zero.item() == 0.0
+
+
+@pytest.mark.parametrize("case", sorted(golden_values.GOLDEN["loss"]))
+def test_dice_focal_same_as_recorded_before_monai(case):
+    logits, target = golden_inputs.loss_cases()[case]
+    assert DiceFocalLoss()(logits, target).item() == pytest.approx(golden_values.GOLDEN["loss"][case], abs=1e-6)
+
+
+def test_dice_focal_rejects_one_hot_target():
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        DiceFocalLoss()(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4))

@@ -182,3 +182,22 @@ def test_report_intervals_are_scipys_95_percent_percentile_intervals():
     ref95 = _scipy_percentile_ci((y, p), mae, 0.95, paired=True)
     ref90 = _scipy_percentile_ci((y, p), mae, 0.90, paired=True)
     _assert_matches_95_not_90((ci["low"], ci["high"]), ref95, ref90)
+
+
+def test_ordinal_kernel_reproduces_point_metrics_and_is_bootstrapped():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 200)
+    s = rng.dirichlet(np.ones(5), 200)
+    s[np.arange(200), np.clip(y + rng.integers(-1, 2, 200), 0, 4)] += 1.0  # mostly within one grade
+    s = np.round(s / s.sum(1, keepdims=True), 2)  # ties in the expected grade
+    s /= s.sum(1, keepdims=True)
+    point = classification_metrics(y, s, "multiclass", ordinal=True)
+    got = _identity(bs._ordinal_kernel, y, s)
+    assert set(got) == {f"ordinal.{k}" for k, v in point["ordinal"].items() if isinstance(v, float)}
+    for key, value in got.items():
+        assert value == pytest.approx(point["ordinal"][key.split(".", 1)[1]], abs=1e-12), key
+    out = with_confidence_intervals(point, y, s, n_boot=100, seed=0)
+    ci = out["ci"]["ordinal.quadratic_kappa"]
+    assert ci["low"] <= point["ordinal"]["quadratic_kappa"] <= ci["high"] and ci["n_valid"] == 100
+    assert "ordinal.quadratic_kappa" not in with_confidence_intervals(
+        classification_metrics(y, s, "multiclass"), y, s, n_boot=5)["ci"]

@@ -15,12 +15,14 @@ import torch
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
+from tests.metrics import golden_inputs, golden_values
 from visionfm.metrics import (
     average_precision,
     binary_auroc,
     classification_metrics,
     cohen_kappa,
     f1_at_threshold,
+    ordinal_metrics,
     pr_points,
     roc_points,
     sensitivity_at_specificity,
@@ -196,13 +198,39 @@ def test_absent_grade_keeps_its_weight_in_quadratic_kappa():
     assert cohen_kappa(np.array([[5, 0], [0, 0]])) is None  # one class only
 
 
-def test_ordinal_extras_by_hand():
+def test_ordinal_metrics_by_hand():
     y = np.array([0, 1, 2, 4, 3])
     s = np.eye(5)[[0, 2, 2, 1, 3]]  # predictions 0, 2, 2, 1, 3 -> errors 0, 1, 0, 3, 0
     r = classification_metrics(y, s, "multiclass", ordinal=True)
-    assert r["mean_absolute_grade_error"] == pytest.approx(4 / 5)
-    assert r["accuracy_within_one_grade"] == pytest.approx(4 / 5)
-    assert r["ordinal"] is True
+    o = r["ordinal"]
+    assert o["mean_absolute_error"] == pytest.approx(4 / 5)
+    assert o["within_one_accuracy"] == pytest.approx(4 / 5)
+    assert o["off_by"] == {"0": 3, "1": 1, "2": 0, "3": 1, "4": 0}
+    # Quadratic: sum w*O = 0+1+0+9+0 = 10; sum w*E = (30*1 + 15*1 + 10*2 + 15*1 + 30*0) / 5 = 16.
+    assert o["quadratic_kappa"] == pytest.approx(1 - 10 / 16)
+    assert o["quadratic_kappa"] == pytest.approx(r["quadratic_weighted_kappa"])
+    # Linear: sum w*O = 4; sum w*E = (10 + 7 + 6*2 + 7 + 0) / 5 = 7.2.
+    assert o["linear_kappa"] == pytest.approx(1 - 4 / 7.2)
+    # Ranks of y 1,2,3,5,4 and of the predictions 1,3.5,3.5,2,5: r = 3.5 / sqrt(10 * 9.5).
+    assert o["spearman"] == pytest.approx(3.5 / np.sqrt(95))
+    assert o["spearman_expected_grade"] == pytest.approx(o["spearman"])  # one-hot scores: expected = argmax
+    assert ordinal_metrics(y, s) == {**o, "undefined": {}}
+    assert "ordinal" not in classification_metrics(y, s, "multiclass")
+    _json_roundtrip(r)
+
+
+def test_ordinal_expected_grade_and_undefined_spearman():
+    y = np.array([0, 1, 2, 2])
+    s = np.array([[0.6, 0.4, 0.0], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.4, 0.3, 0.3]])  # always grade 0
+    r = classification_metrics(y, s, "multiclass", ordinal=True)
+    assert r["ordinal"]["spearman"] is None and "ordinal.spearman" in r["undefined"]
+    expected = s @ np.arange(3)  # 0.4, 0.5, 0.9, 0.9
+    from scipy.stats import spearmanr
+
+    assert r["ordinal"]["spearman_expected_grade"] == pytest.approx(spearmanr(y, expected).statistic)
+    assert r["ordinal"]["off_by"] == {"0": 1, "1": 1, "2": 2}
+    with pytest.raises(ValueError, match="ordinal=True applies to multiclass"):
+        classification_metrics(Y_BIN, S_BIN, "binary", ordinal=True)
 
 
 def test_multiclass_one_hot_targets():
@@ -286,3 +314,36 @@ def test_operating_points_by_hand():
     assert (op.sensitivity, op.specificity, op.threshold) == pytest.approx((1.0, 0.75, 0.4))
     undefined = sensitivity_at_specificity(np.zeros(3), [0.1, 0.2, 0.3])
     assert undefined.sensitivity is None and "undefined" in undefined.reason
+
+
+# --------------------------------------------------------------------------------------------
+# Same numbers as before the move to scikit-learn (values recorded on seeded inputs)
+# --------------------------------------------------------------------------------------------
+
+
+# Keys whose place changed on purpose: the ordinal extras moved into result["ordinal"] (a dict now,
+# the flag it replaced was True/False).
+RENAMED = {"mean_absolute_grade_error": "ordinal.mean_absolute_error",
+           "accuracy_within_one_grade": "ordinal.within_one_accuracy", "ordinal": None}
+
+
+def _assert_same_as_recorded(got: dict, want: dict, tol: float) -> None:
+    want = {RENAMED.get(k, k): v for k, v in want.items() if not (k in RENAMED and RENAMED[k] is None)}
+    for key, expected in want.items():
+        assert key in got, f"{key} missing"
+        if key.startswith("undefined."):
+            continue  # only the key is recorded (the reason text may be reworded)
+        value = got[key]
+        if expected is None or isinstance(expected, bool):
+            assert value is expected, f"{key}: {value!r} != {expected!r}"
+        else:
+            assert value == pytest.approx(expected, rel=tol, abs=tol), f"{key}: {value!r} != {expected!r}"
+    undefined = {k for k in got if k.startswith("undefined.")}
+    assert undefined == {k for k in want if k.startswith("undefined.")}
+
+
+@pytest.mark.parametrize("case", sorted(golden_values.GOLDEN["classification"]))
+def test_same_values_as_recorded_before_sklearn(case):
+    y, s, task, kw = golden_inputs.classification_cases()[case]
+    got = golden_inputs.flatten(classification_metrics(y, s, task, **kw))
+    _assert_same_as_recorded(got, golden_values.GOLDEN["classification"][case], 1e-12)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.metrics import golden_inputs, golden_values
 from visionfm.metrics import LandmarkMeter, SegmentationMeter, dice_iou, hausdorff95, radial_errors
 
 
@@ -252,3 +253,62 @@ def test_meters_all_reduce_two_processes(tmp_path):
     whole.update(*_masks())
     assert got["dice"] == json.loads(json.dumps(whole.compute()["per_class"]))
     assert got["n"] == 2 and got["mre"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Same numbers as before the move to MONAI (values recorded on seeded inputs)
+# --------------------------------------------------------------------------------------------
+
+
+def _close(got, want, tol):
+    if want is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(want, rel=tol, abs=tol)
+
+
+@pytest.mark.parametrize("case", sorted(golden_values.GOLDEN["dense"]))
+def test_same_values_as_recorded_before_monai(case):
+    p, t, c, ign = golden_inputs.dense_cases()[case]
+    want = golden_values.GOLDEN["dense"][case]
+    dice, iou = dice_iou(p, t, c, ign)
+    np.testing.assert_allclose(dice, want["dice"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(iou, want["iou"], rtol=0, atol=1e-12)
+    for b in range(p.shape[0]):
+        for k in range(1, c):
+            pred = p[b] == k if ign is None else (p[b] == k) & (t[b] != ign)
+            _close(hausdorff95(pred, t[b] == k), want["hd95"][b][k - 1], 1e-5)  # MONAI works in float32
+    meter = SegmentationMeter(c, hd95=True, ignore_index=ign)
+    meter.update(p[:3], t[:3])
+    meter.update(p[3:], t[3:])
+    got = golden_inputs.flatten(meter.compute())
+    for key, expected in want["meter"].items():
+        if key.startswith("undefined."):
+            assert key in got
+            continue
+        _close(got[key], expected, 1e-5 if "hd95" in key else 1e-12)
+    assert {k for k in got if k.startswith("undefined.")} == {k for k in want["meter"] if k.startswith("undefined.")}
+
+
+def test_n_images_predicted_flags_a_class_never_predicted():
+    target = np.zeros((3, 6, 6), int)
+    target[:, 1:3, 1:3] = 1
+    target[0, 4:, 4:] = 2
+    pred = np.zeros_like(target)
+    pred[:2, 1:3, 1:3] = 1  # class 1 predicted in images 0 and 1, class 2 never
+    meter = SegmentationMeter(3)
+    meter.update(pred, target)
+    rows = meter.compute()["per_class"]
+    assert [rows[n]["n_images_predicted"] for n in ("background", "class 1", "class 2")] == [3, 2, 0]
+    assert rows["class 2"]["n_images_with_class"] == 1
+
+
+def test_update_in_chunks_gives_the_same_values(monkeypatch):
+    import visionfm.metrics.dense as dense
+
+    p, t, c, ign = golden_inputs.dense_cases()["ignore_index"]
+    whole = dense._per_image(p, np.where(t == ign, 0, t), c, t != ign, hd95=True)
+    monkeypatch.setattr(dense, "_CHUNK_ELEMENTS", 1)  # one image per chunk
+    chunked = dense._per_image(p, np.where(t == ign, 0, t), c, t != ign, hd95=True)
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], chunked[key])

@@ -1,16 +1,22 @@
 """Reading inputs for inference: JPEG/PNG/TIFF/BMP/WebP through :func:`visionfm.data.images.load_image`,
 DICOM through pydicom, all as 8-bit RGB PIL images.
 
-DICOM handling (:func:`read_dicom`):
+DICOM handling (:func:`read_dicom`, :func:`read_dicom_frames`), through pydicom's own functions
+(``pydicom.pixels`` from 3.0, ``pydicom.pixel_data_handlers.util`` in 2.x):
 
-* the modality LUT (``RescaleSlope`` / ``RescaleIntercept``) is applied to grey images;
-* VOI windowing: the first ``WindowCenter`` / ``WindowWidth`` pair with the DICOM linear function
-  (PS3.3 C.11.2.1.2); without a window the stored values are scaled by their real bit depth
-  (``BitsStored``, the rule of :func:`visionfm.data.images.significant_bits`, as for PNG and TIFF);
+* grey images with a VOI (a ``VOILUTSequence`` or ``WindowCenter`` / ``WindowWidth``):
+  ``apply_modality_lut`` (rescale slope / intercept or a modality LUT), then ``apply_voi_lut``
+  (the first window, with its ``VOILUTFunction``; a VOI LUT is preferred), and pydicom's output
+  range is mapped onto 0..255;
+* grey images without a VOI: the stored values scaled by their real bit depth (``BitsStored``, the
+  rule of :func:`visionfm.data.images.significant_bits`, as for PNG and TIFF);
 * ``MONOCHROME1`` (white = low values) is inverted so that the result reads like ``MONOCHROME2``;
-* ``RGB`` (and ``YBR_*``, converted to RGB) with more than 8 bits are scaled to 8 bits;
-* ``PALETTE COLOR`` goes through its colour lookup table;
-* multi-frame files: the first frame, with a warning.
+* ``YBR_FULL`` / ``YBR_FULL_422`` go through ``convert_color_space`` to RGB; colour with more than 8
+  bits is scaled to 8 bits;
+* ``PALETTE COLOR`` goes through ``apply_color_lut``;
+* multi-frame files are decoded as a stack: :func:`read_dicom_frames` returns every frame;
+  :func:`read_dicom` (and so ``visionfm predict`` and the web app, one image per file) the first
+  frame, with a warning.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from PIL import Image
 from visionfm.data.images import IMAGE_EXTENSIONS, load_image, scale_to_uint8, significant_bits
 from visionfm.errors import DataFormatError
 
-__all__ = ["DICOM_EXTENSIONS", "INPUT_EXTENSIONS", "is_dicom_file", "read_dicom", "read_image", "list_inputs",
-           "window_to_uint8"]
+__all__ = ["DICOM_EXTENSIONS", "INPUT_EXTENSIONS", "is_dicom_file", "read_dicom", "read_dicom_frames", "read_image",
+           "list_inputs"]
 
 log = logging.getLogger("visionfm.inference")
 
@@ -47,21 +53,6 @@ def is_dicom_file(path: str | os.PathLike[str]) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
-
-
-def window_to_uint8(values: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
-    """Grey values → uint8 through the DICOM linear VOI window, or the min–max range when no window."""
-    x = values.astype(np.float64)
-    if center is not None and width is not None and width >= 1:
-        c, w = float(center), float(width)
-        lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-        y = np.where(x <= lo, 0.0, np.where(x > hi, 255.0, ((x - (c - 0.5)) / max(w - 1, 1e-12) + 0.5) * 255.0))
-    else:
-        finite = x[np.isfinite(x)]
-        lo = float(finite.min()) if finite.size else 0.0
-        hi = float(finite.max()) if finite.size else 0.0
-        y = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
-    return np.clip(np.rint(np.nan_to_num(y)), 0, 255).astype(np.uint8)
 
 
 def _first(value: Any) -> float | None:
@@ -84,8 +75,65 @@ def _dicom_to_uint8(arr: np.ndarray, bits: int, p: Path, type_bits: int | None =
     return scale_to_uint8(arr, significant_bits(arr, type_bits, bits, p))
 
 
-def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
-    """A DICOM file as an 8-bit RGB image (see the module docstring for the conversions)."""
+def _pixel_functions() -> Any:
+    """pydicom's pixel processing functions (``pydicom.pixels`` from 3.0, ``pixel_data_handlers.util`` in 2.x)."""
+    try:
+        from pydicom import pixels
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers import util
+
+        return util
+    return pixels
+
+
+def _decode(ds: Any, p: Path, first_only: bool) -> np.ndarray:
+    """The stored pixel values as ``[F, H, W]`` or ``[F, H, W, 3]`` (colour in its stored colour space)."""
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if hasattr(ds, "pixel_array_options"):  # pydicom 3: no implicit YBR -> RGB, only the frames needed
+        ds.pixel_array_options(index=0 if (first_only and frames > 1) else None, as_rgb=False)
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise DataFormatError(f"cannot decode the DICOM pixel data (transfer syntax {ts}: {exc}); compressed "
+                              "files may need pylibjpeg or gdcm", p) from None
+    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    frame_ndim = 3 if spp == 3 else 2
+    if arr.ndim == frame_ndim:
+        arr = arr[None]
+    if arr.ndim != frame_ndim + 1 or (spp == 3 and arr.shape[-1] != 3):
+        kind = "colour" if spp == 3 else "grey"
+        raise DataFormatError(f"DICOM {kind} image has unexpected shape {arr.shape} ({frames} frame(s))", p)
+    return arr[:1] if first_only else arr
+
+
+def _grey_to_uint8(arr: np.ndarray, ds: Any, p: Path, pixels: Any) -> np.ndarray:
+    """Grey frames → uint8: modality LUT and VOI (window or VOI LUT) through pydicom, else by ``BitsStored``."""
+    bits = int(getattr(ds, "BitsStored", getattr(ds, "BitsAllocated", 8)) or 8)
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    if has_window or "VOILUTSequence" in ds:
+        try:
+            out = pixels.apply_voi_lut(pixels.apply_modality_lut(arr, ds), ds, index=0)
+            if "VOILUTSequence" in ds:  # preferred by pydicom; entries have LUTDescriptor[2] bits (PS3.3 C.11.2.1.1)
+                lo, hi = 0.0, 2.0 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
+            else:  # pydicom maps a window onto an output range it does not return: the window of far-out values
+                with np.errstate(over="ignore"):
+                    lo, hi = (float(v) for v in pixels.apply_voi_lut(np.array([-1e300, 1e300]), ds, index=0))
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
+            raise DataFormatError(f"invalid DICOM VOI window or LUT ({exc})", p) from None
+        scaled = (np.asarray(out, dtype=np.float64) - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(out.shape)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    # No VOI: the stored values by their real bit depth (BitsStored), as PNG/TIFF are read (the linear
+    # modality LUT changes units, not the place of a value in the stored range).
+    values = arr.astype(np.float64)
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1:  # signed: shift -2^(b-1).. to 0..
+        values = values + float(2 ** (bits - 1))
+    grey = _dicom_to_uint8(np.clip(values, 0, None).astype(np.uint32), bits, p, int(arr.dtype.itemsize * 8))
+    slope = _first(getattr(ds, "RescaleSlope", None))
+    return 255 - grey if slope is not None and slope < 0 else grey
+
+
+def _read_dicom_frames(path: str | os.PathLike[str], first_only: bool) -> list[Image.Image]:
     p = Path(path)
     try:
         import pydicom
@@ -97,60 +145,45 @@ def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
         raise DataFormatError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", p) from None
     if "PixelData" not in ds:
         raise DataFormatError("DICOM file has no pixel data (not an image)", p)
-    try:
-        arr = np.asarray(ds.pixel_array)
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise DataFormatError(f"cannot decode the DICOM pixel data (transfer syntax {ts}: {exc}); compressed "
-                              "files may need pylibjpeg or gdcm", p) from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        warnings.warn(f"{p}: {frames} frames; using the first", stacklevel=2)
+    if first_only and frames > 1:
+        warnings.warn(f"{p}: {frames} frames; using the first", stacklevel=3)
         log.warning("%s: multi-frame DICOM (%d frames); using the first", p, frames)
-        arr = arr[0]
+    arr = _decode(ds, p, first_only)
+    pixels = _pixel_functions()
     pi = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(getattr(ds, "BitsStored", getattr(ds, "BitsAllocated", 8)) or 8)
-    if spp == 3 or arr.ndim == 3:
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise DataFormatError(f"DICOM colour image has unexpected shape {arr.shape}", p)
-        if pi.startswith("YBR") and int(pydicom.__version__.split(".")[0]) < 3:
-            from pydicom.pixel_data_handlers.util import convert_color_space
-
-            arr = convert_color_space(arr, pi, "RGB")
-        return Image.fromarray(_dicom_to_uint8(arr, bits, p), mode="RGB")
+    if arr.ndim == 4:
+        if pi in ("YBR_FULL", "YBR_FULL_422"):
+            arr = pixels.convert_color_space(arr, pi, "RGB")
+        elif pi not in ("RGB", "YBR_ICT", "YBR_RCT"):  # JPEG 2000 decoders already return RGB for ICT/RCT
+            raise DataFormatError(f"unsupported DICOM colour photometric interpretation {pi!r}", p)
+        rgb = _dicom_to_uint8(arr, bits, p)
+        return [Image.fromarray(f, mode="RGB") for f in rgb]
     if pi == "PALETTE COLOR":
         try:
-            try:
-                from pydicom.pixels import apply_color_lut
-            except ImportError:
-                from pydicom.pixel_data_handlers.util import apply_color_lut
-            rgb = apply_color_lut(arr, ds)
+            rgb = np.asarray(pixels.apply_color_lut(arr, ds))
         except Exception as exc:
             raise DataFormatError(f"cannot apply the DICOM palette ({exc})", p) from None
-        return Image.fromarray(scale_to_uint8(rgb, 16 if rgb.dtype != np.uint8 else 8), mode="RGB")
-    if arr.ndim != 2:
-        raise DataFormatError(f"DICOM grey image has unexpected shape {arr.shape}", p)
-    values = arr.astype(np.float64)
-    slope, intercept = _first(getattr(ds, "RescaleSlope", None)), _first(getattr(ds, "RescaleIntercept", None))
-    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
-    if center is not None and width is not None and width >= 1:
-        if slope is not None or intercept is not None:
-            values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-        grey = window_to_uint8(values, center, width)
-    else:
-        # No VOI window: the stored values by their real bit depth (BitsStored), as PNG/TIFF are read
-        # (the linear modality LUT changes units, not the place of a value in the stored range).
-        if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1:  # signed: shift -2^(b-1).. to 0..
-            values = values + float(2 ** (bits - 1))
-        grey = _dicom_to_uint8(np.clip(values, 0, None).astype(np.uint32), bits, p, int(arr.dtype.itemsize * 8))
-        if slope is not None and slope < 0:
-            grey = 255 - grey
-    if pi == "MONOCHROME1":
-        grey = 255 - grey
-    elif pi != "MONOCHROME2":
+        rgb8 = scale_to_uint8(rgb, 16 if rgb.dtype != np.uint8 else 8)
+        return [Image.fromarray(f, mode="RGB") for f in rgb8]
+    if pi not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataFormatError(f"unsupported DICOM photometric interpretation {pi!r}", p)
-    return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), mode="RGB")
+    grey = _grey_to_uint8(arr, ds, p, pixels)
+    if pi == "MONOCHROME1":  # white = low values: inverted to read like MONOCHROME2
+        grey = 255 - grey
+    return [Image.fromarray(np.repeat(f[..., None], 3, axis=2), mode="RGB") for f in grey]
+
+
+def read_dicom(path: str | os.PathLike[str]) -> Image.Image:
+    """A DICOM file as one 8-bit RGB image; a multi-frame file gives its first frame, with a warning
+    (``visionfm predict`` and the web app score one image per file; :func:`read_dicom_frames` gives all)."""
+    return _read_dicom_frames(path, first_only=True)[0]
+
+
+def read_dicom_frames(path: str | os.PathLike[str]) -> list[Image.Image]:
+    """Every frame of a DICOM file, in order, as 8-bit RGB images (one for a single-frame file)."""
+    return _read_dicom_frames(path, first_only=False)
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:

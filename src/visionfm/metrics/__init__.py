@@ -2,7 +2,7 @@
 
 * :func:`classification_metrics` — binary, multiclass and multilabel (AUROC, AUPR on scores,
   sensitivity/specificity, precision/recall/F1 with class 0 included, kappa and quadratic kappa,
-  confusion matrix), plus operating-point helpers.
+  confusion matrix; ordinal grades: :func:`ordinal_metrics`), plus operating-point helpers.
 * :func:`regression_metrics` — MAE, RMSE, R², Pearson r per target, and the original's relative MAE.
 * :class:`SegmentationMeter`, :class:`LandmarkMeter` — per-image accumulation for dense tasks,
   mergeable across ranks.
@@ -21,6 +21,7 @@ from visionfm.metrics.classification import (
     cohen_kappa,
     confusion_matrix,
     f1_at_threshold,
+    ordinal_metrics,
     pr_points,
     roc_points,
     sensitivity_at_specificity,
@@ -42,6 +43,7 @@ __all__ = [
     "sensitivity_at_specificity",
     "specificity_at_sensitivity",
     "f1_at_threshold",
+    "ordinal_metrics",
     "SegmentationMeter",
     "LandmarkMeter",
     "dice_iou",

@@ -199,7 +199,9 @@ def bootstrap_ci(
 
 
 # --------------------------------------------------------------------------------------------
-# Vectorised kernels: inputs carry a leading resample axis, outputs are [b] with NaN = undefined
+# Vectorised kernels: inputs carry a leading resample axis, outputs are [b] with NaN = undefined.
+# Hand-written because scikit-learn scores one resample per call (500 Python calls per metric); the
+# tests check each kernel against classification_metrics (scikit-learn) on the original sample.
 # --------------------------------------------------------------------------------------------
 
 
@@ -314,6 +316,41 @@ def _multiclass_kernel(y: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    da = a - a.mean(1, keepdims=True)
+    db = b - b.mean(1, keepdims=True)
+    return _div((da * db).sum(1), np.sqrt((da**2).sum(1) * (db**2).sum(1)))
+
+
+def _ordinal_kernel(y: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``result["ordinal"]`` metrics (as ``"ordinal.<key>"``) per resample of grades ``y`` ``[b, N]``."""
+    c = s.shape[-1]
+    pred = s.argmax(-1)
+    cm = _batched_cm(y, pred, c)
+    n = cm.sum((1, 2))
+    i, j = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
+    dist = np.abs(i - j).astype(np.float64)
+    rows, cols = cm.sum(2), cm.sum(1)
+    expected_cm = _div(rows[:, :, None] * cols[:, None, :], n[:, None, None])
+    out: dict[str, np.ndarray] = {}
+    for key, w in (("quadratic_kappa", dist**2), ("linear_kappa", dist)):
+        den = (w * expected_cm).sum((1, 2))
+        out[f"ordinal.{key}"] = np.where(den > 0, 1.0 - _div((w * cm).sum((1, 2)), den), np.nan)
+    out["ordinal.mean_absolute_error"] = _div((dist * cm).sum((1, 2)), n)
+    out["ordinal.within_one_accuracy"] = _div(((dist <= 1) * cm).sum((1, 2)), n)
+    # Spearman = Pearson correlation of the average ranks (scipy.stats.spearmanr's definition).
+    ranks_y = rankdata(y, axis=1)
+    out["ordinal.spearman"] = _pearson_rows(ranks_y, rankdata(pred, axis=1))
+    total = s.sum(-1)
+    grade = (s * np.arange(c)).sum(-1) / np.where(total > 0, total, 1.0)
+    out["ordinal.spearman_expected_grade"] = _pearson_rows(ranks_y, rankdata(grade, axis=1))
+    return out
+
+
+def _multiclass_ordinal_kernel(y: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
+    return {**_multiclass_kernel(y, s), **_ordinal_kernel(y, s)}
+
+
 def _multilabel_kernel(threshold: np.ndarray) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
     def kernel(y: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
         ann = np.isfinite(y) & (y >= 0)
@@ -398,7 +435,10 @@ def with_confidence_intervals(
         metrics: restrict to these keys; default: every supported key of the task
             (binary: accuracy, balanced_accuracy, auroc, aupr, sensitivity, specificity, f1_macro,
             f1_positive, cohen_kappa; multiclass: accuracy, balanced_accuracy, auroc_macro,
-            aupr_macro, f1_macro, cohen_kappa, quadratic_weighted_kappa; multilabel: auroc_macro,
+            aupr_macro, f1_macro, cohen_kappa, quadratic_weighted_kappa, and when ``result`` has
+            ``"ordinal"`` also ``ordinal.quadratic_kappa``, ``ordinal.linear_kappa``,
+            ``ordinal.mean_absolute_error``, ``ordinal.within_one_accuracy``, ``ordinal.spearman``,
+            ``ordinal.spearman_expected_grade``; multilabel: auroc_macro,
             aupr_macro, sensitivity_macro, specificity_macro, f1_macro; regression: mae_mean,
             rmse_mean, r2_mean, pearson_r_mean and ``mae[<target>]``).
 
@@ -422,7 +462,8 @@ def with_confidence_intervals(
         s = as_numpy(scores, name="scores", dtype=np.float64)
         y = as_numpy(y_true, name="y_true")
         y = (y.argmax(1) if (y.ndim == 2 and y.shape[1] > 1) else y.reshape(-1)).astype(np.int64)
-        kernel = _multiclass_kernel
+        # result["ordinal"] is present when the metrics were computed with ordinal=True.
+        kernel = _multiclass_ordinal_kernel if isinstance(result.get("ordinal"), dict) else _multiclass_kernel
         arrays = [y, s]
         strat = y if stratify else None
         strat_note = "true class" if stratify else None

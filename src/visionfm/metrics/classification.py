@@ -24,19 +24,29 @@ Conventions (see ``docs/metrics.md``):
   same key (per-class values use ``"<metric>[<class name>]"``), and macro means use the defined
   values only; ``result["averaged_over"]`` states how many.
 * A sample is predicted positive when ``score >= threshold``.
+* The values come from scikit-learn (``roc_auc_score``, ``roc_curve``, ``precision_recall_curve``,
+  ``average_precision_score``, ``confusion_matrix``, ``precision_recall_fscore_support``,
+  ``cohen_kappa_score``, ``accuracy_score``, ``mean_absolute_error``) and scipy (``spearmanr``);
+  this module adds the undefined-case handling, fixed class indices and the original's variants.
+* ``ordinal=True`` (multiclass) adds ``result["ordinal"]`` for ordered grades: quadratic and linear
+  kappa, mean absolute grade error, within-one accuracy, Spearman correlations and the
+  distribution of ``|predicted − true|`` (:func:`ordinal_metrics`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import spearmanr
+from sklearn import metrics as skm
 
 from visionfm.metrics._common import (
     Undefined,
     as_numpy,
     default_names,
+    finite_or_none,
     mean_defined,
     weighted_mean_defined,
 )
@@ -54,6 +64,7 @@ __all__ = [
     "sensitivity_at_specificity",
     "specificity_at_sensitivity",
     "f1_at_threshold",
+    "ordinal_metrics",
 ]
 
 TASKS = ("binary", "multiclass", "multilabel")
@@ -117,11 +128,18 @@ def _check_probabilities(s: np.ndarray, hint: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def binary_auroc(y_true: Any, scores: Any) -> float | None:
-    """Area under the ROC curve via the Mann–Whitney rank statistic (ties count ½).
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a scikit-learn metric with its warnings silenced: undefined cases are reported as ``None``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
 
-    Equal to the trapezoidal area under the empirical ROC curve (scikit-learn's ``roc_auc_score``)
-    and to monai's ``compute_roc_auc`` for 1-D input (reference §6.1).
+
+def binary_auroc(y_true: Any, scores: Any) -> float | None:
+    """Area under the ROC curve, ``sklearn.metrics.roc_auc_score`` (ties count ½).
+
+    Equal to the Mann–Whitney rank statistic and to monai's ``compute_roc_auc`` for 1-D input,
+    which the original used (reference §6.1).
 
     Args:
         y_true: ``[N]`` labels in {0, 1}.
@@ -130,29 +148,16 @@ def binary_auroc(y_true: Any, scores: Any) -> float | None:
     Returns:
         The AUROC, or ``None`` when ``y_true`` contains only one class.
     """
-    y = _binary_labels(y_true).astype(bool)
+    y = _binary_labels(y_true)
     s, _ = _binary_scores(scores, len(y))
     n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == len(y):
         return None
-    ranks = rankdata(s)  # average ranks for ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _curve_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true/false positives at each distinct threshold, highest threshold first."""
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted = s[order]
-    y_sorted = y[order]
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
-    tps = np.cumsum(y_sorted)[last].astype(np.float64)
-    fps = (last + 1).astype(np.float64) - tps
-    return tps, fps, s_sorted[last]
+    return float(skm.roc_auc_score(y, s))
 
 
 def roc_points(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Empirical ROC curve: ``(fpr, tpr, thresholds)``, thresholds decreasing.
+    """Empirical ROC curve: ``(fpr, tpr, thresholds)``, thresholds decreasing (``sklearn.metrics.roc_curve``).
 
     The first point is ``(0, 0)`` with threshold ``inf`` (nothing called positive); a sample is
     called positive when ``score >= threshold``. Every distinct score is a point (no thinning).
@@ -166,33 +171,31 @@ def roc_points(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.nda
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"ROC curve undefined: y_true has {n_pos} positives and {n_neg} negatives")
-    tps, fps, thr = _curve_counts(y, s)
-    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos], np.r_[np.inf, thr]
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, np.r_[np.inf, thr[1:]]  # scikit-learn < 1.3 put max(score) + 1 first
 
 
 def pr_points(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision–recall curve: ``(precision, recall, thresholds)``, recall increasing.
 
-    Starts at ``(recall 0, precision 1)`` with threshold ``inf``; then one point per distinct score.
+    ``sklearn.metrics.precision_recall_curve`` read from its end: it starts at ``(recall 0,
+    precision 1)`` with threshold ``inf``, then one point per distinct score.
 
     Raises:
         ValueError: if ``y_true`` has no positive sample.
     """
     y = _binary_labels(y_true)
     s, _ = _binary_scores(scores, len(y))
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if int(y.sum()) == 0:
         raise ValueError("precision-recall curve undefined: y_true has no positive sample")
-    tps, fps, thr = _curve_counts(y, s)
-    precision = tps / (tps + fps)
-    recall = tps / n_pos
-    return np.r_[1.0, precision], np.r_[0.0, recall], np.r_[np.inf, thr]
+    precision, recall, thr = skm.precision_recall_curve(y, s, drop_intermediate=False)
+    return precision[::-1].copy(), recall[::-1].copy(), np.r_[np.inf, thr[::-1]]
 
 
 def average_precision(y_true: Any, scores: Any) -> float | None:
-    """Average precision on continuous scores: ``Σ_k (R_k − R_{k−1}) · P_k`` over distinct thresholds.
+    """Average precision on continuous scores, ``sklearn.metrics.average_precision_score``.
 
-    This is scikit-learn's ``average_precision_score`` (step-wise, no interpolation). Unlike the
+    ``Σ_k (R_k − R_{k−1}) · P_k`` over distinct thresholds (step-wise, no interpolation). Unlike the
     original test mode (reference §6.3) it is computed on the scores, not on thresholded labels.
 
     Returns:
@@ -202,12 +205,14 @@ def average_precision(y_true: Any, scores: Any) -> float | None:
     s, _ = _binary_scores(scores, len(y))
     if int(y.sum()) == 0:
         return None
-    precision, recall, _ = pr_points(y, s)
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    return float(skm.average_precision_score(y, s))
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
-    """``[C, C]`` int64 counts; rows are the true class, columns the predicted class."""
+    """``[C, C]`` int64 counts; rows are the true class, columns the predicted class.
+
+    ``sklearn.metrics.confusion_matrix`` with ``labels=range(C)``, so absent classes keep their row.
+    """
     y = as_numpy(y_true, name="y_true").astype(np.int64).reshape(-1)
     p = as_numpy(y_pred, name="y_pred").astype(np.int64).reshape(-1)
     if y.shape != p.shape:
@@ -216,17 +221,20 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             bad = sorted(set(arr[(arr < 0) | (arr >= num_classes)].tolist()))[:10]
             raise ValueError(f"{name} has labels {bad!r} outside 0..{num_classes - 1}")
-    return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    if y.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return skm.confusion_matrix(y, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def cohen_kappa(cm: Any, weights: str | None = None) -> float | None:
-    """Cohen's kappa from a confusion matrix, optionally weighted.
+    """Cohen's kappa from a confusion matrix, optionally weighted (``sklearn.metrics.cohen_kappa_score``).
 
     ``kappa = 1 − Σ w·O / Σ w·E`` with ``O`` the observed counts, ``E`` the outer product of the
     marginals divided by N, and disagreement weights ``w_ij`` = ``[i≠j]`` (unweighted),
     ``|i−j|`` (``"linear"``) or ``(i−j)²`` (``"quadratic"``). All C classes keep their index, so an
-    absent grade does not shift the weights (scikit-learn with ``labels=range(C)``; the SSiT
-    ``quadratic_weighted_kappa`` of reference §6.4 gives the same value).
+    absent grade does not shift the weights (``labels=range(C)``; the SSiT
+    ``quadratic_weighted_kappa`` of reference §6.4 gives the same value). The matrix cells are
+    passed to scikit-learn as sample weights of the ``(true, predicted)`` pairs.
 
     Returns:
         The kappa, or ``None`` when chance disagreement is zero (a single class in both truth and
@@ -236,23 +244,14 @@ def cohen_kappa(cm: Any, weights: str | None = None) -> float | None:
     c = o.shape[0]
     if o.ndim != 2 or o.shape[1] != c:
         raise ValueError(f"confusion matrix must be square, got shape {tuple(o.shape)}")
-    n = o.sum()
-    if n == 0:
+    if weights not in (None, "linear", "quadratic"):
+        raise ValueError(f"weights={weights!r}; expected None, 'linear' or 'quadratic'")
+    if o.sum() == 0:
         return None
     i, j = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
-    if weights is None:
-        w = (i != j).astype(np.float64)
-    elif weights == "linear":
-        w = np.abs(i - j).astype(np.float64)
-    elif weights == "quadratic":
-        w = ((i - j) ** 2).astype(np.float64)
-    else:
-        raise ValueError(f"weights={weights!r}; expected None, 'linear' or 'quadratic'")
-    expected = np.outer(o.sum(1), o.sum(0)) / n
-    den = float((w * expected).sum())
-    if den <= 0:
-        return None
-    return float(1.0 - (w * o).sum() / den)
+    kappa = _quiet(skm.cohen_kappa_score, i.ravel(), j.ravel(), labels=np.arange(c), weights=weights,
+                   sample_weight=o.ravel())
+    return finite_or_none(kappa)
 
 
 class OperatingPoint(NamedTuple):
@@ -308,16 +307,15 @@ def specificity_at_sensitivity(y_true: Any, scores: Any, sensitivity: float = 0.
 def f1_at_threshold(y_true: Any, scores: Any, threshold: float = 0.5) -> float | None:
     """F1 of the positive class when ``score >= threshold`` is called positive.
 
-    ``F1 = 2TP / (2TP + FP + FN)``; ``None`` when there are no positives in truth or prediction.
+    ``sklearn.metrics.f1_score``: ``2TP / (2TP + FP + FN)``; ``None`` when there are no positives in
+    truth or prediction.
     """
     y = _binary_labels(y_true)
     s, _ = _binary_scores(scores, len(y))
-    p = s >= threshold
-    tp = int(np.sum(p & (y == 1)))
-    fp = int(np.sum(p & (y == 0)))
-    fn = int(np.sum(~p & (y == 1)))
-    den = 2 * tp + fp + fn
-    return 2.0 * tp / den if den else None
+    if y.size == 0:
+        return None
+    return finite_or_none(_quiet(skm.f1_score, y, (s >= threshold).astype(np.int64), labels=[0, 1],
+                                 zero_division=np.nan))
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,31 +327,38 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den > 0 else None
 
 
-def _per_class_table(cm: np.ndarray, names: list[str], und: Undefined) -> dict[str, dict[str, Any]]:
-    """One-vs-rest counts and rates for every class of a confusion matrix."""
+_KAPPA_UNDEFINED = "chance agreement is 1 (one class only in truth and predictions)"
+
+
+def _kappa(y: np.ndarray, pred: np.ndarray, c: int, weights: str | None = None) -> float | None:
+    """``sklearn.metrics.cohen_kappa_score`` with every class index kept; ``None`` when undefined."""
+    return finite_or_none(_quiet(skm.cohen_kappa_score, y, pred, labels=np.arange(c), weights=weights))
+
+
+def _per_class_table(
+    y: np.ndarray, pred: np.ndarray, cm: np.ndarray, names: list[str], und: Undefined
+) -> dict[str, dict[str, Any]]:
+    """One-vs-rest rates for every class: precision/recall/F1 from scikit-learn, specificity from ``cm``."""
+    labels = np.arange(len(names))
+    precision, recall, f1, _ = _quiet(
+        skm.precision_recall_fscore_support, y, pred, labels=labels, average=None, zero_division=np.nan
+    )
     tp = np.diag(cm).astype(np.int64)
     fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    tn = cm.sum() - tp - fp - fn
+    tn = cm.sum() - cm.sum(1) - fp
     table: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(names):
-        rec = _ratio(tp[c], tp[c] + fn[c])
         table[name] = {
-            "support": int(tp[c] + fn[c]),
-            "n_predicted": int(tp[c] + fp[c]),
-            "precision": und.check(
-                f"precision[{name}]", _ratio(tp[c], tp[c] + fp[c]), "no sample predicted as this class"
-            ),
-            "recall": und.check(f"recall[{name}]", rec, "class absent from ground truth"),
-            "sensitivity": und.check(f"sensitivity[{name}]", rec, "class absent from ground truth"),
+            "support": int(cm[c].sum()),
+            "n_predicted": int(cm[:, c].sum()),
+            "precision": und.check(f"precision[{name}]", precision[c], "no sample predicted as this class"),
+            "recall": und.check(f"recall[{name}]", recall[c], "class absent from ground truth"),
+            "sensitivity": und.check(f"sensitivity[{name}]", recall[c], "class absent from ground truth"),
+            # scikit-learn has no specificity (true negative rate) function.
             "specificity": und.check(
                 f"specificity[{name}]", _ratio(tn[c], tn[c] + fp[c]), "every sample belongs to this class"
             ),
-            "f1": und.check(
-                f"f1[{name}]",
-                _ratio(2 * tp[c], 2 * tp[c] + fp[c] + fn[c]),
-                "class absent from both ground truth and predictions",
-            ),
+            "f1": und.check(f"f1[{name}]", f1[c], "class absent from both ground truth and predictions"),
         }
     return table
 
@@ -387,10 +392,11 @@ def _binary_metrics(y_true: Any, scores: Any, class_names: Sequence[str] | None,
     counts: dict[str, dict[str, int]] = {}
     pred = (s >= thr).astype(np.int64)
     cm = confusion_matrix(y, pred, 2)
-    (tn, fp), (fn, tp) = cm.tolist()
     n = len(y)
-    n_pos, n_neg = tp + fn, tn + fp
-    table = _per_class_table(cm, names, und)
+    n_pos = int(y.sum())
+    n_neg = n - n_pos
+    table = _per_class_table(y, pred, cm, names, und)
+    negative, positive = table[names[0]], table[names[1]]
     one_class = f"only one class present in ground truth ({n_pos} positive, {n_neg} negative)"
 
     result: dict[str, Any] = {
@@ -399,24 +405,20 @@ def _binary_metrics(y_true: Any, scores: Any, class_names: Sequence[str] | None,
         "class_names": names,
         "threshold": thr,
         "decision_rule": "predicted positive iff score >= threshold",
-        "accuracy": float(tp + tn) / n,
+        "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": _macro(table, "recall", "balanced_accuracy", und, counts),
         "auroc": und.check("auroc", binary_auroc(y, s), one_class),
         "aupr": und.check("aupr", average_precision(y, s), "no positive case in ground truth"),
-        "sensitivity": und.check("sensitivity", _ratio(tp, n_pos), "no positive case in ground truth"),
-        "specificity": und.check("specificity", _ratio(tn, n_neg), "no negative case in ground truth"),
-        "ppv": und.check("ppv", _ratio(tp, tp + fp), "no sample predicted positive at this threshold"),
-        "npv": und.check("npv", _ratio(tn, tn + fn), "no sample predicted negative at this threshold"),
-        "f1_positive": und.check(
-            "f1_positive", _ratio(2 * tp, 2 * tp + fp + fn), "no positive in ground truth or predictions"
-        ),
+        "sensitivity": und.check("sensitivity", positive["recall"], "no positive case in ground truth"),
+        "specificity": und.check("specificity", negative["recall"], "no negative case in ground truth"),
+        "ppv": und.check("ppv", positive["precision"], "no sample predicted positive at this threshold"),
+        "npv": und.check("npv", negative["precision"], "no sample predicted negative at this threshold"),
+        "f1_positive": und.check("f1_positive", positive["f1"], "no positive in ground truth or predictions"),
         "precision_macro": _macro(table, "precision", "precision_macro", und, counts),
         "recall_macro": _macro(table, "recall", "recall_macro", und, counts),
         "f1_macro": _macro(table, "f1", "f1_macro", und, counts),
         "f1_macro_includes_class0": True,
-        "cohen_kappa": und.check(
-            "cohen_kappa", cohen_kappa(cm), "chance agreement is 1 (one class only in truth and predictions)"
-        ),
+        "cohen_kappa": und.check("cohen_kappa", _kappa(y, pred, 2), _KAPPA_UNDEFINED),
         "prevalence": float(n_pos) / n,
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_axes": _CM_AXES,
@@ -468,8 +470,59 @@ def _multiclass_labels(y_true: Any, c: int) -> tuple[np.ndarray, str | None]:
     return yi, note
 
 
+def _ordinal_block(y: np.ndarray, pred: np.ndarray, s: np.ndarray, und: Undefined) -> dict[str, Any]:
+    """``result["ordinal"]`` (see :func:`ordinal_metrics`) on checked arrays; reasons go to ``und["ordinal.<key>"]``."""
+    c = s.shape[1]
+    total = s.sum(-1)
+    expected = (s * np.arange(c)).sum(-1) / np.where(total > 0, total, 1.0)  # as the bootstrap kernel, tie for tie
+    err = np.abs(pred - y)
+    constant = "constant grades in truth or prediction (rank correlation undefined)"
+    return {
+        "quadratic_kappa": und.check("ordinal.quadratic_kappa", _kappa(y, pred, c, "quadratic"), _KAPPA_UNDEFINED),
+        "linear_kappa": und.check("ordinal.linear_kappa", _kappa(y, pred, c, "linear"), _KAPPA_UNDEFINED),
+        "mean_absolute_error": float(skm.mean_absolute_error(y, pred)),
+        # No library function: the share of images graded at most one grade away.
+        "within_one_accuracy": float(np.mean(err <= 1)),
+        "spearman": und.check("ordinal.spearman", _quiet(spearmanr, y, pred).statistic, constant),
+        "spearman_expected_grade": und.check(
+            "ordinal.spearman_expected_grade", _quiet(spearmanr, y, expected).statistic, constant
+        ),
+        "off_by": {str(d): int(k) for d, k in enumerate(np.bincount(err, minlength=c))},
+        "predicted_grade": "argmax of scores; expected grade = sum_k k * score_k",
+    }
+
+
+def ordinal_metrics(y_true: Any, scores: Any) -> dict[str, Any]:
+    """Agreement metrics for ordered grades (e.g. DR grade 0–4), as ``result["ordinal"]``.
+
+    Args:
+        y_true: ``[N]`` grade indices (or one-hot ``[N, C]``).
+        scores: ``[N, C]`` probabilities; the predicted grade is the argmax.
+
+    Returns:
+        ``{"quadratic_kappa", "linear_kappa"`` (``sklearn.metrics.cohen_kappa_score`` with every grade
+        kept), ``"mean_absolute_error"`` (grades), ``"within_one_accuracy"`` (share with
+        ``|pred − true| <= 1``), ``"spearman"`` (``scipy.stats.spearmanr`` of true vs predicted
+        grade), ``"spearman_expected_grade"`` (true grade vs ``Σ_k k·score_k``), ``"off_by"``
+        (``{"0": n, "1": n, ...}`` counts of ``|pred − true|`` for every distance ``0..C-1``),
+        ``"predicted_grade"`` (how the grades were read), ``"undefined"`` (key -> reason for each
+        ``None``)}``.
+    """
+    s = as_numpy(scores, name="scores", dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] < 2:
+        raise ValueError(f"ordinal scores must have shape [N, C] with C >= 2, got {tuple(s.shape)}")
+    y, _ = _multiclass_labels(y_true, s.shape[1])
+    if len(y) != s.shape[0]:
+        raise ValueError(f"scores have {s.shape[0]} rows but y_true has {len(y)}")
+    _check_probabilities(s, "a softmax")
+    und = Undefined()
+    out = _ordinal_block(y, s.argmax(1), s, und)
+    out["undefined"] = {k.removeprefix("ordinal."): v for k, v in und.reasons.items()}
+    return out
+
+
 def _multiclass_metrics(
-    y_true: Any, scores: Any, class_names: Sequence[str] | None, ordinal: bool | None
+    y_true: Any, scores: Any, class_names: Sequence[str] | None, ordinal: bool
 ) -> dict[str, Any]:
     s = as_numpy(scores, name="scores", dtype=np.float64)
     if s.ndim != 2 or s.shape[1] < 2:
@@ -484,7 +537,7 @@ def _multiclass_metrics(
     counts: dict[str, dict[str, int]] = {}
     pred = s.argmax(1)  # ties go to the lowest class index
     cm = confusion_matrix(y, pred, c)
-    table = _per_class_table(cm, names, und)
+    table = _per_class_table(y, pred, cm, names, und)
 
     aurocs: list[float | None] = []
     aps: list[float | None] = []
@@ -506,8 +559,7 @@ def _multiclass_metrics(
         "n_classes": c,
         "class_names": names,
         "decision_rule": "predicted class = argmax of scores (ties go to the lowest index)",
-        "ordinal": bool(ordinal),
-        "accuracy": float(np.trace(cm)) / n,
+        "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": _macro(table, "recall", "balanced_accuracy", und, counts),
         "auroc_macro": _macro(table, "auroc", "auroc_macro", und, counts),
         "auroc_weighted": und.check(
@@ -523,19 +575,13 @@ def _multiclass_metrics(
         "recall_macro": _macro(table, "recall", "recall_macro", und, counts),
         "f1_macro": _macro(table, "f1", "f1_macro", und, counts),
         "f1_macro_includes_class0": True,
-        "cohen_kappa": und.check(
-            "cohen_kappa", cohen_kappa(cm), "chance agreement is 1 (one class only in truth and predictions)"
-        ),
+        "cohen_kappa": und.check("cohen_kappa", _kappa(y, pred, c), _KAPPA_UNDEFINED),
         "quadratic_weighted_kappa": und.check(
-            "quadratic_weighted_kappa",
-            cohen_kappa(cm, "quadratic"),
-            "chance agreement is 1 (one class only in truth and predictions)",
+            "quadratic_weighted_kappa", _kappa(y, pred, c, "quadratic"), _KAPPA_UNDEFINED
         ),
     }
     if ordinal:
-        err = np.abs(pred - y)
-        result["mean_absolute_grade_error"] = float(err.mean())
-        result["accuracy_within_one_grade"] = float(np.mean(err <= 1))
+        result["ordinal"] = _ordinal_block(y, pred, s, und)
     # The original train_cls_decoder validation convention (reference §6.2): mean over classes 1..C-1.
     rest = names[1:]
     result["precision_macro_excl_class0"] = _macro(table, "precision", "precision_macro_excl_class0", und, counts, rest)
@@ -594,22 +640,24 @@ def _multilabel_metrics(
     und = Undefined()
     counts: dict[str, dict[str, int]] = {}
     table: dict[str, dict[str, Any]] = {}
-    pred = s >= thr[None, :]
-    totals = np.zeros(3, dtype=np.int64)  # tp, fp, fn summed over labels (micro F1)
+    pred = (s >= thr[None, :]).astype(np.int64)
     for j, name in enumerate(names):
         m = annotated[:, j]
         yj = y[m, j].astype(np.int64)
         pj = pred[m, j]
-        tp = int(np.sum(pj & (yj == 1)))
-        fp = int(np.sum(pj & (yj == 0)))
-        fn = int(np.sum(~pj & (yj == 1)))
-        tn = int(np.sum(~pj & (yj == 0)))
-        totals += (tp, fp, fn)
-        n_pos, n_neg, n_ann = tp + fn, tn + fp, int(m.sum())
-        if n_ann == 0:
-            auc_reason = "no annotated sample for this label"
-        else:
+        n_pos, n_ann = int(yj.sum()), int(m.sum())
+        n_neg = n_ann - n_pos
+        if n_ann:
+            # recall of class 0 is the specificity; per-class arrays in the order of labels=[0, 1].
+            prec, rec, f1, _ = _quiet(
+                skm.precision_recall_fscore_support, yj, pj, labels=[0, 1], average=None, zero_division=np.nan
+            )
+            acc: float | None = float(skm.accuracy_score(yj, pj))
             auc_reason = f"only one class present in ground truth ({n_pos} positive, {n_neg} negative)"
+        else:
+            prec = rec = f1 = np.full(2, np.nan)
+            acc = None
+            auc_reason = "no annotated sample for this label"
         table[name] = {
             "n_annotated": n_ann,
             "support": n_pos,
@@ -619,18 +667,18 @@ def _multilabel_metrics(
             "aupr": und.check(
                 f"aupr[{name}]", average_precision(yj, s[m, j]) if n_ann else None, "no positive case in ground truth"
             ),
-            "accuracy": und.check(f"accuracy[{name}]", _ratio(tp + tn, n_ann), "no annotated sample"),
-            "sensitivity": und.check(f"sensitivity[{name}]", _ratio(tp, n_pos), "no positive case in ground truth"),
-            "specificity": und.check(f"specificity[{name}]", _ratio(tn, n_neg), "no negative case in ground truth"),
-            "precision": und.check(f"precision[{name}]", _ratio(tp, tp + fp), "no sample predicted positive"),
-            "f1": und.check(
-                f"f1[{name}]", _ratio(2 * tp, 2 * tp + fp + fn), "no positive in ground truth or predictions"
-            ),
+            "accuracy": und.check(f"accuracy[{name}]", acc, "no annotated sample"),
+            "sensitivity": und.check(f"sensitivity[{name}]", rec[1], "no positive case in ground truth"),
+            "specificity": und.check(f"specificity[{name}]", rec[0], "no negative case in ground truth"),
+            "precision": und.check(f"precision[{name}]", prec[1], "no sample predicted positive"),
+            "f1": und.check(f"f1[{name}]", f1[1], "no positive in ground truth or predictions"),
         }
     aurocs = [table[nm]["auroc"] for nm in names]
     positives = [table[nm]["support"] for nm in names]
     full = annotated.all(1)
-    tp_all, fp_all, fn_all = totals.tolist()
+    # Micro F1 pools every annotated (sample, label) entry: binary F1 of the pooled entries.
+    f1_micro = _quiet(skm.f1_score, y[annotated].astype(np.int64), pred[annotated], labels=[0, 1],
+                      zero_division=np.nan) if annotated.any() else None
     result: dict[str, Any] = {
         "task": "multilabel",
         "n_samples": n,
@@ -647,13 +695,11 @@ def _multilabel_metrics(
         "specificity_macro": _macro(table, "specificity", "specificity_macro", und, counts),
         "precision_macro": _macro(table, "precision", "precision_macro", und, counts),
         "f1_macro": _macro(table, "f1", "f1_macro", und, counts),
-        "f1_micro": und.check(
-            "f1_micro", _ratio(2 * tp_all, 2 * tp_all + fp_all + fn_all), "no positive in ground truth or predictions"
-        ),
+        "f1_micro": und.check("f1_micro", f1_micro, "no positive in ground truth or predictions"),
         "accuracy_macro": _macro(table, "accuracy", "accuracy_macro", und, counts),
         "subset_accuracy": und.check(
             "subset_accuracy",
-            float(np.mean(np.all(pred[full] == (y[full] == 1), axis=1))) if full.any() else None,
+            float(skm.accuracy_score(y[full].astype(np.int64), pred[full])) if full.any() else None,
             "no sample has every label annotated",
         ),
         "n_fully_annotated": int(full.sum()),
@@ -677,7 +723,7 @@ def classification_metrics(
     task: str,
     class_names: Sequence[str] | None = None,
     threshold: float | Sequence[float] = 0.5,
-    ordinal: bool | None = None,
+    ordinal: bool = False,
 ) -> dict[str, Any]:
     """Every classification metric for one evaluation set, as a JSON-serialisable dict.
 
@@ -691,8 +737,8 @@ def classification_metrics(
         class_names: display names (``C`` or ``L`` of them; 2 for binary, negative first).
         threshold: decision threshold for binary and multilabel (``score >= threshold``); a
             sequence gives one threshold per label. Unused for multiclass (argmax).
-        ordinal: multiclass only; ``True`` marks ordered grades (e.g. DR grade 0–4) and adds
-            ``mean_absolute_grade_error`` and ``accuracy_within_one_grade``.
+        ordinal: multiclass only; ``True`` marks ordered grades (e.g. DR grade 0–4) and adds the
+            key ``"ordinal"`` (see below and :func:`ordinal_metrics`). ``None`` counts as ``False``.
 
     Returns:
         A dict. Common keys: ``task``, ``n_samples``, ``class_names``, ``support``,
@@ -707,10 +753,13 @@ def classification_metrics(
         * multiclass: ``accuracy``, ``balanced_accuracy``, ``auroc_macro``, ``auroc_weighted``,
           ``aupr_macro``, ``aupr_weighted``, ``sensitivity_macro``, ``specificity_macro``,
           ``precision_macro``, ``recall_macro``, ``f1_macro``, ``f1_macro_includes_class0``,
-          ``cohen_kappa``, ``quadratic_weighted_kappa``, ``ordinal`` (+ ``mean_absolute_grade_error``,
-          ``accuracy_within_one_grade`` when ordinal), ``precision/recall/f1_macro_excl_class0``,
+          ``cohen_kappa``, ``quadratic_weighted_kappa``, ``precision/recall/f1_macro_excl_class0``,
           ``auroc_mean_all_classes_original``, ``confusion_matrix``, ``per_class`` (support,
           n_predicted, precision, recall, sensitivity, specificity, f1, auroc, aupr).
+          With ``ordinal=True`` also ``"ordinal": {"quadratic_kappa", "linear_kappa",
+          "mean_absolute_error", "within_one_accuracy", "spearman", "spearman_expected_grade",
+          "off_by": {"0": n, "1": n, ...}, "predicted_grade"}`` (undefined ones under
+          ``undefined["ordinal.<key>"]``); the key is absent otherwise.
         * multilabel: ``auroc_macro``, ``auroc_weighted``, ``aupr_macro``, ``sensitivity_macro``,
           ``specificity_macro``, ``precision_macro``, ``f1_macro``, ``f1_micro``,
           ``accuracy_macro``, ``subset_accuracy``, ``n_fully_annotated``, ``threshold``,
@@ -720,10 +769,12 @@ def classification_metrics(
     t = str(task).lower()
     if t not in TASKS:
         raise ValueError(f"task={task!r}; expected one of {list(TASKS)}")
+    if ordinal and t != "multiclass":
+        raise ValueError(f"ordinal=True applies to multiclass tasks (ordered grades), not to task={task!r}")
     if t == "binary":
         if np.ndim(threshold) != 0:
             raise ValueError("a binary task takes a single threshold")
         return _binary_metrics(y_true, scores, class_names, float(threshold))  # type: ignore[arg-type]
     if t == "multiclass":
-        return _multiclass_metrics(y_true, scores, class_names, ordinal)
+        return _multiclass_metrics(y_true, scores, class_names, bool(ordinal))
     return _multilabel_metrics(y_true, scores, class_names, threshold)

@@ -1,19 +1,21 @@
 """Segmentation and landmark metrics, accumulated image by image.
 
-The meters keep a few numbers per image (pixel counts per class, radial errors per landmark), never
-logits or masks, so a validation pass costs O(images × classes) memory. The original gathered all
+The meters keep a few numbers per image (Dice, IoU and pixel counts per class, radial errors per
+landmark), never logits or masks, so a validation pass costs O(images × classes) memory. The original gathered all
 ``N×C×S×S`` logits on the CPU first (reference §5.4).
 
 Conventions (see ``docs/metrics.md``):
 
-* Dice ``2|P∩G| / (|P|+|G|)`` and IoU ``|P∩G| / |P∪G|`` per image and class, then averaged over
-  images. When the class is absent from both prediction and ground truth of an image the value is
-  **1.0**, as miseval's ``calc_DSC_Enhanced`` used by the original (reference §6.1).
+* Dice ``2|P∩G| / (|P|+|G|)`` and IoU ``|P∩G| / |P∪G|`` per image and class
+  (``monai.metrics.compute_dice`` / ``compute_iou`` on one-hot masks), then averaged over images.
+  When the class is absent from both prediction and ground truth of an image the value is **1.0**,
+  as miseval's ``calc_DSC_Enhanced`` used by the original (reference §6.1).
 * ``include_background=False`` (default) leaves class 0 out of ``dice_mean``/``iou_mean``; the
   original's multi-class value (mean over all C classes, background included, reference §6.2) is
   reported as ``dice_mean_all_classes_original``.
-* HD95 (optional, foreground classes only, in pixels): ``max`` of the two directed 95th percentiles
-  of border-to-border distances. Both masks empty → 0.0; exactly one empty → undefined (left out of
+* HD95 (optional, foreground classes only, in pixels): ``monai.metrics.compute_hausdorff_distance``
+  with ``percentile=95``, the ``max`` of the two directed 95th percentiles of border-to-border
+  distances (computed in float32 by MONAI). Both masks empty → 0.0; exactly one empty → undefined (left out of
   the mean and counted in ``hd95_n_undefined``).
 * Landmarks: radial error = Euclidean distance between predicted and true point, at the input
   resolution and, when ``scale`` is given, at the original resolution. NaN true points are skipped
@@ -29,16 +31,16 @@ Samples duplicated by a padding ``DistributedSampler`` are counted twice; drop t
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-from scipy.ndimage import binary_erosion, distance_transform_edt
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
 from visionfm.metrics._common import Undefined, as_numpy, default_names, mean_defined
 
 __all__ = ["dice_iou", "hausdorff95", "radial_errors", "SegmentationMeter", "LandmarkMeter"]
-
-_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,33 +83,70 @@ def _label_maps(
     return p, t, valid
 
 
-def _pixel_counts(p: np.ndarray, t: np.ndarray, num_classes: int, valid: np.ndarray | None) -> np.ndarray:
-    """``[B, C, 3]`` int64: intersection, predicted pixels, true pixels, per image and class."""
+_CHUNK_ELEMENTS = 4_000_000  # one-hot elements (float64) built at once per update, ~32 MB per tensor
+
+
+def _one_hot_chunks(
+    p: np.ndarray, t: np.ndarray, num_classes: int, valid: np.ndarray | None
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(first image, pred one-hot, target one-hot)`` float64 ``[b, C, H, W]``, a few images at a time.
+
+    Ignored pixels (``valid`` False) are zero in every channel of both, so no metric counts them.
+    """
     b = p.shape[0]
-    c = num_classes
-    idx = (np.arange(b)[:, None] * c * c + t.reshape(b, -1) * c + p.reshape(b, -1)).reshape(-1)
-    if valid is not None:
-        idx = idx[valid.reshape(-1)]
-    cm = np.bincount(idx, minlength=b * c * c).reshape(b, c, c)  # [image, true, pred]
-    inter = np.diagonal(cm, axis1=1, axis2=2)
-    return np.stack([inter, cm.sum(1), cm.sum(2)], axis=-1).astype(np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, num_classes * int(np.prod(p.shape[1:]))))
+    classes = torch.arange(num_classes)[None, :, None, None]
+    if valid is not None:  # label -1 matches no class
+        p, t = np.where(valid, p, -1), np.where(valid, t, -1)
+    for i in range(0, b, step):
+        pc = (torch.from_numpy(p[i : i + step])[:, None] == classes).double()
+        tc = (torch.from_numpy(t[i : i + step])[:, None] == classes).double()
+        yield i, pc, tc
 
 
-def _dice_iou_from_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    inter = counts[..., 0].astype(np.float64)
-    total = (counts[..., 1] + counts[..., 2]).astype(np.float64)
-    empty = total == 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(empty, 1.0, 2.0 * inter / np.where(empty, 1.0, total))
-        union = total - inter
-        iou = np.where(empty, 1.0, inter / np.where(empty, 1.0, union))
-    return dice, iou
+def _hd95_onehot(pc: torch.Tensor, tc: torch.Tensor) -> np.ndarray:
+    """MONAI's 95th-percentile Hausdorff distance per image and channel, with this module's conventions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns on every empty mask; the two cases are set below
+        hd = compute_hausdorff_distance(pc, tc, include_background=True, percentile=95).double().numpy()
+    has_p = pc.flatten(2).any(-1).numpy()
+    has_t = tc.flatten(2).any(-1).numpy()
+    # Both empty -> 0.0; exactly one empty -> undefined (NaN), whatever MONAI returns there.
+    return np.where(~has_p & ~has_t, 0.0, np.where(has_p & has_t, hd, np.nan))
+
+
+def _per_image(
+    p: np.ndarray, t: np.ndarray, num_classes: int, valid: np.ndarray | None, hd95: bool = False
+) -> dict[str, np.ndarray]:
+    """Per image and class: Dice and IoU (MONAI, empty vs empty = 1.0), pixel counts, optional HD95.
+
+    ``counts`` is ``[B, C, 3]`` int64 (intersection, predicted pixels, true pixels), for the pooled
+    ``*_dataset`` values and the image counts; ``hd95`` is ``[B, C]`` with NaN in column 0 and where
+    undefined.
+    """
+    b = p.shape[0]
+    out = {
+        "dice": np.empty((b, num_classes)),
+        "iou": np.empty((b, num_classes)),
+        "counts": np.empty((b, num_classes, 3), dtype=np.int64),
+        "hd95": np.full((b, num_classes), np.nan),
+    }
+    for i, pc, tc in _one_hot_chunks(p, t, num_classes, valid):
+        j = i + pc.shape[0]
+        # ignore_empty=False is the miseval convention of the original: a class absent from both scores 1.0.
+        out["dice"][i:j] = compute_dice(pc, tc, include_background=True, ignore_empty=False).numpy()
+        out["iou"][i:j] = compute_iou(pc, tc, include_background=True, ignore_empty=False).numpy()
+        dims = (2, 3)
+        out["counts"][i:j] = torch.stack([(pc * tc).sum(dims), pc.sum(dims), tc.sum(dims)], -1).long().numpy()
+        if hd95:
+            out["hd95"][i:j, 1:] = _hd95_onehot(pc[:, 1:], tc[:, 1:])
+    return out
 
 
 def dice_iou(
     pred: Any, target: Any, num_classes: int, ignore_index: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image, per-class Dice and IoU of label maps (empty vs empty = 1.0).
+    """Per-image, per-class Dice and IoU of label maps (empty vs empty = 1.0), via ``monai.metrics``.
 
     Args:
         pred: predicted labels ``[B, H, W]`` or ``[H, W]`` (integers in ``0..C-1``).
@@ -120,20 +159,17 @@ def dice_iou(
     """
     single = as_numpy(target, name="target").ndim == 2
     p, t, valid = _label_maps(pred, target, num_classes, ignore_index)
-    dice, iou = _dice_iou_from_counts(_pixel_counts(p, t, num_classes, valid))
+    per = _per_image(p, t, num_classes, valid)
+    dice, iou = per["dice"], per["iou"]
     return (dice[0], iou[0]) if single else (dice, iou)
-
-
-def _border(mask: np.ndarray) -> np.ndarray:
-    # A pixel is on the border when one of its 4-neighbours is outside the mask (or the image).
-    return mask & ~binary_erosion(mask, structure=_CROSS, border_value=0)
 
 
 def hausdorff95(pred_mask: Any, true_mask: Any) -> float | None:
     """95th-percentile symmetric Hausdorff distance between two binary masks, in pixels.
 
-    ``max(P95 of d(border(P) → border(G)), P95 of d(border(G) → border(P)))`` with Euclidean
-    distances from ``scipy.ndimage.distance_transform_edt``; border pixels use 4-connectivity.
+    ``monai.metrics.compute_hausdorff_distance(percentile=95)``: the larger of the two directed
+    95th percentiles of Euclidean distances between the mask borders (MONAI's edges: the mask minus
+    its erosion, 4-connectivity in 2-D).
 
     Returns:
         The distance; 0.0 when both masks are empty; ``None`` when exactly one is empty.
@@ -142,22 +178,10 @@ def hausdorff95(pred_mask: Any, true_mask: Any) -> float | None:
     g = as_numpy(true_mask, name="true_mask").astype(bool)
     if p.shape != g.shape or p.ndim != 2:
         raise ValueError(f"masks must be 2-D and of equal shape, got {tuple(p.shape)} and {tuple(g.shape)}")
-    has_p, has_g = bool(p.any()), bool(g.any())
-    if not has_p and not has_g:
-        return 0.0
-    if not (has_p and has_g):
-        return None
-    # Work on the bounding box of both masks plus a 1-pixel margin: every distance between border
-    # pixels is unchanged, and the distance transforms get much cheaper on large images.
-    rows = np.flatnonzero((p | g).any(1))
-    cols = np.flatnonzero((p | g).any(0))
-    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, p.shape[0])
-    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, p.shape[1])
-    p, g = p[r0:r1, c0:c1], g[r0:r1, c0:c1]
-    bp, bg = _border(p), _border(g)
-    d_pg = distance_transform_edt(~bg)[bp]
-    d_gp = distance_transform_edt(~bp)[bg]
-    return float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
+    pc = torch.from_numpy(p)[None, None].double()
+    tc = torch.from_numpy(g)[None, None].double()
+    v = float(_hd95_onehot(pc, tc)[0, 0])
+    return None if np.isnan(v) else v
 
 
 def _scale_rows(scale: Any, b: int) -> np.ndarray:
@@ -291,7 +315,7 @@ class SegmentationMeter(_PerImageMeter):
     """
 
     higher_is_better = True
-    _STATE = ("counts", "hd95")
+    _STATE = ("counts", "dice", "iou", "hd95")
 
     def __init__(
         self,
@@ -326,24 +350,16 @@ class SegmentationMeter(_PerImageMeter):
     def _empty_state(self) -> dict[str, np.ndarray]:
         return {
             "counts": np.zeros((0, self.num_classes, 3), dtype=np.int64),
+            "dice": np.zeros((0, self.num_classes), dtype=np.float64),
+            "iou": np.zeros((0, self.num_classes), dtype=np.float64),
             "hd95": np.zeros((0, self.num_classes), dtype=np.float64),
         }
 
     def update(self, pred_labels: Any, target: Any) -> None:
         """Add a batch: ``pred_labels`` and ``target`` ``[B, H, W]`` (or ``[H, W]``) integer labels."""
         p, t, valid = _label_maps(pred_labels, target, self.num_classes, self.ignore_index)
-        counts = _pixel_counts(p, t, self.num_classes, valid)
-        hd = np.full((p.shape[0], self.num_classes), np.nan)
-        if self.hd95:
-            for i in range(p.shape[0]):
-                for c in range(1, self.num_classes):
-                    pc, tc = p[i] == c, t[i] == c
-                    if valid is not None:
-                        pc &= valid[i]
-                        tc &= valid[i]
-                    v = hausdorff95(pc, tc)
-                    hd[i, c] = np.nan if v is None else v
-        self._append(counts=counts, hd95=hd)
+        per = _per_image(p, t, self.num_classes, valid, hd95=self.hd95)
+        self._append(**per)
 
     def compute(self) -> dict[str, Any]:
         """Per-class and mean Dice / IoU (/ HD95) over all images seen.
@@ -352,15 +368,16 @@ class SegmentationMeter(_PerImageMeter):
             ``{"task": "segmentation", "n_images", "num_classes", "class_names",
             "background_included", "dice_mean", "iou_mean", ["hd95_mean"],
             "dice_mean_all_classes_original", "per_class": {name: {"dice", "iou", "dice_dataset",
-            "iou_dataset", "n_images_with_class", "n_images_both_empty", ["hd95",
-            "hd95_n_undefined"]}}, "averaged_over", "undefined", "notes"}``. Dice/IoU per class
-            are means over images; ``*_dataset`` pool the pixel counts of all images.
+            "iou_dataset", "n_images_with_class", "n_images_predicted", "n_images_both_empty",
+            ["hd95", "hd95_n_undefined"]}}, "averaged_over", "undefined", "notes"}``. Dice/IoU per
+            class are means over images; ``*_dataset`` pool the pixel counts of all images;
+            ``n_images_with_class`` counts images whose ground truth has the class,
+            ``n_images_predicted`` those whose prediction has it (0: the model never predicts it).
         """
         counts = self._array("counts")
-        hd = self._array("hd95")
+        dice, iou, hd = self._array("dice"), self._array("iou"), self._array("hd95")
         n = counts.shape[0]
         und = Undefined()
-        dice, iou = _dice_iou_from_counts(counts)
         table: dict[str, dict[str, Any]] = {}
         no_images = "no image evaluated"
         for c, name in enumerate(self.class_names):
@@ -380,6 +397,7 @@ class SegmentationMeter(_PerImageMeter):
                     "class absent from every prediction and ground truth",
                 ),
                 "n_images_with_class": int(np.sum(counts[:, c, 2] > 0)),
+                "n_images_predicted": int(np.sum(counts[:, c, 1] > 0)),
                 "n_images_both_empty": int(np.sum((counts[:, c, 1] + counts[:, c, 2]) == 0)),
             }
             if self.hd95 and c > 0:

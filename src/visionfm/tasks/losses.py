@@ -1,7 +1,7 @@
-"""Losses of the dense decoders, written without MONAI.
+"""Losses of the dense decoders.
 
-* :class:`DiceFocalLoss` — the semantics of MONAI 1.2 ``DiceFocalLoss`` as the original used it
-  (reference §5.4): ``include_background=True``, ``lambda_dice = lambda_focal = 1``, ``gamma = 2``,
+* :class:`DiceFocalLoss` — ``monai.losses.DiceFocalLoss`` as the original used it (reference §5.4):
+  ``include_background=True``, ``lambda_dice = lambda_focal = 1``, ``gamma = 2``,
   ``smooth_nr = smooth_dr = 1e-5``, ``batch=False``, mean reduction. One output channel means
   binary (sigmoid, target ``{0, 1}``); several mean softmax with one-hot targets. The focal term
   is always the **sigmoid** focal loss on the logits (also with softmax), as in MONAI.
@@ -13,46 +13,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceFocalLoss as MonaiDiceFocalLoss
 from torch import nn
 
-__all__ = ["DiceFocalLoss", "dice_loss", "sigmoid_focal_loss", "spatial_softmax_ce", "one_hot_target"]
-
-
-def one_hot_target(target: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """Labels ``[B, H, W]`` → float ``[B, C, H, W]``; with ``C == 1`` the labels themselves (binary)."""
-    if target.ndim != 3:
-        raise ValueError(f"target must be [B, H, W] class ids, got shape {tuple(target.shape)}")
-    if num_channels == 1:
-        return target[:, None].float()
-    return F.one_hot(target.long(), num_channels).permute(0, 3, 1, 2).float()
-
-
-def dice_loss(probs: torch.Tensor, onehot: torch.Tensor, include_background: bool = True,
-              smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.Tensor:
-    """MONAI ``DiceLoss`` (``batch=False``, mean): ``1 - (2|P∩G| + nr) / (|P| + |G| + dr)`` per image and channel."""
-    if not include_background and probs.shape[1] > 1:
-        probs, onehot = probs[:, 1:], onehot[:, 1:]
-    dims = tuple(range(2, probs.ndim))
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    return (1.0 - (2.0 * inter + smooth_nr) / (denom + smooth_dr)).mean()
-
-
-def sigmoid_focal_loss(logits: torch.Tensor, onehot: torch.Tensor, gamma: float = 2.0,
-                       include_background: bool = True) -> torch.Tensor:
-    """MONAI ``FocalLoss`` (sigmoid, no alpha, mean over every element): ``BCE · (1 − p_t)^γ``."""
-    if not include_background and logits.shape[1] > 1:
-        logits, onehot = logits[:, 1:], onehot[:, 1:]
-    bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-    # (1 - p_t)^γ = exp(γ · logsigmoid(-z·(2t-1))), computed in log space as MONAI does.
-    weight = torch.exp(gamma * F.logsigmoid(-logits * (2.0 * onehot - 1.0)))
-    return (weight * bce).mean()
+__all__ = ["DiceFocalLoss", "spatial_softmax_ce"]
 
 
 class DiceFocalLoss(nn.Module):
     """Dice + focal loss on segmentation logits ``[B, C, H, W]`` and class ids ``[B, H, W]``.
+
+    ``monai.losses.DiceFocalLoss`` configured as the original's ``train_seg_decoder`` (reference
+    §5.4): ``sigmoid=True`` for one output channel, ``softmax=True, to_onehot_y=True`` for several;
+    MONAI's focal term is the sigmoid focal loss on the logits in both cases.
 
     Args:
         include_background: keep channel 0 in both terms (MONAI default, the original).
@@ -64,21 +40,20 @@ class DiceFocalLoss(nn.Module):
     def __init__(self, include_background: bool = True, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
                  gamma: float = 2.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> None:
         super().__init__()
-        self.include_background = include_background
-        self.lambda_dice = lambda_dice
-        self.lambda_focal = lambda_focal
-        self.gamma = gamma
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
+        common: dict[str, Any] = {"include_background": include_background, "lambda_dice": lambda_dice,
+                  "lambda_focal": lambda_focal, "gamma": gamma, "smooth_nr": smooth_nr, "smooth_dr": smooth_dr}
+        # The activation is a constructor argument in MONAI; the channel count picks one per call.
+        self.binary = MonaiDiceFocalLoss(sigmoid=True, **common)
+        self.multiclass = MonaiDiceFocalLoss(softmax=True, to_onehot_y=True, **common)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim != 3:
+            raise ValueError(f"target must be [B, H, W] class ids, got shape {tuple(target.shape)}")
         logits = logits.float()
-        c = logits.shape[1]
-        onehot = one_hot_target(target, c)
-        probs = torch.sigmoid(logits) if c == 1 else torch.softmax(logits, 1)
-        d = dice_loss(probs, onehot, self.include_background, self.smooth_nr, self.smooth_dr)
-        f = sigmoid_focal_loss(logits, onehot, self.gamma, self.include_background)
-        return self.lambda_dice * d + self.lambda_focal * f
+        labels = target[:, None]
+        if logits.shape[1] == 1:
+            return self.binary(logits, labels.float())
+        return self.multiclass(logits, labels.long())
 
 
 def spatial_softmax_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
