@@ -28,6 +28,17 @@ from typing import Any, Callable
 
 from visionfm.errors import CheckpointError, ConfigError
 from visionfm.io.atomic import save_json_atomic
+from visionfm.io.download import (
+    OFFLINE_ENVS,
+    download_drive,
+    download_url,
+    drive_page,
+    finish_part,
+    part_path,
+    read_record,
+    record_path,
+)
+from visionfm.io.download import is_offline as is_offline
 from visionfm.io.safe_load import file_sha256
 
 __all__ = [
@@ -50,7 +61,6 @@ log = logging.getLogger(__name__)
 
 LICENCE = "CC BY-NC 4.0"
 HOME_ENV, REGISTRY_ENV = "VISIONFM_HOME", "VISIONFM_WEIGHTS_REGISTRY"
-OFFLINE_ENVS = ("HF_HUB_OFFLINE", "VISIONFM_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class OfficialWeights:
         """Where a person downloads the file: the direct URL, else the Google Drive page."""
         if self.url:
             return self.url
-        return f"https://drive.google.com/file/d/{self.drive_id}/view"
+        return drive_page(str(self.drive_id))
 
 
 _DRIVE_IDS = {
@@ -153,11 +163,7 @@ def local_path(entry: OfficialWeights) -> Path:
 
 
 def _record_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def is_offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENVS)
+    return record_path(path)
 
 
 def download_hint(entry: OfficialWeights) -> str:
@@ -167,14 +173,7 @@ def download_hint(entry: OfficialWeights) -> str:
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
-    rec = _record_path(path)
-    if not rec.is_file():
-        return None
-    try:
-        data = json.loads(rec.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{rec}: not valid JSON ({exc}); delete it to verify {path.name} again") from None
-    return data if isinstance(data, dict) else None
+    return read_record(path, CheckpointError)
 
 
 def _verify_load(entry: OfficialWeights, path: Path, shown: Path) -> None:
@@ -222,41 +221,11 @@ def weights_path(name: str) -> Path:
 
 
 def _download_url(url: str, part: Path) -> None:
-    """``url`` into ``part``, resuming from its size with an HTTP Range request when it already exists."""
-    import urllib.error
-    import urllib.request
-
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "visionfm", **({"Range": f"bytes={have}-"} if have else {})}
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            status = getattr(resp, "status", 200)
-            mode = "ab" if have and status == 206 else "wb"
-            with open(part, mode) as fh:
-                while block := resp.read(1 << 20):
-                    fh.write(block)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the range starts at the end: the part file is complete
-            return
-        raise CheckpointError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise CheckpointError(f"download of {url} failed ({exc}); run the same command again to resume") from None
+    download_url(url, part, CheckpointError)
 
 
 def _download_drive(drive_id: str, out: Path) -> None:
-    try:
-        import gdown
-    except ImportError:
-        raise CheckpointError("downloading from Google Drive needs gdown (pip install 'gdown>=5'); "
-                              "or pass --url, or download the file by hand") from None
-    try:  # resume=True: gdown keeps its partial file next to ``out`` and continues it on the next try
-        result = gdown.download(id=drive_id, output=str(out), quiet=False, resume=True)
-    except Exception as exc:  # gdown raises its own error types (FileURLRetrievalError...)
-        raise CheckpointError(f"Google Drive download of {drive_id} failed: {' '.join(str(exc).split())}; "
-                              "run the same command again to resume") from None
-    if result is None or not out.is_file():
-        raise CheckpointError(f"Google Drive download of {drive_id} failed (gdown returned nothing)")
+    download_drive(drive_id, out, CheckpointError)
 
 
 Downloader = Callable[[OfficialWeights, str | None, Path], None]
@@ -282,13 +251,11 @@ def fetch_weights(name: str, url: str | None = None, downloader: Downloader | No
         raise CheckpointError(f"offline ({' or '.join(OFFLINE_ENVS)} set): download {entry.file} from "
                               f"{url or entry.source_url} into {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.part")  # kept when a download fails: the next try resumes it
+    part = part_path(path)  # kept when a download fails: the next try resumes it
     (downloader or _default_downloader)(entry, url, part)
     _verify_load(entry, part, path)
     sha = file_sha256(part)
-    with open(part, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(part, path)
+    finish_part(part, path)
     _write_record(entry, path, sha)
     log.info("fetched %s (%s, sha256 %s) into %s", entry.name, entry.licence, sha, path)
     return path
@@ -296,12 +263,20 @@ def fetch_weights(name: str, url: str | None = None, downloader: Downloader | No
 
 def resolve_weights(weights: Any) -> Any:
     """``weights`` as given when it is a path that exists (a real path wins), ``random``, empty or no known name;
-    the verified local official file when it names one (``Fundus``, ``slit-lamp``...). A named file that is not
-    downloaded is a :class:`CheckpointError` saying how to get it."""
+    the verified local official file when it names one (``Fundus``, ``slit-lamp``...); the local copy (Hugging
+    Face cache) of a Hub reference ``org/name[@revision][:file]`` (:func:`visionfm.io.hub.hub_weights`). A named
+    file that is not downloaded is a :class:`CheckpointError` saying how to get it."""
     if weights is None or isinstance(weights, Path):
         return weights
     text = str(weights)
-    if text.strip() in ("", "random") or os.sep in text or "/" in text or Path(text).exists():
+    if text.strip() in ("", "random") or Path(text).expanduser().exists():
+        return weights
+    from visionfm.io.hub import hub_weights, parse_hub_ref
+
+    ref = parse_hub_ref(text)
+    if ref is not None:  # org/name[@revision][:file], not a local path: the Hugging Face Hub (or its cache)
+        return hub_weights(ref)
+    if os.sep in text or "/" in text:
         return weights
     entry = lookup(text)
     if entry is None:

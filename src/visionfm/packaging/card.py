@@ -1,7 +1,8 @@
 """The ``README.md`` model card of a model folder (task, modality, data, metrics, intended use, licence).
 
-The card starts with Hugging Face front matter (``license``, ``library_name``, ``tags``) so a pushed
-folder is listed correctly on the Hub, followed by sections in the spirit of the MONAI bundle
+The card starts with Hugging Face front matter (``license``, ``library_name: pytorch``, ``tags``,
+``pipeline_tag``, ``base_model``; :func:`card_metadata`) so a pushed folder is listed correctly on the Hub,
+followed by sections in the spirit of the MONAI bundle
 specification: what goes in, what comes out, how it was trained and evaluated, and the terms of use.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 from visionfm.engine.task import get_task
 from visionfm.errors import ConfigError
 
-__all__ = ["render_model_card", "LICENCE_NOTE", "DEFAULT_LICENSE"]
+__all__ = ["render_model_card", "card_metadata", "LICENCE_NOTE", "DEFAULT_LICENSE", "PIPELINE_TAGS"]
 
 DEFAULT_LICENSE = "cc-by-nc-4.0"
 LICENCE_NOTE = (
@@ -40,6 +41,33 @@ def _task_line(cfg: Mapping[str, Any]) -> str:
     return task.card_task_line(cfg)
 
 
+# tasks whose outputs a Hub pipeline tag describes; the others (regression, forecasting) carry none
+PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
+                 "segmentation": "image-segmentation", "landmark": "keypoint-detection"}
+
+
+def card_metadata(config: Mapping[str, Any]) -> Any:
+    """The card's Hugging Face front matter (a ``huggingface_hub.ModelCardData``): ``license``, ``library_name``
+    ``pytorch`` (a model folder is read by visionfm, not by a library the Hub knows), ``tags`` (visionfm,
+    ophthalmology, the task, the modality), ``pipeline_tag`` where one fits, ``base_model`` when the encoder
+    came from a Hub repository and ``datasets`` when the config names Hub data sets."""
+    from huggingface_hub import ModelCardData
+
+    from visionfm.io.hub import parse_hub_ref
+
+    cfg = dict(config)
+    task = str(cfg.get("task"))
+    modality = str(cfg.get("modality") or "unknown").lower()
+    tags = ["visionfm", "ophthalmology", "medical-imaging", "vision-transformer", task, modality]
+    source = str((cfg.get("encoder") or {}).get("weights_source") or "")
+    ref = parse_hub_ref(source) if source and not source.startswith((".", "/", "~")) else None
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    hub_datasets = [str(x) for x in (data.get("hub_datasets") or [])] if isinstance(data, dict) else []
+    return ModelCardData(license=str(cfg.get("license") or DEFAULT_LICENSE), library_name="pytorch",
+                         tags=list(dict.fromkeys(tags)), pipeline_tag=PIPELINE_TAGS.get(task),
+                         base_model=ref.repo_id if ref is not None else None, datasets=hub_datasets or None)
+
+
 def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str | None = None) -> str:
     """Markdown model card for ``config``; ``extra`` adds text (a string) or sections (``{title: text}``)."""
     cfg = dict(config)
@@ -53,14 +81,7 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
     name = cfg.get("name") or f"visionfm-{cfg.get('task')}-{str(cfg.get('modality', '')).lower()}"
     lines = [
         "---",
-        f"license: {licence}",
-        "library_name: visionfm",
-        "tags:",
-        "- ophthalmology",
-        "- medical-imaging",
-        "- vision-transformer",
-        f"- {cfg.get('task')}",
-        f"- {str(cfg.get('modality', 'unknown')).lower()}",
+        card_metadata(cfg).to_yaml(),
         "---",
         "",
         f"# {name}",

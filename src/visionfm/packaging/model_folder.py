@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,6 +39,7 @@ from visionfm.errors import CheckpointError, ConfigError
 from visionfm.models.heads import HEADS, get_head_constructor, register_head
 
 __all__ = [
+    "ATTENTION_METHODS",
     "FORMAT_VERSION",
     "HEADS",
     "CONFIG_FILE",
@@ -67,6 +67,8 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
 INTERPOLATIONS = ("bilinear", "bicubic")
+#: how :meth:`VisionFMModel.attention` turns the encoder's attention into a map (``predict --attention_method``).
+ATTENTION_METHODS = ("last", "rollout")
 
 # -- configuration ----------------------------------------------------------------------------------------
 
@@ -287,12 +289,35 @@ class VisionFMModel(nn.Module):
         return self.postprocess(self(x, days), orig_sizes)
 
     @torch.no_grad()
-    def attention(self, images: torch.Tensor) -> torch.Tensor:
-        """Last-block CLS attention over the patches, averaged over heads, ``[B, gh, gw]`` in [0, 1]."""
-        attn = self.encoder.get_last_selfattention(images)  # [B, heads, 1+P, 1+P]
+    def attention(self, images: torch.Tensor, method: str = "last") -> torch.Tensor:
+        """The CLS token's attention over the patches, ``[B, gh, gw]`` min-max scaled to [0, 1].
+
+        Args:
+            images: preprocessed images ``[B, 3, S, S]`` (:meth:`preprocess`).
+            method: ``"last"`` — the last block's CLS-to-patch attention, averaged over heads;
+                ``"rollout"`` — attention rollout over all blocks (Abnar & Zuidema 2020: per block the
+                head-averaged attention plus the identity for the residual path, rows renormalised,
+                multiplied from the first block to the last).
+        """
+        from visionfm.errors import ConfigError
+
+        if method not in ATTENTION_METHODS:
+            raise ConfigError(f"attention method must be one of {', '.join(ATTENTION_METHODS)}; got {method!r}")
         ps = int(self.config["encoder"]["patch_size"])
         gh, gw = images.shape[-2] // ps, images.shape[-1] // ps
-        a = attn[:, :, 0, 1:].float().mean(1).reshape(-1, gh, gw)
+        if method == "last":
+            attn = self.encoder.get_last_selfattention(images)  # [B, heads, 1+P, 1+P]
+            cls = attn[:, :, 0, 1:].float().mean(1)
+        else:
+            rollout = None
+            for attn in self.encoder.get_all_selfattentions(images):
+                a_blk = attn.float().mean(1)
+                a_blk = a_blk + torch.eye(a_blk.shape[-1], device=a_blk.device)
+                a_blk = a_blk / a_blk.sum(-1, keepdim=True)
+                rollout = a_blk if rollout is None else a_blk @ rollout
+            assert rollout is not None  # an encoder has at least one block
+            cls = rollout[:, 0, 1:]
+        a = cls.reshape(-1, gh, gw)
         lo = a.flatten(1).min(1).values[:, None, None]
         hi = a.flatten(1).max(1).values[:, None, None]
         return (a - lo) / (hi - lo).clamp_min(1e-12)
@@ -350,9 +375,14 @@ class VisionFMModel(nn.Module):
         return dest
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        revision: str | None = None, token: str | None = None) -> VisionFMModel:
-        return from_pretrained(path_or_hub_id, device=device, revision=revision, token=token)
+    def from_pretrained(cls, repo_id_or_path: str | os.PathLike[str], *,
+                        cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
+                        revision: str | None = None, token: str | bool | None = None,
+                        device: str | torch.device = "cpu") -> VisionFMModel:
+        """A model folder, or a Hugging Face Hub repository holding one (huggingface_hub's keyword contract:
+        ``cache_dir``, ``local_files_only``, ``revision``, ``token``); see :func:`from_pretrained`."""
+        return from_pretrained(repo_id_or_path, device=device, revision=revision, token=token, cache_dir=cache_dir,
+                               local_files_only=local_files_only)
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = True,
                     commit_message: str = "Upload visionfm model") -> str:
@@ -396,35 +426,39 @@ def _scalar_metrics(metrics: Mapping[str, Any], limit: int = 40) -> dict[str, An
 
 # -- loading -------------------------------------------------------------------------------------------------
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from visionfm.io.download import is_offline
+
+    return is_offline()
 
 
-def _resolve(path_or_hub_id: str | os.PathLike[str], revision: str | None, token: str | None) -> Path:
+def _resolve(path_or_hub_id: str | os.PathLike[str], revision: str | None, token: str | bool | None,
+             cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False) -> Path:
+    """A local model folder as it is; else a Hub repository id (``org/name``, ``org/name@revision``): its
+    ``config.json`` and ``model.safetensors`` (and ``README.md`` / ``metrics.json`` when there) from the
+    huggingface_hub cache, downloaded into it unless offline / ``local_files_only``."""
     p = Path(path_or_hub_id).expanduser()
     if p.exists():
         if not p.is_dir():
             raise CheckpointError(f"{p}: expected a model folder (config.json + model.safetensors), found a file")
         return p
     s = str(path_or_hub_id)
-    if not _HUB_ID.match(s) or s.startswith((".", "/", "~")):
-        raise CheckpointError(f"model folder not found: {p}")
-    if _hub_offline():
-        raise CheckpointError(f"{s!r} is not a local folder and offline mode is on (HF_HUB_OFFLINE=1), so it was "
-                              "not looked up on the Hugging Face Hub; pass a local model folder or unset "
-                              "HF_HUB_OFFLINE")
-    try:
-        from huggingface_hub import snapshot_download
+    from visionfm.io.hub import HubRef, hub_file, parse_hub_ref
 
-        local = snapshot_download(repo_id=s, revision=revision, token=token,
-                                  allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, METRICS_FILE])
-    except Exception as exc:
-        raise CheckpointError(f"{s!r} is not a local folder and could not be downloaded from the Hugging Face Hub "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    return Path(local)
+    ref = parse_hub_ref(s)
+    if ref is None or ref.filename or s.startswith((".", "/", "~")):
+        raise CheckpointError(f"model folder not found: {p}")
+    if revision is not None:
+        ref = HubRef(ref.repo_id, revision)
+    kw = dict(cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+    folder = hub_file(ref, CONFIG_FILE, **kw).parent  # type: ignore[arg-type]
+    hub_file(ref, WEIGHTS_FILE, **kw)  # type: ignore[arg-type]
+    for optional in (CARD_FILE, METRICS_FILE):
+        try:
+            hub_file(ref, optional, **kw)  # type: ignore[arg-type]
+        except CheckpointError:
+            pass
+    return folder
 
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -511,13 +545,17 @@ def build_model(config: Mapping[str, Any], where: str = "config") -> VisionFMMod
 
 
 def from_pretrained(path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
-                    revision: str | None = None, token: str | None = None) -> VisionFMModel:
-    """Load a model folder (or, only when the argument is not a local path, a Hugging Face Hub repository).
+                    revision: str | None = None, token: str | bool | None = None, *,
+                    cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False) -> VisionFMModel:
+    """Load a model folder (or, only when the argument is not a local path, a Hugging Face Hub repository
+    ``org/name`` / ``org/name@revision``, through the huggingface_hub cache: ``cache_dir`` (default
+    ``HF_HUB_CACHE``), ``local_files_only`` (also when ``HF_HUB_OFFLINE=1``), ``revision``, ``token``).
 
     The config is validated and every tensor's name and shape is checked against the model it
     describes before any weight is loaded; mismatches raise :class:`CheckpointError` naming the folder.
+    Offline with the repository not cached: one line naming the repository, the file and the cache folder.
     """
-    folder = _resolve(path_or_hub_id, revision, token)
+    folder = _resolve(path_or_hub_id, revision, token, cache_dir, local_files_only)
     cfg = read_config(folder)
     tensors = _read_weights(folder, load=True)
     model = _meta_model_matching(folder, cfg, {k: tuple(t.shape) for k, t in tensors.items()})
