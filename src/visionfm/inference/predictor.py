@@ -4,11 +4,14 @@ Outputs in the output folder:
 
 * ``predictions.csv`` — one row per image (per image and horizon for forecasting), flat columns;
 * ``predictions.json`` — the same records with nested values, plus the model's task and names;
-* ``attention/<name>.png`` — the encoder's last-block CLS attention (mean over heads) as a heat map
-  over the image (unless disabled);
+* ``attention/<name>.png`` — the image and, beside it, the encoder's CLS attention (``attention_method``
+  ``"last"``: the last block's, mean over heads; ``"rollout"``: attention rollout over all blocks)
+  up-sampled smoothly, confined to a fundus photograph's field of view, in ``viridis`` with a colour
+  bar (unless disabled; :mod:`visionfm.reports.attention`);
 * the task's own files (:meth:`visionfm.engine.task.Task.save_outputs`) — segmentation:
   ``masks/<name>.png`` (palette PNG of class ids at the image's original size) and
-  ``overlays/<name>.png`` (contours); landmarks: ``overlays/<name>.png`` (crosses).
+  ``overlays/<name>.png`` (translucent fills, legend "prediction: <class>"); landmarks:
+  ``overlays/<name>.png`` (crosses labelled with the landmark names).
 
 The records' fields come from the task (:meth:`visionfm.engine.task.Task.record`); nothing here
 branches on the task's name.
@@ -41,7 +44,7 @@ from PIL import Image
 
 from visionfm.engine.task import task_names
 from visionfm.errors import ConfigError, DataFormatError
-from visionfm.reports.colours import attention_overlay
+from visionfm.reports.attention import save_attention_figure
 
 __all__ = ["Predictor", "run_predict", "output_keys"]
 
@@ -99,9 +102,10 @@ class Predictor:
         return self.model.config
 
     @torch.no_grad()
-    def run_batch(self, images: Sequence[Image.Image], days: float | None = None, attention: bool = True
-                  ) -> tuple[dict[str, Any], np.ndarray | None]:
-        """``(postprocessed predictions, attention maps [B, gh, gw] or None)`` for a list of PIL images."""
+    def run_batch(self, images: Sequence[Image.Image], days: float | None = None, attention: bool = True,
+                  attention_method: str = "last") -> tuple[dict[str, Any], np.ndarray | None]:
+        """``(postprocessed predictions, attention maps [B, gh, gw] or None)`` for a list of PIL images
+        (``attention_method``: see :meth:`visionfm.packaging.VisionFMModel.attention`)."""
         x, sizes = self.model.preprocess(images)
         x = x.to(self.device)
         t0 = time.perf_counter()
@@ -109,7 +113,7 @@ class Predictor:
         outputs = self.model(x, d)
         pred = self.model.postprocess(outputs, sizes)
         self.timings.append((time.perf_counter() - t0) / max(len(images), 1))
-        att = self.model.attention(x).cpu().numpy() if attention else None
+        att = self.model.attention(x, method=attention_method).cpu().numpy() if attention else None
         return pred, att
 
     def records(self, names: Sequence[str], images: Sequence[Image.Image], pred: dict[str, Any],
@@ -186,17 +190,14 @@ def _output_folder(output_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _save_png(image: Image.Image, dst: Path) -> None:
-    from visionfm.io import atomic_path
-
-    with atomic_path(dst) as tmp:
-        image.save(tmp, format="PNG")
-
-
 def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                 days: Sequence[float] | None = None, batch_size: int = 8, device: str = "cpu",
-                attention: bool = True, overlays: bool = True, on_error: str | None = None) -> dict[str, Any]:
+                attention: bool = True, overlays: bool = True, on_error: str | None = None,
+                attention_method: str = "last") -> dict[str, Any]:
     """Predict every input file and write the outputs listed in the module docstring; returns a summary.
+
+    ``attention_method``: ``"last"`` (the last block's CLS attention, mean over heads) or ``"rollout"``
+    (attention rollout over all blocks), for the ``attention/<name>.png`` maps.
 
     ``on_error``: ``"skip"`` or ``"fail"`` for unreadable inputs; ``None`` is ``"skip"`` for a folder and
     ``"fail"`` for a single file."""
@@ -206,6 +207,10 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
 
     if on_error is not None:
         check_on_error(on_error)
+    from visionfm.packaging.model_folder import ATTENTION_METHODS
+
+    if attention_method not in ATTENTION_METHODS:
+        raise ConfigError(f"--attention_method {attention_method!r}: expected one of {', '.join(ATTENTION_METHODS)}")
     t_load = time.perf_counter()
     pred = model if isinstance(model, Predictor) else Predictor(model, device=device, batch_size=batch_size)
     load_s = time.perf_counter() - t_load
@@ -254,13 +259,13 @@ def run_predict(model: Any, inputs: str | os.PathLike[str], output_dir: str | os
                 names, images = [n for n, _, _ in loaded], [im for _, _, im in loaded]
                 for h_i, horizon in enumerate(horizons):
                     want_att = attention and h_i == 0
-                    p, att = pred.run_batch(images, horizon, attention=want_att)
+                    p, att = pred.run_batch(images, horizon, attention=want_att, attention_method=attention_method)
                     recs = pred.records(names, images, p, horizon)
                     for i, (r, (name, key, image)) in enumerate(zip(recs, loaded)):
                         r["status"] = "ok"
                         if att is not None:
                             dst = out / "attention" / f"{key}.png"
-                            _save_png(attention_overlay(att[i], image), dst)
+                            save_attention_figure(att[i], image, dst, method=attention_method, title=name)
                             r["attention_map"] = dst.relative_to(out).as_posix()
                         hkey = key if horizon is None else f"{key}_days{horizon:g}"
                         r.update(spec.save_outputs(pred.config, p, i, image, out, hkey, name, overlays))

@@ -221,19 +221,35 @@ class VisionFMEncoder(VisionTransformer):
         """The last ``n`` blocks' outputs, each through the shared final norm (official semantics)."""
         return self.forward_intermediates_tokens(x, n, norm=True)
 
+    @staticmethod
+    def _block_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The attention probabilities ``[B, heads, N, N]`` that ``block`` computes on tokens ``x``
+        (the fused SDPA kernel does not return them, so they are recomputed from q and k)."""
+        blk = cast(Block, block)  # the blocks timm builds by default
+        attn = cast(Attention, blk.attn)
+        y = blk.norm1(x)
+        b, n, c = y.shape
+        qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention probabilities of the last block, ``[B, heads, 1+P, 1+P]`` (for attention maps)."""
         x = self.prepare_tokens(x)
         for blk in self.blocks[:-1]:
             x = blk(x)
-        last = cast(Block, self.blocks[-1])  # the blocks timm builds by default
-        attn = cast(Attention, last.attn)
-        y = last.norm1(x)
-        b, n, c = y.shape
-        qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0], qkv[1]
-        return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self._block_attention(self.blocks[-1], x)
+
+    @torch.no_grad()
+    def get_all_selfattentions(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every block, first to last, each ``[B, heads, 1+P, 1+P]`` (for rollout)."""
+        x = self.prepare_tokens(x)
+        out = []
+        for blk in self.blocks:
+            out.append(self._block_attention(blk, x))
+            x = blk(x)
+        return out
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "masked_embed"}

@@ -5,7 +5,7 @@
 * :data:`DISPLAY_COLOURS` — the Okabe-Ito colours (distinguishable with the common colour-vision
   deficiencies) of mask classes 1, 2, ... and landmarks 1, 2, ... in the web app
   (:func:`display_colour`, :func:`hex_colour`);
-* :func:`attention_overlay` — the encoder's attention map as a ``jet`` heat map, blended over an image
+* :func:`attention_overlay` — the encoder's attention map as a ``viridis`` heat map, blended over an image
   (``predict``'s ``attention/<name>.png``, the web app's composite) or as a see-through layer (the web
   app's attention layer).
 """
@@ -58,35 +58,38 @@ def hex_colour(rgb: tuple[int, int, int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def attention_overlay(attention: np.ndarray, image: Image.Image | None = None, *, alpha: float = 0.5,
-                      max_side: int = 1024, layer_side: int = ATTENTION_LAYER_SIDE) -> Image.Image:
-    """``attention`` ``[gh, gw]`` in [0, 1], up-sampled bilinearly and coloured with the ``jet`` colour map.
+def attention_overlay(attention: np.ndarray, image: Image.Image | None = None, *, alpha: float = 0.6,
+                      max_side: int = 1024, layer_side: int = ATTENTION_LAYER_SIDE,
+                      fov_image: Image.Image | None = None, fov: bool = True) -> Image.Image:
+    """``attention`` ``[gh, gw]`` up-sampled bicubically and coloured with ``viridis``
+    (:mod:`visionfm.reports.attention`).
 
     Args:
         attention: the map (e.g. :meth:`visionfm.packaging.VisionFMModel.attention` of one image).
-        image: with an image, the heat map is blended over it — ``(1 - alpha) * image + alpha * heat``,
-            RGB, the image first shrunk so that its longer side is at most ``max_side``. Without one, the
-            result is an RGBA layer of ``layer_side`` × ``layer_side`` pixels whose opacity follows the
-            attention (``min(1, 1.25 a)``), so that low attention stays see-through.
-        alpha: weight of the heat map in the blend.
+        image: with an image, the map is blended over it (RGB), the image first shrunk so that its longer
+            side is at most ``max_side``; the opacity is ``alpha × attention``, and with ``fov`` a fundus
+            photograph's dark border gets none. Without one, the result is an RGBA layer of
+            ``layer_side`` × ``layer_side`` pixels whose opacity follows the attention
+            (``min(1, 1.25 a)``), so that low attention stays see-through; pass ``fov_image`` (the
+            photograph) to confine that layer to its field of view too.
+        alpha: opacity of the colour at the map's peak (blend only).
         max_side: longest side of the blended image.
         layer_side: side of the RGBA layer.
     """
     import matplotlib
+
+    from visionfm.reports.attention import ATTENTION_CMAP, attention_weights, blend_attention
 
     if image is not None:
         img = image.convert("RGB")
         if max(img.size) > max_side:
             s = max_side / max(img.size)
             img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BILINEAR)
-        size = img.size
-    else:
-        size = (layer_side, layer_side)
-    a = Image.fromarray(np.clip(attention * 255.0, 0, 255).astype(np.uint8), mode="L")
-    a = np.asarray(a.resize(size, Image.BILINEAR), dtype=np.float64) / 255.0
-    heat = matplotlib.colormaps["jet"](a) * 255.0
-    if image is None:
-        heat[..., 3] = np.clip(a * 1.25, 0.0, 1.0) * 255.0
-        return Image.fromarray(np.clip(np.rint(heat), 0, 255).astype(np.uint8), mode="RGBA")
-    out = (1 - alpha) * np.asarray(img, dtype=np.float64) + alpha * heat[..., :3]
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+        weights, _ = attention_weights(attention, img.size, img, fov=fov)
+        return blend_attention(weights, img, alpha=alpha)
+    size = (layer_side, layer_side)
+    ref = fov_image.convert("RGB").resize(size, Image.BILINEAR) if fov_image is not None else None
+    weights, _ = attention_weights(attention, size, ref, fov=fov)
+    heat = matplotlib.colormaps[ATTENTION_CMAP](weights) * 255.0
+    heat[..., 3] = np.clip(weights * 1.25, 0.0, 1.0) * 255.0
+    return Image.fromarray(np.clip(np.rint(heat), 0, 255).astype(np.uint8), mode="RGBA")

@@ -46,7 +46,8 @@ def _colour(i: int) -> str:
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
+    # constrained layout keeps titles, colour bars and the legends placed outside the axes from overlapping
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -88,7 +89,15 @@ def _binary_problems(
     raise ValueError(f"task={task!r}; expected binary, multiclass or multilabel")
 
 
-def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str | None, legend_loc: str) -> None:
+def _outside_legend(fig: Figure, ax: Any) -> None:
+    """The axes' legend below them, outside, so that it never covers a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=1 if len(handles) > 4 else 2, fontsize=8,
+                   frameon=False)
+
+
+def _finish_axes(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str | None) -> None:
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel(xlabel)
@@ -97,7 +106,7 @@ def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str | None, legend_lo
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(loc=legend_loc, fontsize=8, frameon=True)
+    _outside_legend(fig, ax)
 
 
 def plot_roc(
@@ -138,9 +147,7 @@ def plot_roc(
     if len(problems) > 1 and len(aucs) > 1:
         label = f"macro average: AUROC {np.mean(aucs):.3f}"
         ax.plot(grid, np.mean(tprs, 0), color="black", lw=2.2, ls="--", label=label)
-    _finish_axes(
-        ax, "1 − specificity (false-positive rate)", "sensitivity (true-positive rate)", title, "lower right"
-    )
+    _finish_axes(fig, ax, "1 − specificity (false-positive rate)", "sensitivity (true-positive rate)", title)
     return _save(fig, path)
 
 
@@ -183,11 +190,12 @@ def plot_pr(
         raise NothingToPlotError("precision-recall undefined for every class (no positive case)")
     if len(problems) > 1 and len(aps) > 1:
         ax.plot(grid, np.mean(precs, 0), color="black", lw=2.2, ls="--", label=f"macro average: AP {np.mean(aps):.3f}")
-    _finish_axes(ax, "recall (sensitivity)", "precision (PPV)", title, "lower left")
+    _finish_axes(fig, ax, "recall (sensitivity)", "precision (PPV)", title)
     return _save(fig, path)
 
 
-def _matrix_panel(fig: Figure, ax: Any, values: np.ndarray, names: Sequence[str], fmt: str, title: str) -> None:
+def _matrix_panel(fig: Figure, ax: Any, values: np.ndarray, names: Sequence[str], fmt: str, title: str,
+                  ylabel: bool = True) -> None:
     c = len(names)
     shown = np.where(np.isfinite(values), values, 0.0)
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=max(float(shown.max()), 1e-12))
@@ -197,7 +205,8 @@ def _matrix_panel(fig: Figure, ax: Any, values: np.ndarray, names: Sequence[str]
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    if ylabel:  # the right-hand panel shares the rows; its label would crowd the left colour bar
+        ax.set_ylabel("true class")
     ax.set_title(title)
     if c <= 20:
         top = float(shown.max()) if shown.size else 0.0
@@ -229,8 +238,8 @@ def plot_confusion_matrix(
     side = max(4.5, 0.55 * len(names) + 2.5)
     fig = _figure(2 * side + 1.0, side)
     _matrix_panel(fig, fig.add_subplot(1, 2, 1), m, names, ".0f", "counts")
-    _matrix_panel(fig, fig.add_subplot(1, 2, 2), norm, names, ".2f", "row-normalised (recall per class)")
-    fig.subplots_adjust(wspace=0.45)
+    _matrix_panel(fig, fig.add_subplot(1, 2, 2), norm, names, ".2f", "row-normalised (recall per class)",
+                  ylabel=False)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -250,9 +259,8 @@ def plot_calibration(
     Binary and multilabel: one line per positive class / label. Multiclass: confidence of the
     predicted class against its accuracy. The lower panel is a histogram of the plotted scores.
     """
-    fig = _figure(6.0, 7.0)
-    ax = fig.add_axes((0.12, 0.35, 0.8, 0.6))
-    hist = fig.add_axes((0.12, 0.08, 0.8, 0.18), sharex=ax)
+    fig = _figure(6.0, 7.5)
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     if task == "multiclass":
         s = as_numpy(scores, name="scores", dtype=np.float64)
@@ -277,15 +285,15 @@ def plot_calibration(
     if not drawn:
         fig.clear()
         raise NothingToPlotError("no score to draw a calibration curve from")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("observed frequency")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
     if title:
         ax.set_title(title)
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("count")
+    _outside_legend(fig, ax)
     return _save(fig, path)
 
 
@@ -339,8 +347,30 @@ def plot_regression_scatter(
             ax.set_xlabel("measured", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
+
+
+#: prediction fills per foreground class 1, 2, ... (Okabe-Ito blues, green and pink: visible on a red
+#: fundus and on grey OCT) and ground-truth outlines (yellow, white, orange, ...: a different colour from
+#: every fill, with a dark edge), so prediction and truth are told apart on thin vessels too.
+_FILL_COLOURS = ["#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#999999"]
+_TRUTH_COLOURS = ["#FFD400", "#FFFFFF", "#FF9F1C", "#F0E442", "#FFB3DE", "#B8FF5C"]
+_FILL_ALPHA = 0.6
+#: landmark markers: ground truth (hollow circle) and prediction (cross), told apart by colour and shape.
+_TRUTH_POINT = "#FFD400"
+_PRED_POINT = "#00D4FF"
+
+
+def _fill_colour(c: int) -> str:
+    return _FILL_COLOURS[(c - 1) % len(_FILL_COLOURS)]
+
+
+def _truth_colour(c: int) -> str:
+    return _TRUTH_COLOURS[(c - 1) % len(_TRUTH_COLOURS)]
+
+
+def _class_name(class_names: Sequence[str] | None, c: int) -> str:
+    return str(class_names[c]) if class_names is not None and c < len(class_names) else f"class {c}"
 
 
 def save_overlay(
@@ -352,18 +382,25 @@ def save_overlay(
     true_points: Any = None,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
+    landmark_names: Sequence[str] | None = None,
 ) -> Path:
-    """An image with ground-truth (solid) and predicted (dashed) contours and landmark markers.
+    """An image with the predicted masks as translucent fills, the ground truth as outlines, and landmarks.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB (``[H, W]`` grey is accepted).
-        pred_mask / true_mask: ``[H, W]`` integer label maps (0 = background); one contour colour
-            per foreground class.
+        pred_mask / true_mask: ``[H, W]`` integer label maps (0 = background). Prediction: a translucent
+            fill in the class's colour; ground truth: an outline in a light tint of it with a dark edge,
+            so both stay visible on thin vessels. Without ``true_mask`` (``predict``) the legend names
+            only the prediction.
         pred_points / true_points: ``[K, 2]`` landmark coordinates as ``(x, y)`` = (column, row) in
-            pixels of ``image``; ground truth is drawn as circles, predictions as crosses, joined
-            by a thin line. NaN points are not drawn.
-        class_names: names for the legend (index = label value).
+            pixels of ``image``; ground truth as yellow circles, predictions as cyan crosses, joined by a
+            thin line, each labelled with its name. NaN points are not drawn.
+        class_names: legend names by label value (index 0 = background).
+        landmark_names: one name per landmark (default ``landmark 1`` ... ``landmark K``).
     """
+    from matplotlib import patheffects
+    from matplotlib.patches import Patch
+
     img = as_numpy(image, name="image")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
@@ -373,59 +410,95 @@ def save_overlay(
         img = np.clip(img, 0, 255).astype(np.uint8)
     h, w = img.shape[:2]
     scale = 6.0 / max(h, w)
-    fig = _figure(max(2.0, w * scale), max(2.0, h * scale))
-    ax = fig.add_axes((0, 0, 1, 0.93 if title else 1))
-    ax.imshow(img, interpolation="nearest")
+    fig = _figure(max(2.0, w * scale), max(2.0, h * scale) + 0.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(img, interpolation="antialiased")
     ax.set_axis_off()
+    halo = [patheffects.withStroke(linewidth=2.6, foreground="black", alpha=0.8)]
+    thin_halo = [patheffects.withStroke(linewidth=1.6, foreground="black", alpha=0.7)]
     handles: list[Any] = []
-    labels_seen: set[int] = set()
-    for mask, style in ((true_mask, "solid"), (pred_mask, "dashed")):
-        if mask is None:
-            continue
-        m = as_numpy(mask, name="mask").astype(np.int64)
+
+    def label_map(mask: Any, what: str) -> np.ndarray:
+        m = as_numpy(mask, name=what).astype(np.int64)
         if m.shape != (h, w):
-            raise ValueError(f"mask shape {tuple(m.shape)} does not match image {(h, w)}")
-        for c in np.unique(m):
-            if c == 0:
-                continue
-            binary = (m == c).astype(np.float64)
-            if binary.min() == binary.max():
-                continue
-            ax.contour(binary, levels=[0.5], colors=[_colour(int(c) - 1)], linestyles=style, linewidths=1.5)
-            labels_seen.add(int(c))
-    for c in sorted(labels_seen):
-        name = class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
-        handles.append(Line2D([], [], color=_colour(c - 1), lw=2, label=name))
-    if true_mask is not None or pred_mask is not None:
-        handles.append(Line2D([], [], color="black", lw=1.5, ls="solid", label="ground truth"))
-        handles.append(Line2D([], [], color="black", lw=1.5, ls="dashed", label="prediction"))
+            raise ValueError(f"{what} shape {tuple(m.shape)} does not match image {(h, w)}")
+        return m
+
+    pm = label_map(pred_mask, "pred_mask") if pred_mask is not None else None
+    tm = label_map(true_mask, "true_mask") if true_mask is not None else None
+    pred_classes = [int(c) for c in np.unique(pm) if c > 0] if pm is not None else []
+    true_classes = [int(c) for c in np.unique(tm) if c > 0] if tm is not None else []
+    if pm is not None:
+        from matplotlib.colors import to_rgb
+
+        fill = np.zeros((h, w, 4))
+        for c in pred_classes:
+            fill[pm == c] = (*to_rgb(_fill_colour(c)), _FILL_ALPHA)
+        ax.imshow(fill, interpolation="nearest")
+    if tm is not None:
+        for c in true_classes:
+            binary = (tm == c).astype(np.float64)
+            ax.contour(binary, levels=[0.5], colors=[_truth_colour(c)], linewidths=0.8,
+                       linestyles="solid").set(path_effects=thin_halo)
+    for c in sorted(set(pred_classes) | set(true_classes)):
+        name = _class_name(class_names, c)
+        if c in pred_classes:
+            handles.append(Patch(facecolor=_fill_colour(c), alpha=_FILL_ALPHA + 0.2, edgecolor="none",
+                                 label=f"prediction: {name} (fill)"))
+        if c in true_classes:
+            handles.append(Line2D([], [], color=_truth_colour(c), lw=1.6, path_effects=halo,
+                                  label=f"ground truth: {name} (outline)"))
+    if pm is not None and not pred_classes:
+        handles.append(Patch(facecolor="none", edgecolor="grey", label="prediction: no foreground class"))
+    if tm is not None and not true_classes:
+        handles.append(Line2D([], [], color="grey", lw=1.0, label="ground truth: no foreground class"))
+
     tp = as_numpy(true_points, name="true_points", dtype=np.float64).reshape(-1, 2) if true_points is not None else None
     pp = as_numpy(pred_points, name="pred_points", dtype=np.float64).reshape(-1, 2) if pred_points is not None else None
+    k = max(len(tp) if tp is not None else 0, len(pp) if pp is not None else 0)
+    if landmark_names is not None and len(landmark_names) != k and k:
+        raise ValueError(f"landmark_names has {len(landmark_names)} names for {k} landmarks")
+    names = [str(n) for n in landmark_names] if landmark_names is not None else [f"landmark {i + 1}" for i in range(k)]
     if tp is not None and pp is not None and tp.shape == pp.shape:
         for (x0, y0), (x1, y1) in zip(tp, pp):
             if np.isfinite([x0, y0, x1, y1]).all():
-                ax.plot([x0, x1], [y0, y1], color="yellow", lw=0.8, alpha=0.8)
+                ax.plot([x0, x1], [y0, y1], color="white", lw=0.9, alpha=0.9, path_effects=halo)
+    ms = 60
     if tp is not None:
         ok = np.isfinite(tp).all(1)
-        ax.scatter(tp[ok, 0], tp[ok, 1], s=50, facecolors="none", edgecolors="#00FF66", linewidths=1.8)
-        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="#00CC55", mew=1.8, label="landmark (truth)"))
+        ax.scatter(tp[ok, 0], tp[ok, 1], s=ms, facecolors="none", edgecolors=_TRUTH_POINT, linewidths=1.8,
+                   path_effects=halo, zorder=3)
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec=_TRUTH_POINT, mew=1.8, ms=8,
+                              path_effects=halo, label="landmark: ground truth"))
     if pp is not None:
         ok = np.isfinite(pp).all(1)
-        ax.scatter(pp[ok, 0], pp[ok, 1], s=50, marker="x", color="#FF3355", linewidths=1.8)
-        handles.append(Line2D([], [], ls="", marker="x", color="#FF3355", mew=1.8, label="landmark (prediction)"))
+        ax.scatter(pp[ok, 0], pp[ok, 1], s=ms, marker="x", color=_PRED_POINT, linewidths=2.0, path_effects=halo,
+                   zorder=4)
+        handles.append(Line2D([], [], ls="", marker="x", color=_PRED_POINT, mew=2.0, ms=8, path_effects=halo,
+                              label="landmark: prediction"))
+    offset = 0.035 * max(h, w)
+    for i, name in enumerate(names):
+        # the name next to the predicted point (or the truth without one), on the side away from the other
+        p_i = pp[i] if pp is not None and i < len(pp) and np.isfinite(pp[i]).all() else None
+        t_i = tp[i] if tp is not None and i < len(tp) and np.isfinite(tp[i]).all() else None
+        anchor = p_i if p_i is not None else t_i
+        if anchor is None:
+            continue
+        away = anchor - t_i if (p_i is not None and t_i is not None) else np.zeros(2)
+        norm = float(np.hypot(*away))
+        away = away / norm if norm > 1e-6 else np.array([0.7071, -0.7071])
+        if anchor[0] + away[0] * offset > 0.8 * w:  # keep the label inside the picture
+            away[0] = -abs(away[0])
+        x, y = anchor + away * offset
+        ax.annotate(name, tuple(anchor), xytext=(x, y), fontsize=8, color="white",
+                    ha="left" if away[0] >= 0 else "right", va="bottom" if away[1] <= 0 else "top",
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")], zorder=5)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     if handles:
-        # Below the image, so that no part of the image (or a landmark) is hidden by the legend.
-        ax.legend(
-            handles=handles,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.01),
-            ncol=min(3, len(handles)),
-            fontsize=7,
-            frameon=False,
-            handlelength=2.5,
-        )
+        # below the image, so that no part of the image (or a landmark) is hidden by the legend
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(2, len(handles)), fontsize=8,
+                   frameon=False, handlelength=2.2)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
