@@ -17,6 +17,13 @@ pytest.importorskip("uvicorn")
 
 SIZE = 32
 
+#: a model card addition that would run script if the page inserted the card as HTML
+CARD_INJECTION = ('Notes: <script>window.__pwned = 1</script> <img src="x" onerror="window.__pwned = 2"> '
+                  'and **checked on 12 eyes**.')
+DR_METRICS = {"accuracy": 0.8125, "f1_macro": 0.7134, "auroc_macro": 0.9021, "n_images": 48,
+              "ci": {"f1_macro": {"low": 0.6012, "high": 0.8033, "level": 0.95, "n_boot": 500},
+                     "auroc_macro": {"low": 0.8411, "high": 0.9530, "level": 0.95, "n_boot": 500}}}
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
@@ -29,8 +36,9 @@ def tiny_encoder():
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory, tiny_encoder) -> Path:
-    """A folder of model folders like a user's: a classification run (``dr/model``), a multi-label
-    classifier, a regression model with units, a UNETR segmenter and a landmark model."""
+    """A folder of model folders like a user's: a classification run (``dr/model``, with metrics, 95 % CIs
+    and a model card addition that tries script injection), a multi-label classifier, a regression model
+    with units, a UNETR segmenter, a landmark model with names and metrics, one without landmark names."""
     from visionfm.models.heads import ClsHead
     from visionfm.models.heads.reg import RegHead
     from visionfm.models.heads.unetr import UnetrHead
@@ -46,7 +54,9 @@ def models_dir(tmp_path_factory, tiny_encoder) -> Path:
             root / "dr" / "model", encoder=enc, head=ClsHead(192 * 4, 3).eval(), task="classification",
             task_kind="multiclass", modality="Fundus", input_size=SIZE, features=pooled, head_type="cls",
             head_args={"embed_dim": 192 * 4, "num_classes": 3}, class_names=["normal", "dr", "amd"],
-            name="DR grading (test)")
+            name="DR grading (test)", metrics=DR_METRICS, model_card_extra=CARD_INJECTION,
+            data={"evaluated_on": "the test split, with the epoch selected on val", "selection_split": "val",
+                  "data_path": str(root / "dr-images"), "run": str(root / "dr")})
         model_folder_from_training(
             root / "findings", encoder=enc, head=ClsHead(192 * 4, 3).eval(), task="classification",
             task_kind="multilabel", modality="Fundus", input_size=SIZE, features=pooled, head_type="cls",
@@ -67,7 +77,13 @@ def models_dir(tmp_path_factory, tiny_encoder) -> Path:
             root / "fovea", encoder=enc, head=UnetrHead(192, 2, patch_size=16).eval(), task="landmark",
             modality="Fundus", input_size=SIZE, interpolation="bilinear", features=dense, head_type="unetr",
             head_args={"embed_dim": 192, "num_classes": 2, "patch_size": 16},
-            landmark_names=["fovea", "disc centre"], name="Fovea (test)")
+            landmark_names=["fovea", "disc centre"], name="Fovea (test)",
+            metrics={"mre_px": 3.21, "mre_original_px": 4.07, "selection": {"split": "val", "key": "mre_px",
+                                                                            "value": 2.95}})
+        model_folder_from_training(
+            root / "points", encoder=enc, head=UnetrHead(192, 2, patch_size=16).eval(), task="landmark",
+            modality="Fundus", input_size=SIZE, interpolation="bilinear", features=dense, head_type="unetr",
+            head_args={"embed_dim": 192, "num_classes": 2, "patch_size": 16}, name="Unnamed points (test)")
     broken = root / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

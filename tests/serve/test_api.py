@@ -52,7 +52,8 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _post(client, data: bytes, model: str = "dr", name: str = "eye.png", **fields):
@@ -62,10 +63,10 @@ def _post(client, data: bytes, model: str = "dr", name: str = "eye.png", **field
 
 def test_health_models_and_openapi(client):
     h = client.get("/healthz")
-    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["models"] == 5
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["models"] == 6
     body = client.get("/api/models").json()
     ids = {m["id"]: m for m in body["models"]}
-    assert set(ids) == {"dr", "findings", "biomarkers", "seg", "fovea"}
+    assert set(ids) == {"dr", "findings", "biomarkers", "seg", "fovea", "points"}
     assert ids["dr"]["name"] == "DR grading (test)" and ids["dr"]["modality"] == "Fundus"
     assert ids["dr"]["output_names"] == ["normal", "dr", "amd"] and ids["dr"]["task_kind"] == "multiclass"
     assert ids["biomarkers"]["output_names"] == ["cup-to-disc ratio", "vessel density"]
@@ -78,6 +79,47 @@ def test_health_models_and_openapi(client):
     page = client.get("/")
     assert page.status_code == 200 and "VisionFM" in page.text and "Content-Security-Policy" in page.headers
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_models_list_metrics_intervals_selection_and_card(client, models_dir):
+    ids = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+    dr = ids["dr"]
+    assert dr["metrics"]["f1_macro"] == pytest.approx(0.7134) and dr["metrics"]["n_images"] == 48
+    assert "ci" not in dr["metrics"]  # the intervals come from metrics.json, separately
+    assert dr["metrics_ci"]["f1_macro"] == {"low": pytest.approx(0.6012), "high": pytest.approx(0.8033),
+                                            "level": 0.95}
+    assert set(dr["metrics_ci"]) == {"f1_macro", "auroc_macro"}
+    assert dr["selection"] == {"key": "selection", "label": "macro F1", "metric": "f1_macro", "split": "val",
+                               "value": None, "higher_is_better": True}
+    assert dr["evaluated_on"].startswith("the test split")
+    assert dr["card"].startswith("# DR grading (test)")  # the front matter is dropped
+    assert "<script>" in dr["card"]  # served as text; the page never inserts it as HTML
+    assert "dr-images" in dr["card"] and str(models_dir) not in dr["card"]  # no server path in the card
+    assert str(models_dir.resolve()) not in dr["card"]
+    fovea = ids["fovea"]
+    assert fovea["selection"]["key"] == "mre_px" and fovea["selection"]["metric"] == "mre_px"
+    assert fovea["selection"]["value"] == pytest.approx(2.95) and fovea["selection"]["higher_is_better"] is False
+    assert fovea["metrics_ci"] == {}
+    assert ids["points"]["output_names"] == ["landmark 1", "landmark 2"]  # no names recorded: numbered from 1
+
+
+def test_landmarks_take_the_listed_names(client):
+    r = _post(client, _png((50, 40)), model="points", attention="false")
+    assert r.status_code == 200, r.text
+    assert [p["name"] for p in r.json()["landmarks"]] == ["landmark 1", "landmark 2"]
+
+
+def test_a_class_shown_by_its_index_takes_its_name():
+    from types import SimpleNamespace
+
+    from visionfm.serve.inference import _named
+
+    one = SimpleNamespace(task="classification", task_kind="binary", output_names=["referable dr"])
+    out = _named(one, {"classes": [{"name": "1", "probability": 0.7}, {"name": "not 1", "probability": 0.3}]})
+    assert [c["name"] for c in out["classes"]] == ["referable dr", "not referable dr"]
+    digits = SimpleNamespace(task="classification", task_kind="multiclass", output_names=["2", "1", "0"])
+    out = _named(digits, {"classes": [{"name": "2"}, {"name": "0"}]})
+    assert [c["name"] for c in out["classes"]] == ["2", "0"]  # real class names are never re-mapped
 
 
 def test_predict_real_fundus_photo(client):

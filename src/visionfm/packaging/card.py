@@ -149,7 +149,7 @@ def render_model_card(config: Mapping[str, Any], extra: Mapping[str, Any] | str 
         "## How to use",
         "",
         "```bash",
-        "visionfm predict --model path/to/this/folder --input image_or_folder --output predictions/",
+        "visionfm predict --model path/to/this/folder --input image_or_folder --output_dir predictions/",
         "```",
         "",
         "```python",

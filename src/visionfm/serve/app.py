@@ -220,7 +220,13 @@ class ModelInfo(BaseModel):
     arch: str
     input_size: int
     demo: bool = Field(description="true for the built-in demo models (not for clinical use)")
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="the scalar metrics in config.json")
+    metrics_ci: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="confidence intervals from metrics.json: {metric: {low, high, level}}")
+    selection: dict[str, Any] | None = Field(
+        None, description="the metric that selected the checkpoint: key, label, split, value, higher_is_better")
+    evaluated_on: str | None = Field(None, description="the split the metrics were computed on, as recorded")
+    card: str | None = Field(None, description="the model card (README.md without its front matter), Markdown")
     max_days: float | None = None
 
 

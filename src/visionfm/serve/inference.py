@@ -240,6 +240,26 @@ def _composite(display: Image.Image, mask_layer: Image.Image | None, att: np.nda
     return out
 
 
+def _named(entry: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """The page shows the model's own output names, never bare indices: landmarks take the names the model
+    lists (``landmark_names``, else "landmark 1".."landmark K"), and a class shown by its index (a binary
+    model with one class name, whose positive output the record calls ``"1"``) takes its class name."""
+    names = [str(n) for n in entry.output_names]
+    for k, mark in enumerate(summary.get("landmarks") or []):
+        if k < len(names):
+            mark["name"] = names[k]
+    classes = summary.get("classes")
+    if classes and names:
+        if entry.task_kind == "binary" and len(names) == 1:
+            by_index = {"1": names[0], "not 1": f"not {names[0]}"}
+        else:
+            by_index = {str(i): n for i, n in enumerate(names)} | {f"not {i}": f"not {n}" for i, n in enumerate(names)}
+        for c in classes:
+            if c["name"] not in names:
+                c["name"] = by_index.get(str(c["name"]), c["name"])
+    return summary
+
+
 def render_result(entry: Any, record: dict[str, Any], raw: RawResult, image: Image.Image, *,
                   overlay: bool = True) -> dict[str, Any]:
     """The JSON the page and programs get: sorted classes / values with units / segmentation areas /
@@ -248,12 +268,13 @@ def render_result(entry: Any, record: dict[str, Any], raw: RawResult, image: Ima
     dsize = _display_size(w, h)
     display = image if image.size == dsize else image.resize(dsize, Image.BILINEAR)
     shown = get_task(entry.task).display(entry.config, record, raw.pred, list(entry.output_names), list(entry.units))
-    out: dict[str, Any] = dict(shown.summary)
+    out: dict[str, Any] = _named(entry, dict(shown.summary))
     mask_layer = _mask_layer(shown.mask, dsize, shown.n_classes) if shown.mask is not None else None
     points = list(shown.points)
     layers: dict[str, str | None] = {
         "image": _data_url(display.convert("RGB"), "JPEG", quality=88),
-        "attention": _data_url(attention_overlay(raw.attention, layer_side=ATTENTION_SIDE))
+        "attention": _data_url(attention_overlay(raw.attention, layer_side=ATTENTION_SIDE,
+                                                fov_image=display.convert("RGB")))
         if raw.attention is not None else None,
         "mask": _data_url(mask_layer, optimize=False) if mask_layer is not None else None,
     }

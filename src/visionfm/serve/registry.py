@@ -19,7 +19,9 @@ out and tested, and they predict nothing meaningful. Nothing is written to disk 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import threading
@@ -79,6 +81,10 @@ class ModelEntry:
     factory: Callable[[], Any] | None = field(default=None, repr=False)
     has_units: bool = False
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    metrics_ci: dict[str, dict[str, float]] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+    evaluated_on: str | None = None
+    card: str | None = field(default=None, repr=False)
 
     @property
     def needs_days(self) -> bool:
@@ -90,6 +96,8 @@ class ModelEntry:
             "id": self.id, "name": self.name, "task": self.task, "task_kind": self.task_kind,
             "modality": self.modality, "output_names": self.output_names, "arch": self.arch,
             "input_size": self.input_size, "demo": self.demo, "metrics": self.metrics,
+            "metrics_ci": self.metrics_ci, "selection": self.selection, "evaluated_on": self.evaluated_on,
+            "card": self.card,
         }
         if self.has_units:
             out["units"] = self.units
@@ -98,16 +106,99 @@ class ModelEntry:
         return out
 
 
+_CARD_MAX_CHARS = 64_000  # a model card longer than this is cut (the page shows it as text)
+_METRICS_MAX_BYTES = 4_000_000  # metrics.json is read for the confidence intervals only below this size
+#: what the ``selection`` value of a classifier is (see ``selection_metrics``): its label and the key of the
+#: same metric in the evaluation
+_SELECTION_LABELS = {"multilabel": ("macro AUROC", "auroc_macro"), "visionfm13": ("macro AUROC", "auroc_macro"),
+                     None: ("macro F1", "f1_macro")}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _read_card(folder: Path | None) -> str | None:
+    """The model folder's ``README.md`` without its front matter (at most ``_CARD_MAX_CHARS``), or ``None``."""
+    if folder is None:
+        return None
+    path = folder / "README.md"
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(4 * _CARD_MAX_CHARS + 4).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end != -1:
+            text = text[end + 4:]
+    text = text.strip()
+    if len(text) > _CARD_MAX_CHARS:
+        text = text[:_CARD_MAX_CHARS].rstrip() + "\n\n(model card shortened)"
+    return text or None
+
+
+def _read_full_metrics(folder: Path | None) -> dict[str, Any]:
+    """``metrics.json`` of a model folder (the whole evaluation, with ``ci`` and ``selection``), or ``{}``
+    when it is missing, too large or unreadable (the scalar metrics in ``config.json`` are shown then)."""
+    if folder is None:
+        return {}
+    path = folder / "metrics.json"
+    try:
+        if not path.is_file() or path.stat().st_size > _METRICS_MAX_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.info("%s: not read (%s); its confidence intervals are not shown", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _metrics_view(cfg: dict[str, Any], folder: Path | None) -> dict[str, Any]:
+    """``metrics`` (scalars), ``metrics_ci`` (``{key: {low, high, level}}`` for the metrics that have an
+    interval), ``selection`` (the metric that chose the checkpoint: ``key``, ``label``, ``split``,
+    ``value``, ``higher_is_better``, and ``metric``: the key of the same metric in ``metrics``, if there)
+    and ``evaluated_on`` for the page."""
+    metrics = {k: v for k, v in (cfg.get("metrics") or {}).items() if _finite(v)}
+    full = _read_full_metrics(folder)
+    ci: dict[str, dict[str, float]] = {}
+    intervals = full.get("ci") if isinstance(full.get("ci"), dict) else {}
+    for key, iv in intervals.items():
+        if isinstance(iv, dict) and _finite(iv.get("low")) and _finite(iv.get("high")):
+            ci[str(key)] = {"low": float(iv["low"]), "high": float(iv["high"]),
+                            "level": float(iv["level"]) if _finite(iv.get("level")) else 0.95}
+    task = get_task(str(cfg["task"]))
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    sel_full = full.get("selection") if isinstance(full.get("selection"), dict) else {}
+    key = str(sel_full.get("key") or data.get("selection_key") or task.selection_key)
+    label, metric = key, key
+    if key == "selection":
+        label, metric = _SELECTION_LABELS.get(cfg.get("task_kind"), _SELECTION_LABELS[None])
+    value = sel_full.get("value")
+    selection = {"key": key, "label": label, "metric": metric if metric in metrics else None,
+                 "split": str(sel_full.get("split") or data.get("selection_split") or "val"),
+                 "value": float(value) if _finite(value) else None,
+                 "higher_is_better": bool(task.higher_is_better)}
+    evaluated = data.get("evaluated_on")
+    return {"metrics": metrics, "metrics_ci": ci, "selection": selection,
+            "evaluated_on": str(evaluated) if evaluated else None}
+
+
 def _entry_from_config(cfg: dict[str, Any], model_id: str, name: str, **extra: Any) -> ModelEntry:
-    names, units = get_task(str(cfg["task"])).display_names(cfg)
-    metrics = {k: v for k, v in (cfg.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    task = get_task(str(cfg["task"]))
+    names, units = task.display_names(cfg)
+    if not cfg.get(task.names_key) and task.name == "landmark":
+        names = [f"landmark {k + 1}" for k in range(len(names))]  # no names recorded: numbered from 1
+    folder = extra.get("folder")
+    view = _metrics_view(cfg, folder) if folder is not None else {"metrics": {
+        k: v for k, v in (cfg.get("metrics") or {}).items() if _finite(v)}}
     return ModelEntry(
         id=model_id, name=name, task=str(cfg["task"]), task_kind=cfg.get("task_kind"),
         modality=str(cfg.get("modality") or cfg["encoder"].get("modality") or "unknown"),
         output_names=names, units=list(units) if units is not None else [None] * len(names),
         arch=str(cfg["encoder"]["arch"]), input_size=int(cfg["preprocess"]["input_size"]),
-        max_days=float(cfg["max_days"]) if cfg.get("max_days") is not None else None, metrics=metrics,
-        has_units=units is not None, config=cfg, **extra)
+        max_days=float(cfg["max_days"]) if cfg.get("max_days") is not None else None,
+        has_units=units is not None, config=cfg, card=_read_card(folder), **view, **extra)
 
 
 def _slug(text: str) -> str:
@@ -243,6 +334,8 @@ class ModelRegistry:
             while model_id in self.entries:
                 model_id, n = f"{base}-{n}", n + 1
             entry = _entry_from_config(cfg, model_id, str(cfg.get("name") or rel), folder=folder)
+            entry.card = self._redact_text(entry.card)
+            entry.evaluated_on = self._redact_text(entry.evaluated_on)
         except VisionFMError as exc:
             log.info("not serving %s: %s", folder, exc)  # `visionfm serve` prints the problems at start-up
             self.problems.append({"folder": rel, "error": self._client_message(exc, folder)})
@@ -255,6 +348,19 @@ class ModelRegistry:
             return
         self._add(entry)
         self._folders[entry.id] = rel
+
+    def _redact_text(self, text: str | None) -> str | None:
+        """``text`` (a model card, a recorded split) with the server paths in it shortened as in error
+        messages (:class:`~visionfm.serve.redact.Redactor`), line by line, indentation kept."""
+        if not text:
+            return text
+        out = []
+        for line in text.split("\n"):
+            if "/" in line or "\\" in line:
+                body = line.lstrip()
+                line = line[: len(line) - len(body)] + self.redact(body)
+            out.append(line)
+        return "\n".join(out)
 
     def _client_message(self, exc: BaseException, folder: Path | None) -> str:
         msg = str(exc)

@@ -3,7 +3,7 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { models: [], maxMB: 25, file: null, fileName: "", result: null, busy: false };
+  const state = { models: [], maxMB: 25, file: null, fileName: "", result: null, busy: false, again: false };
 
   const TASK_LABEL = {
     classification: "Classification", regression: "Measurement (regression)", segmentation: "Segmentation",
@@ -34,10 +34,31 @@
 
   function setStatus(text) { $("status").textContent = text; }
 
+  // The `hidden` attribute (not the `.hidden` property, which SVG elements do not have) shows and hides
+  // every element alike; the stylesheet's `[hidden] { display: none !important }` applies to both.
+  function setShown(node, on) { node.toggleAttribute("hidden", !on); }
+  function isShown(node) { return !node.hasAttribute("hidden"); }
+
   function showError(message) {
     const box = $("error");
-    box.textContent = message;
-    box.hidden = !message;
+    box.textContent = message || "";
+    setShown(box, !!message);
+  }
+
+  // One sentence: the first letter upper-case, one final full stop.
+  function sentence(text) {
+    const t = String(text || "").trim().replace(/^(error|Error)\s*:\s*/, "");
+    if (!t) return "";
+    return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?)]$/.test(t) ? "" : ".");
+  }
+
+  class RequestError extends Error {}
+
+  // The message of any failure, once: the server's own message when it sent one, else what the status means.
+  function failureText(e) {
+    if (e instanceof RequestError) return e.message;
+    if (e instanceof TypeError) return "The server could not be reached. Is visionfm serve still running?";
+    return sentence((e && e.message) || String(e)) || "Something went wrong.";
   }
 
   function setBusy(on) {
@@ -47,18 +68,20 @@
     $("model-select").disabled = on || state.models.length === 0;
   }
 
+  // The server's messages are complete sentences ("this file is not a supported image: ..."): they are
+  // shown as they are; a generic text per status is used only when the response carries none.
   async function errorMessage(response) {
     let detail = "";
     try {
       const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      detail = typeof body.detail === "string" ? body.detail : "";
     } catch (e) {
-      detail = response.statusText;
+      detail = "";
     }
-    const prefix = { 400: "The file could not be read", 404: "Not found", 413: "Too large",
+    const generic = { 400: "The file could not be read", 404: "Not found", 413: "The file is too large",
       415: "Not a supported image", 422: "Invalid request", 500: "The analysis failed",
-      503: "Server busy" }[response.status] || ("Error " + response.status);
-    return prefix + ": " + detail;
+      503: "The server is busy or the model is unavailable" }[response.status] || "The request failed";
+    return new RequestError(sentence(detail) || (generic + " (HTTP " + response.status + ")."));
   }
 
   // -- models ----------------------------------------------------------------------------------------
@@ -80,12 +103,129 @@
     if (m.demo) info.append(el("dd", { class: "tag-demo", text: "Demo model: outputs are meaningless" }));
     $("days-row").hidden = m.task !== "forecasting";
     if (m.max_days) $("days-input").max = m.max_days;
+    showMetrics(m);
+    showCard(m);
+  }
+
+  function fmtMetric(v) {
+    if (Number.isInteger(v)) return String(v);
+    return Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(3);
+  }
+
+  // The model's evaluation: one row per metric (the selection metric first, marked), with its 95 % CI
+  // when metrics.json recorded one, and which metric chose the checkpoint on which split.
+  function showMetrics(m) {
+    const box = $("model-metrics");
+    box.replaceChildren(el("h3", { text: "Evaluation" }));
+    const metrics = m.metrics || {};
+    const ci = m.metrics_ci || {};
+    const sel = m.selection;
+    const keys = Object.keys(metrics);
+    if (!keys.length) {
+      box.append(el("p", { class: "muted small", text: m.demo ? "Demo model: never evaluated." : "No metrics recorded for this model." }));
+      return;
+    }
+    const selKey = sel && sel.metric;
+    keys.sort((a, b) => (b === selKey) - (a === selKey) || (b in ci) - (a in ci));
+    const hasCi = keys.some((k) => k in ci);
+    const level = hasCi ? Math.round(100 * (ci[keys.find((k) => k in ci)].level || 0.95)) : 95;
+    if (m.evaluated_on) box.append(el("p", { class: "muted small", text: "On " + m.evaluated_on + "." }));
+    const head = [el("th", { text: "Metric" }), el("th", { class: "num", text: "Value" })];
+    if (hasCi) head.push(el("th", { class: "num", text: level + " % CI" }));
+    const body = el("tbody");
+    for (const k of keys) {
+      const name = el("td", {}, [k]);
+      if (k === selKey) name.append(" ", el("span", { class: "tag-sel", text: "selection", title: "the metric that selected the checkpoint" }));
+      const row = el("tr", { "data-metric": k, class: k === selKey ? "selected" : "" }, [name, el("td", { class: "num", text: fmtMetric(metrics[k]) })]);
+      if (hasCi) row.append(el("td", { class: "num ci", text: k in ci ? fmtMetric(ci[k].low) + "–" + fmtMetric(ci[k].high) : "" }));
+      body.append(row);
+    }
+    box.append(el("div", { class: "metrics-scroll" }, [el("table", { class: "values metrics", id: "metrics-table" }, [
+      el("thead", {}, [el("tr", {}, head)]), body])]));
+    if (sel) {
+      const dir = sel.higher_is_better ? "higher is better" : "lower is better";
+      const value = sel.value === null || sel.value === undefined ? "" : ", " + fmtMetric(sel.value);
+      box.append(el("p", { class: "muted small", id: "selection-note",
+        text: "Checkpoint selected by " + sel.label + " on the " + sel.split + " split (" + dir + value + ")." }));
+    }
+  }
+
+  // -- model card: Markdown-lite rendered with text nodes only (no HTML from the card reaches the page) ---
+  function inline(text) {
+    const out = [];
+    const re = /(\*\*[^*]+\*\*|`[^`]+`|\[[^\]]+\]\([^)\s]+\))/g;
+    let last = 0, mt;
+    while ((mt = re.exec(text)) !== null) {
+      if (mt.index > last) out.push(text.slice(last, mt.index));
+      const t = mt[0];
+      if (t.startsWith("**")) out.push(el("strong", { text: t.slice(2, -2) }));
+      else if (t.startsWith("`")) out.push(el("code", { text: t.slice(1, -1) }));
+      else out.push(t.slice(1, t.indexOf("]")));  // a link: its text only; the card links nowhere
+      last = re.lastIndex;
+    }
+    if (last < text.length) out.push(text.slice(last));
+    return out;
+  }
+
+  function cells(line) {
+    return line.trim().replace(/^\|/, "").replace(/\|$/, "").split("|").map((c) => c.trim());
+  }
+
+  function renderMarkdown(md) {
+    const frag = document.createDocumentFragment();
+    const lines = md.replace(/\r\n?/g, "\n").split("\n");
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      if (/^```/.test(line)) {
+        const code = [];
+        for (i++; i < lines.length && !/^```/.test(lines[i]); i++) code.push(lines[i]);
+        i++;
+        frag.append(el("pre", {}, [el("code", { text: code.join("\n") })]));
+      } else if (/^#{1,6}\s/.test(line)) {
+        const level = Math.min(6, line.match(/^#+/)[0].length + 2);
+        frag.append(el("h" + level, {}, inline(line.replace(/^#+\s*/, ""))));
+        i++;
+      } else if (/^\s*\|/.test(line)) {
+        const rows = [];
+        for (; i < lines.length && /^\s*\|/.test(lines[i]); i++) rows.push(lines[i]);
+        const table = el("table", { class: "values" });
+        const body = el("tbody");
+        rows.forEach((r, k) => {
+          if (/^\s*\|?[\s:|-]+$/.test(r)) return;  // the |---|---| separator
+          const cs = cells(r);
+          if (k === 0 && cs.every((c) => c === "")) return;  // an empty header row
+          body.append(el("tr", {}, cs.map((c) => el(k === 0 ? "th" : "td", {}, inline(c)))));
+        });
+        table.append(body);
+        frag.append(table);
+      } else if (/^\s*[-*]\s/.test(line)) {
+        const list = el("ul");
+        for (; i < lines.length && /^\s*[-*]\s/.test(lines[i]); i++) list.append(el("li", {}, inline(lines[i].replace(/^\s*[-*]\s/, ""))));
+        frag.append(list);
+      } else if (!line.trim()) {
+        i++;
+      } else {
+        const para = [];
+        for (; i < lines.length && lines[i].trim() && !/^(```|#{1,6}\s|\s*\||\s*[-*]\s)/.test(lines[i]); i++) para.push(lines[i].trim());
+        frag.append(el("p", {}, inline(para.join(" "))));
+      }
+    }
+    return frag;
+  }
+
+  function showCard(m) {
+    const panel = $("model-card-panel");
+    if (!m.card) { setShown(panel, false); $("model-card-body").replaceChildren(); return; }
+    $("model-card-title").textContent = "Model card: " + m.name;
+    $("model-card-body").replaceChildren(renderMarkdown(m.card));
+    setShown(panel, true);
   }
 
   async function loadModels() {
     try {
       const r = await fetch("/api/models");
-      if (!r.ok) throw new Error(await errorMessage(r));
+      if (!r.ok) throw await errorMessage(r);
       const body = await r.json();
       state.models = body.models;
       state.maxMB = body.max_upload_mb;
@@ -103,7 +243,7 @@
       }
       showModelInfo();
     } catch (e) {
-      showError("Could not list the models: " + e.message);
+      showError("Could not list the models. " + failureText(e));
     }
   }
 
@@ -112,7 +252,7 @@
     const list = $("examples");
     try {
       const r = await fetch("/api/examples");
-      if (!r.ok) throw new Error(await errorMessage(r));
+      if (!r.ok) throw await errorMessage(r);
       const body = await r.json();
       for (const ex of body.examples) {
         const btn = el("button", { type: "button", class: "example", "data-id": ex.id, title: ex.description }, [
@@ -128,23 +268,51 @@
   async function useExample(ex) {
     try {
       const r = await fetch(ex.url);
-      if (!r.ok) throw new Error(await errorMessage(r));
+      if (!r.ok) throw await errorMessage(r);
       const blob = await r.blob();
       chooseFile(new File([blob], ex.filename, { type: blob.type }));
     } catch (e) {
-      showError("Could not load the example: " + e.message);
+      showError("Could not load the example. " + failureText(e));
     }
   }
 
   // -- upload and prediction -------------------------------------------------------------------------
+  // Nothing of an earlier result stays on the page once a new image is chosen or a request fails: the
+  // photo, every overlay (attention, mask, landmark markers), the findings, the downloads and the timing.
+  function clearResults(message) {
+    state.result = null;
+    $("results").replaceChildren(el("p", { class: "muted", text: "Results appear here." }));
+    for (const id of ["layer-image", "layer-attention", "layer-mask"]) {
+      $(id).removeAttribute("src");
+    }
+    for (const id of ["layer-attention", "layer-mask", "layer-points"]) setShown($(id), false);
+    $("layer-points").replaceChildren();
+    setShown($("stage"), false);
+    $("placeholder").textContent = message || "No image yet";
+    setShown($("placeholder"), true);
+    $("viewer").classList.add("empty");
+    for (const id of ["layer-controls", "downloads"]) setShown($(id), false);
+    $("timing").textContent = "";
+  }
+
+  function rejectFile(message) {
+    if (state.busy) state.again = true;  // the request in flight is for the previous file: drop its result
+    state.file = null;
+    state.fileName = "";
+    $("run-button").disabled = true;
+    clearResults("No result");
+    setStatus("No result.");
+    showError(message);
+  }
+
   function chooseFile(file) {
     showError("");
     if (!file) return;
     if (file.size > state.maxMB * 1e6) {
-      showError("Too large: " + file.name + " is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " + state.maxMB + " MB.");
+      rejectFile("The file " + file.name + " is too large (" + (file.size / 1e6).toFixed(1) + " MB); the limit is " + state.maxMB + " MB.");
       return;
     }
-    if (file.size === 0) { showError("The file " + file.name + " is empty."); return; }
+    if (file.size === 0) { rejectFile("The file " + file.name + " is empty."); return; }
     state.file = file;
     state.fileName = file.name;
     predict();
@@ -152,8 +320,11 @@
 
   async function predict() {
     const m = currentModel();
-    if (!state.file || !m || state.busy) return;
+    if (!state.file || !m) return;
+    if (state.busy) { state.again = true; return; }  // a new file or model while one runs: run it next
+    state.again = false;
     showError("");
+    clearResults("");
     setBusy(true);
     setStatus("Analysing " + state.fileName + " with " + m.name + "…");
     const form = new FormData();
@@ -166,17 +337,21 @@
     try {
       const r = await fetch("/api/predict", { method: "POST", body: form });
       if (r.status === 503) loadModels();  // a model that failed to load is now listed under the problems
-      if (!r.ok) throw new Error(await errorMessage(r));
+      if (!r.ok) throw await errorMessage(r);
       const result = await r.json();
+      if (state.again) return;  // superseded: the newer request runs next (see finally)
       state.result = result;
       render(result);
       setStatus("Done: " + result.image.filename + " (" + result.image.format + ", " + result.image.width + "×" + result.image.height + ")");
       $("timing").textContent = "Analysed in " + ((performance.now() - t0) / 1000).toFixed(2) + " s (model " + (result.timing_ms.model / 1000).toFixed(2) + " s).";
     } catch (e) {
-      showError(e.message || String(e));
-      setStatus("No result.");
+      if (state.again) return;
+      clearResults("No result");
+      showError(failureText(e));
+      setStatus("No result for " + state.fileName + ".");
     } finally {
       setBusy(false);
+      if (state.again) predict();
     }
   }
 
@@ -236,20 +411,35 @@
     return list;
   }
 
+  // Landmark markers in original image pixels (the SVG's viewBox), each a ring, a cross in the landmark's
+  // colour and its name beside it (left of the marker near the right edge).
   function drawPoints(result) {
     const svg = $("layer-points");
     const NS = "http://www.w3.org/2000/svg";
     svg.replaceChildren();
-    svg.setAttribute("viewBox", "0 0 " + result.image.width + " " + result.image.height);
+    const w = result.image.width, h = result.image.height;
+    svg.setAttribute("viewBox", "0 0 " + w + " " + h);
     svg.setAttribute("preserveAspectRatio", "none");
-    const r = Math.max(result.image.width, result.image.height) / 60;
+    const r = Math.max(w, h) / 60;
     for (const p of result.landmarks || []) {
+      if (!Number.isFinite(p.x) || !Number.isFinite(p.y)) continue;
       const g = document.createElementNS(NS, "g");
-      const mk = (name, attrs) => { const n = document.createElementNS(NS, name); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); g.append(n); };
+      g.setAttribute("class", "marker");
+      g.setAttribute("data-name", p.name);
+      const mk = (name, attrs, text) => {
+        const n = document.createElementNS(NS, name);
+        for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+        if (text !== undefined) n.textContent = text;
+        g.append(n);
+        return n;
+      };
       mk("circle", { cx: p.x, cy: p.y, r: r, fill: "none", stroke: "#fff", "stroke-width": r / 4 });
       mk("line", { x1: p.x - r, y1: p.y, x2: p.x + r, y2: p.y, stroke: p.colour, "stroke-width": r / 4 });
       mk("line", { x1: p.x, y1: p.y - r, x2: p.x, y2: p.y + r, stroke: p.colour, "stroke-width": r / 4 });
-      const t = document.createElementNS(NS, "title"); t.textContent = p.name; g.append(t);
+      const right = p.x < w * 0.75;
+      mk("text", { x: right ? p.x + 1.5 * r : p.x - 1.5 * r, y: p.y + 0.45 * r, "text-anchor": right ? "start" : "end",
+        "font-size": 1.4 * r, "stroke-width": r / 5, class: "marker-label" }, p.name);
+      mk("title", {}, p.name + " (x " + p.x.toFixed(0) + ", y " + p.y.toFixed(0) + ")");
       svg.append(g);
     }
   }
@@ -264,9 +454,9 @@
     if (result.landmarks) res.append(el("p", { class: "headline", text: "Landmarks (image pixels)" }), renderLandmarks(result));
     res.append(el("p", { class: "muted small", text: result.notice }));
 
-    $("placeholder").hidden = true;
+    setShown($("placeholder"), false);
     $("viewer").classList.remove("empty");
-    $("stage").hidden = false;
+    setShown($("stage"), true);
     $("layer-image").src = result.layers.image;
     const hasMask = !!result.layers.mask, hasAtt = !!result.layers.attention, hasPts = !!(result.landmarks && result.landmarks.length);
     if (hasMask) $("layer-mask").src = result.layers.mask;
@@ -277,8 +467,8 @@
     $("ctl-points").hidden = !hasPts;
     // the task's own overlay is shown by default; the attention map is shown when there is no other overlay
     $("show-attention").checked = hasAtt && !hasMask && !hasPts;
-    $("layer-controls").hidden = !(hasMask || hasAtt || hasPts);
-    $("downloads").hidden = false;
+    setShown($("layer-controls"), hasMask || hasAtt || hasPts);
+    setShown($("downloads"), true);
     updateLayers();
   }
 
@@ -286,11 +476,11 @@
     const r = state.result;
     if (!r) return;
     const att = $("layer-attention"), mask = $("layer-mask"), pts = $("layer-points");
-    att.hidden = !(r.layers.attention && $("show-attention").checked);
+    setShown(att, !!(r.layers.attention && $("show-attention").checked));
     att.style.opacity = String($("opacity-attention").value / 100);
-    mask.hidden = !(r.layers.mask && $("show-mask").checked);
+    setShown(mask, !!(r.layers.mask && $("show-mask").checked));
     mask.style.opacity = String($("opacity-mask").value / 100);
-    pts.hidden = !(r.landmarks && r.landmarks.length && $("show-points").checked);
+    setShown(pts, !!(r.landmarks && r.landmarks.length && $("show-points").checked));
   }
 
   // -- downloads -------------------------------------------------------------------------------------
@@ -324,25 +514,36 @@
       canvas.height = base.naturalHeight;
       const ctx = canvas.getContext("2d");
       ctx.drawImage(base, 0, 0);
-      if (!$("layer-attention").hidden) {
+      if (isShown($("layer-attention"))) {
         ctx.globalAlpha = $("opacity-attention").value / 100;
         ctx.drawImage(await loadImage(r.layers.attention), 0, 0, canvas.width, canvas.height);
       }
-      if (!$("layer-mask").hidden) {
+      if (isShown($("layer-mask"))) {
         ctx.globalAlpha = $("opacity-mask").value / 100;
         ctx.imageSmoothingEnabled = false;
         ctx.drawImage(await loadImage(r.layers.mask), 0, 0, canvas.width, canvas.height);
       }
       ctx.globalAlpha = 1;
-      if (!$("layer-points").hidden) {
+      if (isShown($("layer-points"))) {
         const sx = canvas.width / r.image.width, sy = canvas.height / r.image.height;
-        const rad = Math.max(4, Math.min(canvas.width, canvas.height) / 60);
+        const rad = Math.max(4, Math.max(canvas.width, canvas.height) / 60);
+        ctx.font = "600 " + Math.round(1.4 * rad) + "px system-ui, sans-serif";
+        ctx.textBaseline = "middle";
         for (const p of r.landmarks) {
-          ctx.strokeStyle = p.colour; ctx.lineWidth = Math.max(2, rad / 3);
+          if (!Number.isFinite(p.x) || !Number.isFinite(p.y)) continue;
+          const x = p.x * sx, y = p.y * sy;
+          ctx.strokeStyle = "#fff"; ctx.lineWidth = Math.max(1, rad / 4);
+          ctx.beginPath(); ctx.arc(x, y, rad, 0, 2 * Math.PI); ctx.stroke();
+          ctx.strokeStyle = p.colour; ctx.lineWidth = Math.max(2, rad / 4);
           ctx.beginPath();
-          ctx.moveTo(p.x * sx - rad, p.y * sy); ctx.lineTo(p.x * sx + rad, p.y * sy);
-          ctx.moveTo(p.x * sx, p.y * sy - rad); ctx.lineTo(p.x * sx, p.y * sy + rad);
+          ctx.moveTo(x - rad, y); ctx.lineTo(x + rad, y);
+          ctx.moveTo(x, y - rad); ctx.lineTo(x, y + rad);
           ctx.stroke();
+          const right = x < canvas.width * 0.75;
+          ctx.textAlign = right ? "left" : "right";
+          const tx = right ? x + 1.5 * rad : x - 1.5 * rad;
+          ctx.lineWidth = Math.max(2, rad / 5); ctx.strokeStyle = "rgba(0, 0, 0, 0.8)"; ctx.fillStyle = "#fff";
+          ctx.strokeText(p.name, tx, y); ctx.fillText(p.name, tx, y);
         }
       }
       save(canvas.toDataURL("image/png"), stem() + "_" + r.model.id + "_overlay.png");
@@ -371,8 +572,8 @@
     drop.addEventListener("drop", (e) => {
       const files = e.dataTransfer && e.dataTransfer.files;
       if (!files || !files.length) { showError("Nothing to analyse: drop an image file."); return; }
-      if (files.length > 1) showError("Several files were dropped; analysing the first one only.");
       chooseFile(files[0]);
+      if (files.length > 1 && state.file) showError("Several files were dropped; analysing the first one only.");
     });
     // a file dropped outside the drop zone must not make the browser navigate away
     window.addEventListener("dragover", (e) => e.preventDefault());
