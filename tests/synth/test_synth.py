@@ -155,10 +155,13 @@ def test_segmentation_layout_and_classes(seg, tmp_path):
     d, s = seg
     base = d / "VesselSegmentation" / DS
     seen = set()
-    for split in ("training", "test"):
-        assert sorted(p.name for p in (base / split / "images").iterdir()) == _names(8)
-        assert sorted(p.name for p in (base / split / "labels").iterdir()) == _names(8)
-        for name in _names(8):
+    sizes = {"training": 8, "val": 2, "test": 8}
+    assert s["counts"] == {f"VesselSegmentation/{k}": v for k, v in sizes.items()}
+    assert sorted(p.name for p in base.iterdir()) == ["test", "training", "val"]
+    for split, n in sizes.items():
+        assert sorted(p.name for p in (base / split / "images").iterdir()) == _names(n)
+        assert sorted(p.name for p in (base / split / "labels").iterdir()) == _names(n)
+        for name in _names(n):
             with Image.open(base / split / "labels" / name) as lab:
                 assert lab.mode == "L" and lab.size == (96, 96)
                 arr = np.asarray(lab)
@@ -179,12 +182,12 @@ def test_landmark_layout_both_formats(tmp_path):
     a, b = tmp_path / "map", tmp_path / "points"
     generate("landmark", a, num=4, img_size=64, seed=3)
     generate("landmark", b, num=4, img_size=64, seed=3, landmark_format="points")
-    for split in ("training", "test"):
+    for split, n in {"training": 4, "val": 2, "test": 4}.items():
         for root in (a, b):
             base = root / "LandmarkDetection" / DS / split
-            assert sorted(p.name for p in (base / "images").iterdir()) == _names(4)
-            assert sorted(p.name for p in (base / "labels").iterdir()) == [f"{i:08d}.npy" for i in range(4)]
-        for i in range(4):
+            assert sorted(p.name for p in (base / "images").iterdir()) == _names(n)
+            assert sorted(p.name for p in (base / "labels").iterdir()) == [f"{i:08d}.npy" for i in range(n)]
+        for i in range(n):
             m = np.load(a / "LandmarkDetection" / DS / split / "labels" / f"{i:08d}.npy")
             p = np.load(b / "LandmarkDetection" / DS / split / "labels" / f"{i:08d}.npy")
             assert m.shape == (64, 64, 3) and m.dtype == np.uint8
@@ -225,10 +228,12 @@ def test_metric_reg_layout_and_measured_targets(metric):
 def test_forecasting_layout(tmp_path):
     s = generate("forecasting", tmp_path, num=60, img_size=48, seed=0)
     root = tmp_path / "GlaucomaForecasting"
-    assert sorted(p.name for p in root.iterdir()) == ["test", "test.txt", "training", "training.txt"]
+    assert sorted(p.name for p in root.iterdir()) == ["test", "test.txt", "training", "training.txt", "val",
+                                                      "val.txt"]
     labs, days = [], []
-    for split in ("training", "test"):
-        assert sorted(p.name for p in (root / split).iterdir()) == _names(60)
+    for split, n in {"training": 60, "val": 15, "test": 60}.items():
+        assert sorted(p.name for p in (root / split).iterdir()) == _names(n)
+        assert len(_lines(root / f"{split}.txt")) == n
         for i, line in enumerate(_lines(root / f"{split}.txt")):
             parts = line.rstrip().split(", ")
             assert len(parts) == 3 and parts[0] == f"{split}/{i:08d}.png"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from visionfm.data.synth.tasks import (
     DATASET,
+    FINETUNE_CLASSES,
+    FINETUNE_GROUP,
     MULTI_LABEL_NAMES,
     OCT_ALWAYS_ZERO,
     TASKS,
@@ -22,4 +24,7 @@ from visionfm.data.synth.tasks import (
     split_sizes,
 )
 
-__all__ = ["generate", "TASKS", "DATASET", "MULTI_LABEL_NAMES", "OCT_ALWAYS_ZERO", "split_sizes", "forecast_score"]
+__all__ = [
+    "generate", "TASKS", "DATASET", "MULTI_LABEL_NAMES", "OCT_ALWAYS_ZERO", "split_sizes", "forecast_score",
+    "FINETUNE_GROUP", "FINETUNE_CLASSES",
+]

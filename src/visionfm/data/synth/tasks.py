@@ -37,9 +37,11 @@ __all__ = [
     "generate",
     "split_sizes",
     "forecast_score",
+    "FINETUNE_GROUP",
+    "FINETUNE_CLASSES",
 ]
 
-TASKS = ("pretrain", "single_cls", "multi_cls", "segmentation", "landmark", "metric_reg", "forecasting")
+TASKS = ("pretrain", "single_cls", "multi_cls", "segmentation", "landmark", "metric_reg", "forecasting", "finetune")
 DATASET = "dataset_A"
 MULTI_LABEL_NAMES = (
     "Healthy", "DR1", "DR2", "DR3", "DR4", "DR", "Glaucoma", "AMD", "Cataract",
@@ -52,6 +54,10 @@ LANDMARK_FORMATS = ("map", "points")
 MIN_SIZE, MAX_SIZE = 32, 4096
 FORECAST_DAYS = (30, 3650)
 FORECAST_DISC_SCALE = 2.0  # forecasting: an optic disc twice the natural size, so the cup is visible at 64 px
+FINETUNE_GROUP = "FundusFinetune"
+# finetune: DR grades 0..4 as class folders. These are the names (and the order) of the RETFound APTOS2019 /
+# MESSIDOR2 benchmarks, and they sort alphabetically in grade order, so every class-order preset agrees.
+FINETUNE_CLASSES = ("anodr", "bmilddr", "cmoderatedr", "dseveredr", "eproliferativedr")
 
 
 @dataclass(frozen=True)
@@ -65,15 +71,18 @@ _LAYOUTS: dict[str, _Layout] = {
     "pretrain": _Layout(MODALITY_NAMES, ("",), False),
     "single_cls": _Layout(("FundusClassification",), ("training", "val", "test"), True),
     "multi_cls": _Layout(("FundusClassificationMulti", "OCTClassificationMulti"), ("training", "val", "test"), True),
-    "segmentation": _Layout(("VesselSegmentation",), ("training", "test"), True),
-    "landmark": _Layout(("LandmarkDetection",), ("training", "test"), True),
+    "segmentation": _Layout(("VesselSegmentation",), ("training", "val", "test"), True),
+    "landmark": _Layout(("LandmarkDetection",), ("training", "val", "test"), True),
     "metric_reg": _Layout(("FundusRegression", "ExternalRegression"), ("training", "val", "test"), True),
-    "forecasting": _Layout(("GlaucomaForecasting",), ("training", "test"), False),
+    "forecasting": _Layout(("GlaucomaForecasting",), ("training", "val", "test"), False),
+    # RETFound / torchvision ImageFolder: <group>/{train,val,test}/<class>/%08d.png
+    "finetune": _Layout((FINETUNE_GROUP,), ("train", "val", "test"), False),
 }
 
 
 def split_sizes(task: str, num: int) -> dict[str, int]:
-    """Images per split: ``num`` for training/test (and per pretraining modality), ``max(2, num // 4)`` for val."""
+    """Images per split: ``num`` for training/train and test (and per pretraining modality), ``max(2, num // 4)``
+    for val."""
     return {s: (max(2, num // 4) if s == "val" else num) for s in _LAYOUTS[task].splits}
 
 
@@ -162,6 +171,11 @@ def _r_forecast(rng, size, group, opts):
     return img, (label, days, cdr), None
 
 
+def _r_finetune(rng, size, group, opts):
+    grade = int(opts["index"]) % len(FINETUNE_CLASSES)  # balanced: every class in every split of >= 5 images
+    return render_fundus(rng, size, Findings(grade)).image, grade, None
+
+
 _RENDER = {
     "pretrain": _r_pretrain,
     "single_cls": _r_single,
@@ -170,6 +184,7 @@ _RENDER = {
     "landmark": _r_landmark,
     "metric_reg": _r_metric,
     "forecasting": _r_forecast,
+    "finetune": _r_finetune,
 }
 
 
@@ -197,8 +212,13 @@ def _work(job: tuple) -> Any:
     """Render and write one item; returns its label payload. Top-level so worker processes can run it."""
     task, seed, size, opts, root, group, split, index = job
     rng = item_rng(seed, task, f"{group}/{split}", index)
+    if task == "finetune":
+        opts = {**opts, "index": index}
     image, payload, label = _RENDER[task](rng, size, group, opts)
     img_path, label_path = _paths(Path(root), task, group, split, index)
+    if task == "finetune":  # <split>/<class>/: created here, so no class folder is ever empty (torchvision
+        img_path = img_path.parent / FINETUNE_CLASSES[payload] / img_path.name  # ImageFolder refuses empty ones)
+        img_path.parent.mkdir(parents=True, exist_ok=True)
     save_png(img_path, image)
     if label_path is not None:
         if label_path.suffix == ".npy":
@@ -242,8 +262,8 @@ def generate(
         task: one of :data:`TASKS`.
         dst_dir: output root (created if missing). Existing files with the same names are
             overwritten; nothing else is deleted.
-        num: images per split (training and test; val gets ``max(2, num // 4)``), or per modality
-            for ``pretrain``. Must be > 0.
+        num: images per split (training/train and test; val gets ``max(2, num // 4)``), or per
+            modality for ``pretrain``. Must be > 0.
         img_size: side of the square images, in [32, 4096].
         seed: non-negative integer; the same seed gives byte-identical files.
         num_classes: segmentation classes, 2 (background/vessel), 3 (+ optic disc) or 4 (+ lesions).
@@ -330,6 +350,9 @@ def generate(
         elif task == "segmentation":
             tot = np.asarray(items, dtype=np.float64).sum(axis=0)
             dist[key] = {str(c): round(float(v / tot.sum()), 5) for c, v in enumerate(tot)}
+        elif task == "finetune":
+            cnt = Counter(items)
+            dist[key] = {name: cnt.get(k, 0) for k, name in enumerate(FINETUNE_CLASSES)}
         elif task == "landmark":
             pts = np.asarray(items, dtype=np.float64)
             dist[key] = {n: pts[:, k].mean(axis=0).round(2).tolist() for k, n in enumerate(LANDMARK_NAMES)}
