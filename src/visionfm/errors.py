@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import re
+from typing import Any, Callable, Iterator, TypeVar
+
 __all__ = [
+    "cli_wording",
+    "python_wording",
+    "speaks_python",
     "VisionFMError",
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -12,6 +21,46 @@ __all__ = [
     "NothingToPlotError",
     "UploadError",
 ]
+
+
+# Messages are written once, in the command line's words (``--input_size``: the flag names are the config
+# field names). Raised to a caller of the Python API, they are reworded to the argument names (``input_size``).
+_CLI_WORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("visionfm_cli_wording", default=False)
+_FLAG = re.compile(r"(?<![\w-])--([A-Za-z][A-Za-z0-9_]*)")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def cli_wording() -> Iterator[None]:
+    """Inside, errors keep their ``--flag`` wording (the ``visionfm`` command runs its subcommand in it)."""
+    token = _CLI_WORDING.set(True)
+    try:
+        yield
+    finally:
+        _CLI_WORDING.reset(token)
+
+
+def python_wording(message: str) -> str:
+    """``message`` with every ``--name`` flag written as the Python argument ``name``."""
+    return _FLAG.sub(r"\1", message)
+
+
+def speaks_python(fn: _F) -> _F:
+    """Decorate a public Python entry point: its :class:`VisionFMError` messages name arguments, not flags
+    (unless it runs under the command line, see :func:`cli_wording`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VisionFMError as exc:
+            if not _CLI_WORDING.get() and exc.args and isinstance(exc.args[0], str):
+                exc.args = (python_wording(exc.args[0]), *exc.args[1:])
+                if isinstance(getattr(exc, "message", None), str):
+                    exc.message = python_wording(exc.message)  # type: ignore[attr-defined]
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 class VisionFMError(Exception):

@@ -57,7 +57,7 @@ def test_dense_features_pass_amp_to_autocast(monkeypatch, amp):
     ("extract", ["--pretrained_weights", "random", "--dst_root", "x"]),
     ("train-cls", ["--name", "r"]),
     ("train-seg", ["--name", "r"]),
-    ("train-landmark", ["--name", "r"]),
+    ("train-landmark", ["--name", "r", "--data_path", "d"]),
     ("train-forecast", ["--data_path", "d"]),
 ])
 def test_amp_flag_defaults_on_and_turns_off(command, extra):

@@ -47,6 +47,7 @@ BASE: dict[str, list[str]] = {
     "export": ["--weights", DATA, "--out", OUT + "/x.safetensors"],
     "convert-features": [DATA, OUT],
     "weights": ["fetch", "Fundus"],
+    "datasets": ["fetch", "visionfm-processed"],
 }
 
 # Bad values of a flag, tried on every command that has it: (flag, value).
@@ -175,6 +176,7 @@ SPECIFIC: list[tuple[str, list[str], str]] = [
     ("export", ["--patch_size", "0"], "--patch_size"),
     ("convert-features", ["--progress", "sometimes"], "--progress"),
     ("weights", ["--url", "ftp://example.org/x.pth"], "--url"),  # refused before any download
+    ("datasets", ["--url", "ftp://example.org/x.zip"], "--url"),
 ]
 
 # ``--config`` YAML values (argparse checks neither their type nor their choices): (command, YAML, flag).

@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="demo_output", help="everything the demo writes goes here")
     parser.add_argument("--img_size", type=int, default=64, help="synthetic image side")
     parser.add_argument("--num", type=int, default=192, help="classification images per split")
-    parser.add_argument("--pretrain_epochs", type=int, default=4)
-    parser.add_argument("--decoder_epochs", type=int, default=40)
-    parser.add_argument("--seg_epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain_epochs", type=int, default=4, help="iBOT pretraining epochs")
+    parser.add_argument("--decoder_epochs", type=int, default=40, help="classification-decoder epochs")
+    parser.add_argument("--seg_epochs", type=int, default=8, help="segmentation-decoder epochs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from visionfm.cli.options import VFMArgumentParser, arch_choices, bool_flag, to_config
+from visionfm.cli.options import NUM_WORKERS, VFMArgumentParser, arch_choices, bool_flag, to_config
 
 RECIPE_HELP = " (default: from --recipe)"
 
@@ -41,13 +41,13 @@ def add_arguments(p: VFMArgumentParser) -> None:
     add_pooling_arguments(p)
     p.add_argument("--arch", default=None, choices=arch_choices(),
                    help="default: read from the weights file (vit_base for random weights); given: checked")
-    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--input_size", type=int, default=224, help="side S of the square input (multiple of 16)")
     p.add_argument("--patch_size", type=int, default=None,
                    help="default: read from the weights file (16 for random weights); given: checked")
     p.add_argument("--pretrained_weights", default=None,
                    help="encoder weights file, a model folder (its encoder.* tensors), or 'random'")
-    p.add_argument("--checkpoint_key", default="teacher")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--checkpoint_key", default="teacher", help="sub-dict of the weights file holding the encoder")
+    p.add_argument("--epochs", type=int, default=100, help="training epochs")
     p.add_argument("--lr", type=float, default=0.001,
                    help="head base LR, scaled by batch_size_per_gpu*accum_iter*world/256")
     p.add_argument("--encoder_lr_scale", type=float, default=0.1,
@@ -61,7 +61,7 @@ def add_arguments(p: VFMArgumentParser) -> None:
                         "warm-up then cosine to --min_lr" + RECIPE_HELP)
     p.add_argument("--min_lr", type=float, default=None, help="final LR of warmup_cosine" + RECIPE_HELP)
     p.add_argument("--warmup_epochs", type=float, default=None, help="warm-up of warmup_cosine" + RECIPE_HELP)
-    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--clip_grad", type=float, default=0.0, help="global gradient-norm clip (0: off)")
     p.add_argument("--drop_path", type=float, default=None, help="stochastic depth rate" + RECIPE_HELP)
     p.add_argument("--accum_iter", type=int, default=1, help="gradient accumulation steps")
@@ -73,23 +73,27 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="timm RandAugment config, e.g. rand-m9-mstd0.5-inc1 (empty: off)" + RECIPE_HELP)
     p.add_argument("--mixup", type=float, default=None, help="mixup alpha (0: off)" + RECIPE_HELP)
     p.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0: off)" + RECIPE_HELP)
-    p.add_argument("--mixup_prob", type=float, default=1.0)
-    p.add_argument("--mixup_switch_prob", type=float, default=0.5)
+    p.add_argument("--mixup_prob", type=float, default=1.0, help="probability of mixup or cutmix per batch")
+    p.add_argument("--mixup_switch_prob", type=float, default=0.5,
+                   help="probability of cutmix instead of mixup when both are on")
     p.add_argument("--smoothing", type=float, default=None, help="label smoothing" + RECIPE_HELP)
     p.add_argument("--reprob", type=float, default=None, help="random-erasing probability" + RECIPE_HELP)
-    p.add_argument("--head", default="cls", choices=["cls", "linear"])
+    p.add_argument("--head_type", "--head", dest="head", default="cls", choices=["cls", "linear"],
+                   help="ClsHead (BN+MLP) or a linear layer on the pooled features")
     p.add_argument("--bn_momentum", type=float, default=0.1, help="head BatchNorm momentum (0.99: the original)")
-    p.add_argument("--batch_size_per_gpu", type=int, default=128)
+    p.add_argument("--batch_size_per_gpu", "--batch_size", type=int, default=128,
+                   help="images per batch and process")
     p.add_argument("--drop_last", type=bool_flag, default=None,
                    help="drop the last incomplete training batch of each epoch (a batch of one sample is always "
                         "dropped: BatchNorm cannot train on it)" + RECIPE_HELP)
     p.add_argument("--data_path", required=True, help="folder with train/ val/ test/ <class>/ images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--modality", default="Fundus")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--modality", default="Fundus", help="normalisation statistics of the images")
     add_original_info_arguments(p)
-    p.add_argument("--num_workers", type=int, default=10)
-    p.add_argument("--val_freq", type=int, default=1)
-    p.add_argument("--output_dir", default=".")
+    p.add_argument("--num_workers", type=int, default=NUM_WORKERS, help="image-loading workers per process")
+    p.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs (and at the last)")
+    p.add_argument("--output_dir", default=".",
+                   help="outputs go to <output_dir>/<name>, or <output_dir> without --name")
     p.add_argument("--num_labels", type=int, default=None,
                    help="outputs; default = number of classes. 1 with two classes: one sigmoid logit (BCE)")
     p.add_argument("--load_from", default=None,

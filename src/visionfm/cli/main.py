@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("visionfm.cli.info", "show what a weights file holds and which architecture it fits"),
     "weights": ("visionfm.cli.weights",
                 "the official VisionFM encoder files: list them, fetch one (verified), print its local path"),
+    "datasets": ("visionfm.cli.datasets",
+                 "public data sets in the vfm layouts: list them, fetch one (verified, extracted, checked), its path"),
     "export": ("visionfm.cli.export", "convert an encoder checkpoint into safetensors + JSON config"),
     "synth": ("visionfm.cli.synth", "write learnable synthetic data sets in the original layouts"),
     "pretrain": ("visionfm.cli.pretrain", "iBOT self-supervised pretraining of an encoder (per modality or mixed)"),
@@ -46,7 +48,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> tuple[VFMArgumentParser, dict[str, VFMArgumentParser]]:
     parser = VFMArgumentParser(prog="visionfm", description="Ophthalmic foundation models (VisionFM).")
     parser.add_argument("--version", action="version", version=f"visionfm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="one of the commands below; 'visionfm COMMAND --help' lists its flags "
+                                     "and defaults")
     subparsers = {}
     for name, (_, helptext) in COMMANDS.items():
         subparsers[name] = sub.add_parser(name, help=helptext, description=helptext)
@@ -66,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_with_config(sp, argv[1:])
     args.command = name
     try:
-        if name not in CONFIGS:  # a command with a typed config is checked when run() builds it (to_config)
-            check_args(name, sp, args)
-        return int(module.run(args) or 0)
+        with cli_wording():  # errors name the flags (the Python API rewords them to argument names)
+            if name not in CONFIGS:  # a command with a typed config is checked when run() builds it (to_config)
+                check_args(name, sp, args)
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-from visionfm.errors import VisionFMError  # noqa: E402  (after main() for a cheap import graph)
+from visionfm.errors import VisionFMError, cli_wording  # noqa: E402  (after main() for a cheap import graph)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,9 +2,15 @@
 
 Every flag is accepted in the original's underscore spelling (``--batch_size_per_gpu``) and in the
 hyphenated spelling (``--batch-size-per-gpu``). ``--config run.yaml`` supplies defaults for any flag
-(YAML keys use the underscore names); flags given on the command line win. ``--local_rank`` /
+(YAML keys use the underscore names, any alias of a flag included); flags given on the command line win,
+and a required flag may come from the file. ``--local_rank`` /
 ``--local-rank`` (passed by the deprecated ``torch.distributed.launch``) are accepted and ignored:
 rank always comes from the environment.
+
+One vocabulary across commands (docs/original-commands.md, "One flag vocabulary"): a concept has one
+canonical flag, the original's name where it had one (``--output_dir``, ``--batch_size_per_gpu``,
+``--pretrained_weights``, ``--data_path``, ``--num_workers``, ``--head_type``), and the other spellings
+commands used are aliases of the same option. ``--help`` shows every flag's default (:class:`VFMHelpFormatter`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import yaml
 
 __all__ = [
     "VFMArgumentParser",
+    "VFMHelpFormatter",
+    "NUM_WORKERS",
+    "add_device_argument",
     "bool_flag",
     "parse_with_config",
     "to_config",
@@ -32,6 +41,46 @@ __all__ = [
 NOT_CONFIG = {"config", "dist_url", "local_rank", "command"}
 # Namespace attribute: {flag dest: --config file} for the values that came from the YAML file.
 CONFIG_SOURCES = "_config_sources"
+# DataLoader workers of every command that loads images: the original's value for main_pretrain.py,
+# train_cls_decoder.py and the fine-tuning/inference scripts (its other scripts used 4).
+NUM_WORKERS = 10
+
+
+def format_default(value: Any) -> str:
+    """A default as ``--help`` shows it: booleans ``true``/``false`` (as :func:`bool_flag` reads them), lists
+    space-separated (as typed), ``None`` as ``not set``, an empty string as ``''``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "not set"
+    if isinstance(value, (list, tuple)):
+        return " ".join(format_default(v) for v in value) if value else "none"
+    if value == "":
+        return "''"
+    return str(value)
+
+
+class VFMHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, ``(default: ...)`` formatted by :func:`format_default`, or
+    ``(required)``; a help that already states its default (``(default: ...``, ``default: ...``) is kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if isinstance(action, (argparse._SubParsersAction, argparse._SubParsersAction._ChoicesPseudoAction)):
+            return text  # the command list: a choice of parsers, each with its own defaults
+        if text == argparse.SUPPRESS or "%(default)" in text or "(default" in text or "default:" in text:
+            return text
+        if action.required or (not action.option_strings and action.nargs in (None, "+")):
+            return f"{text} (required)".strip()
+        if action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: {format_default(action.default).replace('%', '%%')})".strip()
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device``, the same everywhere: ``auto`` picks CUDA when it is available, else the CPU."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run: auto = cuda when a GPU is available, else cpu")
 
 
 def arch_choices() -> list[str]:
@@ -95,7 +144,7 @@ class VFMArgumentParser(argparse.ArgumentParser):
     """ArgumentParser that also registers the hyphenated twin of every ``--snake_case`` flag."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", VFMHelpFormatter)
         kwargs.setdefault("allow_abbrev", True)  # unambiguous prefixes (--epoch), as the original's argparse
         super().__init__(*args, **kwargs)
 
@@ -126,7 +175,8 @@ class VFMArgumentParser(argparse.ArgumentParser):
 
     def add_distributed_arguments(self) -> None:
         self.add_argument("--dist_url", default="env://", help="rendezvous URL (torchrun sets the environment)")
-        self.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+        self.add_argument("--local_rank", type=int, default=0,
+                          help="accepted for torch.distributed.launch and ignored: rank comes from the environment")
 
     def add_config_argument(self) -> None:
         self.add_argument("--config", default=None, help="YAML file of flag values; command-line flags override it")
@@ -147,20 +197,22 @@ class VFMArgumentParser(argparse.ArgumentParser):
         if report:
             self.add_argument("--report_n_boot", type=int, default=1000,
                               help="bootstrap resamples for report CIs (0: none)")
-        self.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        add_device_argument(self)
         if resume:
             self.add_resume_argument()
             self.add_overwrite_argument()
         self.add_distributed_arguments()
         self.add_config_argument()
 
-    def add_encoder_arguments(self, weights_help: str = "encoder weights file, or 'random'",
-                              weights_default: str | None = "") -> None:
+    def add_encoder_arguments(self, weights_help: str = "encoder weights file, a modality name of the official "
+                                                        "files, a model folder, or 'random' (needed to train)",
+                              weights_default: str | None = None) -> None:
         """``--arch``, ``--input_size``, ``--patch_size``, ``--pretrained_weights``, ``--checkpoint_key``."""
         add_arch_arguments(self)
         self.add_argument("--input_size", type=int, default=224, help="side S of the square input (multiple of 16)")
         self.add_argument("--pretrained_weights", default=weights_default, help=weights_help)
-        self.add_argument("--checkpoint_key", default="teacher")
+        self.add_argument("--checkpoint_key", default="teacher",
+                          help="sub-dict of the weights file holding the encoder")
 
 
 def add_arch_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,10 +240,12 @@ def add_amp_argument(p: argparse.ArgumentParser) -> None:
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv``; when ``--config`` is given, its YAML values become the defaults.
 
-    Unknown YAML keys are an error naming the file and the key, like an unknown flag.
+    Unknown YAML keys are an error naming the file and the key, like an unknown flag. A key may be any
+    spelling of a flag (``dst_root`` or ``output_dir`` for extract's output folder); a required flag given
+    in the file need not be on the command line.
     """
-    pre, _ = parser.parse_known_args(argv)
-    cfg_path = getattr(pre, "config", None)
+    required = [a for a in parser._actions if a.required and a.option_strings]
+    cfg_path = _config_path(parser, argv)
     defaults: dict[str, Any] = {}
     if cfg_path:
         path = Path(cfg_path)
@@ -208,22 +262,50 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         if not isinstance(data, dict):
             parser.error(f"--config {cfg_path}: expected a mapping of flag names to values, got {type(data).__name__}")
         actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+        names = {o.lstrip("-").replace("-", "_"): a for a in actions.values() for o in a.option_strings}
         for key, value in data.items():
-            dest = str(key).replace("-", "_")
-            if dest not in actions:
+            action = actions.get(str(key).replace("-", "_")) or names.get(str(key).replace("-", "_"))
+            if action is None:
                 parser.error(f"--config {cfg_path}: unknown key {key!r}")
-            defaults[dest] = _yaml_value(parser, actions[dest], value, str(cfg_path))
+            if action.dest in defaults:
+                parser.error(f"--config {cfg_path}: {key!r} repeats another spelling of --{action.dest}")
+            defaults[action.dest] = _yaml_value(parser, action, value, str(cfg_path))
         parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    # which values came from the file (the flags not given on the command line), for the checks' messages
-    if defaults:
-        probe = argparse.Namespace(**{k: _FROM_FILE for k in defaults})
-        parser.parse_known_args(argv, namespace=probe)
-        setattr(args, CONFIG_SOURCES, {k: str(cfg_path) for k in defaults if getattr(probe, k) is _FROM_FILE})
+    given = [a for a in required if a.dest in defaults]
+    for a in given:
+        a.required = False
+    try:
+        args = parser.parse_args(argv)
+        # which values came from the file (the flags not given on the command line), for the checks' messages
+        if defaults:
+            probe = argparse.Namespace(**{k: _FROM_FILE for k in defaults})
+            parser.parse_known_args(argv, namespace=probe)
+            setattr(args, CONFIG_SOURCES, {k: str(cfg_path) for k in defaults if getattr(probe, k) is _FROM_FILE})
+    finally:
+        for a in given:
+            a.required = True
     return args
 
 
 _FROM_FILE = object()
+
+
+def _config_path(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> str | None:
+    """The ``--config`` value of ``argv`` alone (the full parse, which needs the file's values, comes after)."""
+    flags = [o for a in parser._actions if a.dest == "config" for o in a.option_strings]
+    if not flags:
+        return None
+    pre = _ConfigOnly(add_help=False)
+    pre.add_argument(*flags, dest="config", default=None)
+    try:
+        return pre.parse_known_args(argv)[0].config
+    except ValueError:  # e.g. --config without a value: the full parse reports it
+        return None
+
+
+class _ConfigOnly(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(message)
 
 
 def _yaml_value(parser: argparse.ArgumentParser, action: argparse.Action, value: Any, path: str) -> Any:
@@ -251,17 +333,18 @@ def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir
     """Flags shared by the decoders trained on several feature stores (``train-multi-cls``,
     ``train-reg``): the original scripts' flags plus the fusion options. Defaults differ per script."""
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
-    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs")
     p.add_argument("--lr", type=float, default=0.001, help=lr_help)
-    p.add_argument("--batch_size_per_gpu", type=int, default=128)
-    p.add_argument("--data_path", default="/path/to/data/", help="folder holding the feature-store folders")
+    p.add_argument("--batch_size_per_gpu", "--batch_size", type=int, default=128, help="samples per batch and process")
+    p.add_argument("--data_path", required=True, help="folder holding the feature-store folders")
     p.add_argument("--datasets", nargs="+", required=True,
-                   help="feature-store folders under --data_path (each the --dst_root of one 'visionfm extract')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=4, help="kept for compatibility: features are in memory")
-    p.add_argument("--val_freq", type=int, default=1)
-    p.add_argument("--output_dir", default=output_dir)
-    p.add_argument("--num_labels", type=int, default=num_labels, help=num_labels_help)
+                   help="feature-store folders under --data_path (each the --output_dir of one 'visionfm extract')")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--num_workers", type=int, default=NUM_WORKERS,
+                   help="kept for compatibility: features are in memory")
+    p.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs (and at the last)")
+    p.add_argument("--output_dir", default=output_dir, help="outputs go to <output_dir>/<name>")
+    p.add_argument("--num_labels", type=int, default=num_labels, help=num_labels_help or "label columns")
     p.add_argument("--load_from", default=None,
                    help="decoder checkpoint: with --test, evaluate it; without, resume/initialise from it")
     p.add_argument("--test", action="store_true", help="only evaluate --load_from on the test split")
@@ -274,21 +357,25 @@ def add_store_decoder_arguments(p: VFMArgumentParser, *, epochs: int, output_dir
     p.add_run_arguments()
 
 
-def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int, output_dir: str, data_path: str,
-                        labels_help: str) -> None:
-    """The flags of ``train_seg_decoder.py`` / ``train_landmark_decoder.py`` plus visionfm's extras."""
+def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int, output_dir: str,
+                        data_path: str | None, labels_help: str) -> None:
+    """The flags of ``train_seg_decoder.py`` / ``train_landmark_decoder.py`` plus visionfm's extras
+    (``data_path`` None: ``--data_path`` is required)."""
     p.add_argument("--name", required=True, help="run name; outputs go to <output_dir>/<name>")
     p.add_encoder_arguments()
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="training epochs")
     p.add_argument("--lr", type=float, default=0.001, help="AdamW learning rate (not scaled by batch size)")
-    p.add_argument("--batch_size_per_gpu", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=4)
-    p.add_argument("--val_freq", type=int, default=1)
-    p.add_argument("--data_path", default=data_path, help="folder of dataset folders (<dataset>/<split>/images)")
+    p.add_argument("--batch_size_per_gpu", "--batch_size", type=int, default=128,
+                   help="images per batch and process")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--num_workers", type=int, default=NUM_WORKERS, help="image-loading workers per process")
+    p.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs (and at the last)")
+    p.add_argument("--data_path", default=data_path, required=data_path is None,
+                   help="folder of dataset folders (<dataset>/<split>/images)")
     add_modality_argument(p, modality)
-    p.add_argument("--head_type", default="unetr", choices=["unetr", "linear"])
-    p.add_argument("--output_dir", default=output_dir)
+    p.add_argument("--head_type", "--head", dest="head_type", default="unetr", choices=["unetr", "linear"],
+                   help="decoder head: UNETR or a linear patch classifier")
+    p.add_argument("--output_dir", default=output_dir, help="outputs go to <output_dir>/<name>")
     p.add_argument("--num_labels", type=int, default=num_labels, help=labels_help)
     p.add_argument("--load_from", default=None, help="decoder checkpoint to initialise the head from")
     # visionfm extras
@@ -298,7 +385,7 @@ def add_dense_arguments(p: VFMArgumentParser, *, modality: str, num_labels: int,
                    help="no random augmentation: features are computed once and cached (much faster)")
     p.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
                    help="per-epoch LR schedule; 'step' = StepLR(20, 0.5), 'constant' = the original's behaviour")
-    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--n_overlays", type=int, default=8, help="overlay figures of test images in the report")
     p.add_argument("--cache_max_gb", type=float, default=8.0,
                    help="with --no_augment, fall back to live features when the cache would exceed this")

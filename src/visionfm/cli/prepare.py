@@ -1,6 +1,7 @@
 """``visionfm prepare``: store down-sized copies of a pretraining tree once, so each epoch decodes small images.
 
-``visionfm prepare --data_path SRC --dst_path DST`` then ``visionfm pretrain --data_path DST``; see
+``visionfm prepare --data_path SRC --output_dir DST`` (alias ``--dst_path``) then
+``visionfm pretrain --data_path DST``; see
 :mod:`visionfm.data.prepare` for the size rule, the output layout and resuming.
 """
 
@@ -15,7 +16,7 @@ from visionfm.cli.options import bool_flag
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_config_argument()  # type: ignore[attr-defined]
     parser.add_argument("--data_path", required=True, help="pretraining root: one folder per modality (any spelling)")
-    parser.add_argument("--dst_path", required=True,
+    parser.add_argument("--output_dir", "--dst_path", dest="dst_path", required=True, metavar="DST",
                         help="output root; gets DST/<CanonicalModality>/... and DST/prepare.json")
     parser.add_argument("--modality", default="all", help="comma list of modalities (e.g. Fundus,OCT) or 'all'")
     parser.add_argument("--short_side", type=int, default=None,

@@ -5,17 +5,17 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from visionfm.cli.options import VFMArgumentParser
+from visionfm.cli.options import VFMArgumentParser, add_device_argument
 from visionfm.errors import ConfigError
 
 
 def add_arguments(p: VFMArgumentParser) -> None:
-    p.add_argument("--models", default=None,
+    p.add_argument("--models", "--model", dest="models", default=None,
                    help="a model folder or a folder of model folders (e.g. <run>/model); without it, or when it "
                         "holds no valid model, built-in demo models (not for clinical use) are offered")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; the default only accepts connections from this computer")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--allowed_hosts", nargs="+", default=[], metavar="NAME",
                    help="Host header names to answer besides localhost, 127.0.0.1, ::1 and --host (e.g. this "
                         "computer's name or LAN address when listening on 0.0.0.0; '*.example.org' for sub-domains, "
@@ -24,10 +24,11 @@ def add_arguments(p: VFMArgumentParser) -> None:
     p.add_argument("--max_megapixels", type=float, default=64.0,
                    help="largest accepted image (checked from the header, before decoding)")
     p.add_argument("--workers", type=int, default=2, help="inference threads")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    add_device_argument(p)
     p.add_argument("--no_preload", action="store_true",
                    help="load each model on first use instead of loading and warming up every model at start-up")
-    p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log verbosity")
     p.add_config_argument()
 
 

@@ -140,7 +140,7 @@ class PretrainConfig(CommandConfig):
     compile: bool = False
     grad_checkpointing: bool = False
     max_nonfinite_steps: int = 10
-    data_path: str = "/path/to/train/"
+    data_path: str | None = None  # required on the command line
     modality: str = "Fundus"
     scheme: str = "single"
     modality_weights: str = "uniform"
@@ -184,7 +184,7 @@ class TrainClsConfig(CommandConfig):
     epochs: int = 100
     lr: float = 0.001
     batch_size_per_gpu: int = 512
-    data_path: str = "/path/to/data/"
+    data_path: str | None = None  # required on the command line unless features is given
     dataset_format: str = "vfm"
     seed: int = 0
     num_workers: int = 10
@@ -197,6 +197,8 @@ class TrainClsConfig(CommandConfig):
     bn_momentum: float = 0.1
     features: str | None = None
     task: str = "auto"
+    class_names: list[str] | None = None
+    ordinal: bool = False
     amp: bool = True
     report_n_boot: int = 1000
     device: str = "auto"
@@ -213,9 +215,9 @@ class StoreDecoderConfig(CommandConfig):
     epochs: int = 100
     lr: float = 0.001
     batch_size_per_gpu: int = 128
-    data_path: str = "/path/to/data/"
+    data_path: str | None = None  # required on the command line
     seed: int = 0
-    num_workers: int = 4
+    num_workers: int = 10
     val_freq: int = 1
     output_dir: str = "."
     num_labels: int = 13
@@ -262,13 +264,13 @@ class DenseDecoderConfig(CommandConfig):
     arch: str | None = None  # None: inferred from the weights (random: vit_base)
     input_size: int = 224
     patch_size: int | None = None  # None: inferred from the weights (random: 16)
-    pretrained_weights: str = ""
+    pretrained_weights: str | None = None
     checkpoint_key: str = "teacher"
     epochs: int = 100
     lr: float = 0.001
     batch_size_per_gpu: int = 128
     seed: int = 0
-    num_workers: int = 4
+    num_workers: int = 10
     val_freq: int = 1
     data_path: str = "./dataset/seg_random/VesselSegmentation"
     modality: str | None = None  # None: what the weights record, else Fundus (landmark: UBM)
@@ -301,9 +303,10 @@ class TrainLandmarkConfig(DenseDecoderConfig):
     """``visionfm train-landmark``."""
 
     command: ClassVar[str] = "train-landmark"
-    data_path: str = ""
+    data_path: str | None = None  # required on the command line
     output_dir: str = "."
     num_labels: int = 3
+    landmark_names: list[str] | None = None
     sigma: float = 2.0
     affine_p: float = 0.5
 
@@ -323,7 +326,7 @@ class TrainForecastConfig(CommandConfig):
     weight_decay: float = 0.0
     batch_size_per_gpu: int = 128
     seed: int = 0
-    num_workers: int = 4
+    num_workers: int = 10
     val_freq: int = 1
     output_dir: str = "."
     num_labels: int = 1
