@@ -29,7 +29,7 @@ from visionfm.config import (
     TrainRegConfig,
     TrainSegConfig,
 )
-from visionfm.errors import ConfigError
+from visionfm.errors import ConfigError, speaks_python
 
 __all__ = ["train", "pretrain", "TrainResult", "TRAINERS"]
 
@@ -88,6 +88,7 @@ def _result(cfg: CommandConfig) -> TrainResult:
     return TrainResult(run_dir, metrics, folder if (folder / "config.json").is_file() else None, cfg)
 
 
+@speaks_python
 def train(task: str, data: str | Path | None = None, encoder: str | Path | None = None, **options: Any) -> TrainResult:
     """Train a decoder (or fine-tune) exactly as the matching ``visionfm`` command does.
 
@@ -116,6 +117,7 @@ def train(task: str, data: str | Path | None = None, encoder: str | Path | None 
     return _result(cfg)
 
 
+@speaks_python
 def pretrain(data: str | Path, **options: Any) -> Path:
     """iBOT pretraining exactly as ``visionfm pretrain``; returns the run's ``checkpoint.pth``."""
     from visionfm.pretrain.config import validate_pretrain_args

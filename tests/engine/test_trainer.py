@@ -52,7 +52,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, scheduler):
     _run(tmp_path / "full", cfg, full)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "cut", cfg, _model(), stop_after=2)
-    assert json.loads((tmp_path / "cut" / "checkpoint_last.json").read_text())["epoch"] == 2
+    assert json.loads((tmp_path / "cut" / "checkpoint_last.json").read_text())["epoch"] == 3  # 1-based, 3 done
     torch.manual_seed(123)  # a different global RNG state: the checkpoint's (dropout) state must win
     resumed = _model(seed=7)  # and different initial weights: the checkpoint's must win
     _run(tmp_path / "cut", cfg, resumed, resume=True)
@@ -82,7 +82,7 @@ def test_nonfinite_epoch_stops_before_saving(tmp_path):
     def nan_loss(out, target):
         return nn.functional.cross_entropy(out, target) * float("nan")
 
-    with pytest.raises(NonFiniteLossError, match="epoch 0: training loss is nan"):
+    with pytest.raises(NonFiniteLossError, match="epoch 1: training loss is nan"):
         fit(model, TensorBatches(x, y, 16, 0), loss_step(nan_loss), lambda m: {"acc": 0.0}, selection_key="acc",
             higher_is_better=True, run_dir=tmp_path, cfg=FitConfig(epochs=2, lr=0.05, batch_size=16), env=ENV)
     assert not (tmp_path / "checkpoint_last.safetensors").exists() and not (tmp_path / "checkpoint_best.json").exists()

@@ -87,7 +87,7 @@ def test_papila_finetune_then_evaluate_as_written(place, monkeypatch, capsys):
     ckpt = torch.load(run_dir / "checkpoint_best_finetune.pth", map_location="cpu", weights_only=True)
     assert set(ckpt) >= {"epoch", "classifier_state_dict", "visionfm_state_dict", "optimizer", "scheduler",
                          "best_auc"}
-    assert ckpt["epoch"] == best_json["epoch"] + 1  # the original saved epoch + 1
+    assert ckpt["epoch"] == best_json["epoch"]  # the original saved epoch + 1: our 1-based number
     # head: the original's ClsHead names (tests/data/official_heads.json) under DDP's module.
     names = {f"module.{k}" for k in SPEC["tensors"]}
     assert set(ckpt["classifier_state_dict"]) == names
@@ -137,7 +137,7 @@ def test_idrid_command_with_the_epoch_prefix(place, monkeypatch):
     run_dir = place / "results" / "IDRiD_data_FT_VisionFM_Val"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"] == 5
     lines = [json.loads(x) for x in (run_dir / "log.txt").read_text().splitlines()]
-    assert [x["epoch"] for x in lines if "epoch" in x] == [0, 1, 2, 3, 4]
+    assert [x["epoch"] for x in lines if "epoch" in x] == [1, 2, 3, 4, 5]
     assert json.loads((run_dir / "checkpoint_best.json").read_text())["class_names"] == list(IDRID)
     assert np.load(run_dir / "best.npy").shape == (5, 5)
 

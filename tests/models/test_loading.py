@@ -87,7 +87,7 @@ def test_retfound_layout(tmp_path, tiny_sd):
               "decoder_pos_embed": torch.zeros(1, 197, 16), "decoder_blocks.0.norm1.weight": torch.ones(16)}
     path = tmp_path / "RETFound_cfp_weights.pth"
     torch.save({"model": model, "optimizer": {}, "epoch": 799, "args": argparse.Namespace(model="mae")}, path)
-    with pytest.raises(CheckpointError, match="try --checkpoint_key model"):
+    with pytest.raises(CheckpointError, match="try checkpoint_key model"):
         load_encoder(path, arch="vit_tiny", checkpoint_key="teacher")
     enc = load_encoder(path, arch="vit_tiny", checkpoint_key="model")
     _same_encoder(enc, tiny_sd)
@@ -127,8 +127,16 @@ def test_booby_trapped_checkpoint_is_refused_and_never_runs(tmp_path):
 def test_wrong_architecture_names_what_the_file_is(tmp_path, tiny_sd):
     path = tmp_path / "tiny.pth"
     torch.save(tiny_sd, path)
-    with pytest.raises(CheckpointError, match=r"holds a vit_tiny/16 at 224 px backbone.*--arch vit_base.*use --arch vit_tiny"):
+    with pytest.raises(CheckpointError, match=r"holds a vit_tiny/16 at 224 px backbone.*arch vit_base.*use arch vit_tiny") as e:
         load_encoder(path, arch="vit_base")
+    assert "--" not in str(e.value)  # the Python API names arguments, not flags
+    # the command line names its flags (the same message, worded for it)
+    from visionfm.errors import cli_wording
+
+    with cli_wording(), pytest.raises(CheckpointError, match="does not fit --arch vit_base.*use --arch vit_tiny"):
+        load_encoder(path, arch="vit_base")
+    # its own file needs no arch: inferred
+    assert load_encoder(path).load_report.arch == "vit_tiny"
     with pytest.raises(CheckpointError, match="patch size is 16"):
         load_encoder(path, arch="vit_tiny", patch_size=8)
 

@@ -81,8 +81,8 @@ def test_official_checkpoint_resumes_with_its_moments(data, tmp_path):
             assert torch.equal(got[moment], saved[moment]), (name, moment)
         assert torch.equal(ours[name], p), name
     assert torch.equal(tr.loss_fn.center, center) and torch.equal(tr.loss_fn.center2, center2)
-    history = tr.fit()  # training continues: epoch 1 of 2
-    assert [h["epoch"] for h in history] == [1] and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    history = tr.fit()  # training continues: the second of 2 epochs (numbered from 1 in log.txt)
+    assert [h["epoch"] for h in history] == [2] and torch.isfinite(torch.tensor(history[0]["train_loss"]))
     step = tr.optimizer.state[ours["backbone.blocks.0.attn.qkv.weight"]]["step"]
     assert float(step) == 2 + tr.iters_per_epoch
 

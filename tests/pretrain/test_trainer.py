@@ -72,7 +72,7 @@ def test_tiny_run_writes_official_layout_and_loads_as_encoder(data_root, tmp_pat
     assert cli_main(_flags(data_root, tmp_path, "t", ["--saveckp_freq", "1"])) == 0
     run = tmp_path / "t"
     lines = [json.loads(x) for x in (run / "log.txt").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == [0, 1]
+    assert [x["epoch"] for x in lines] == [1, 2]  # numbered from 1 (the original's log.txt: from 0)
     assert {"train_loss", "train_cls", "train_patch", "train_lr", "train_wd", "train_acc"} <= set(lines[0])
     assert all(np.isfinite(x["train_loss"]) for x in lines)
     ckpt = torch.load(run / "checkpoint.pth", weights_only=False)

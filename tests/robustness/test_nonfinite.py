@@ -114,7 +114,7 @@ def test_nan_learning_rate_mid_run_stops_and_keeps_the_last_good_checkpoint(imag
     from visionfm.io import load_checkpoint_file
 
     assert load_checkpoint_file(run / "checkpoint.pth")[0]["epoch"] == 1  # epoch 0's, untouched
-    assert [x["epoch"] for x in strict_json_lines(run / "log.txt")] == [0]
+    assert [x["epoch"] for x in strict_json_lines(run / "log.txt")] == [1]  # numbered from 1
 
 
 def test_cli_divergence_huge_lr_without_clipping_exits_3_with_finite_files(images, tmp_path, capsys):
@@ -353,13 +353,13 @@ def test_decoder_and_finetune_stop_on_nonfinite_gradients_and_keep_epoch_0(tmp_p
                       "--lr", "0.01", *extra, *COMMON], capsys)
     assert rc == 2
     lines = [x for x in err.splitlines() if "error" in x.lower()]  # (stderr also has progress bars)
-    assert len(lines) == 1 and f"visionfm {command}: error: epoch 1: 1 optimizer step(s) had non-finite gradients" \
+    assert len(lines) == 1 and f"visionfm {command}: error: epoch 2: 1 optimizer step(s) had non-finite gradients" \
         in lines[0]
     run = out / "r"
     assert nonfinite_in_files(run) == {}
     assert "checkpoint_last.safetensors" in weight_files(run)
-    assert json.loads((run / "checkpoint_last.json").read_text())["epoch"] == 0
-    assert [x["epoch"] for x in strict_json_lines(run / "log.txt") if "epoch" in x] == [0]
+    assert json.loads((run / "checkpoint_last.json").read_text())["epoch"] == 1  # the first epoch, 1-based
+    assert [x["epoch"] for x in strict_json_lines(run / "log.txt") if "epoch" in x] == [1]
     assert not any(p.name == "model.safetensors" for p in run.rglob("*"))  # no model folder of the run
 
 
@@ -373,7 +373,7 @@ def test_decoder_weights_overflow_is_caught_before_evaluation(tmp_path):
     model = torch.nn.Linear(4, 2)
     evaluated = []
     env = SimpleNamespace(device=torch.device("cpu"), world_size=1, is_main=True, rank=0)
-    with pytest.raises(NonFiniteLossError, match="epoch 0: the weights became non-finite"):
+    with pytest.raises(NonFiniteLossError, match="epoch 1: the weights became non-finite"):
         fit(model, TensorBatches(x, y, 16, 0), loss_step(torch.nn.functional.cross_entropy),
             lambda m: evaluated.append(1) or {"acc": 0.0}, selection_key="acc", higher_is_better=True,
             run_dir=tmp_path, cfg=FitConfig(epochs=1, lr=INF, batch_size=16, optimizer="sgd", weight_decay=0.0,
@@ -388,7 +388,7 @@ def test_epoch_without_batches_is_an_error(tmp_path):
     from visionfm.errors import ConfigError
 
     env = SimpleNamespace(device=torch.device("cpu"), world_size=1, is_main=True, rank=0)
-    with pytest.raises(ConfigError, match="epoch 0: no training batch"):
+    with pytest.raises(ConfigError, match="epoch 1: no training batch"):
         fit(torch.nn.Linear(2, 2), lambda e: [], loss_step(torch.nn.functional.cross_entropy), lambda m: {"a": 1.0},
             selection_key="a", higher_is_better=True, run_dir=tmp_path, cfg=FitConfig(epochs=1), env=env)
     assert weight_files(tmp_path) == []

@@ -82,11 +82,11 @@ def _kill_after_iteration(k: int):
 
 
 def _kill_after_checkpoint_before_log(epoch: int, monkeypatch):
-    """The kill falls between an epoch's checkpoint and its log.txt line."""
+    """The kill falls between an epoch's (0-based index) checkpoint and its log.txt line (numbered from 1)."""
     original = RunLogger.log
 
     def log(self, stats, step=None, prefix_for_tb=""):
-        if stats.get("epoch") == epoch and "train_loss" in stats:
+        if stats.get("epoch") == epoch + 1 and "train_loss" in stats:
             monkeypatch.setattr(RunLogger, "log", original)  # one shot
             raise Kill(f"between checkpoint and log line of epoch {epoch}")
         return original(self, stats, step, prefix_for_tb)
@@ -126,7 +126,7 @@ def test_pretrain_resume_is_bit_exact_at_any_kill_point(pre_root, pre_full, case
     for key in ("student", "teacher", "optimizer", "ibot_loss"):
         assert _max_abs_diff(a[key], b[key]) == 0.0, key
     full_log, resumed_log = _log_lines(pre_full), _log_lines(run)
-    assert [x["epoch"] for x in resumed_log] == [0, 1]
+    assert [x["epoch"] for x in resumed_log] == [1, 2]  # numbered from 1
     assert resumed_log == full_log
 
 
@@ -146,7 +146,7 @@ def test_pretrain_refuses_an_existing_run_without_resume_or_overwrite(pre_root, 
     # --overwrite replaces the earlier run completely (no leftover numbered checkpoint, one log line)
     (target / "checkpoint0007.pth").write_bytes(b"old")
     assert cli_main(_pre_flags(pre_root, "again", "--epochs", "1", "--overwrite")) == 0
-    assert [x["epoch"] for x in _log_lines(target)] == [0]
+    assert [x["epoch"] for x in _log_lines(target)] == [1]
     assert not (target / "checkpoint0007.pth").exists()
     assert torch.load(target / "checkpoint.pth", weights_only=False)["epoch"] == 1
     assert not list(pre_root.glob(".again.visionfm-overwritten-*"))
@@ -252,7 +252,7 @@ def test_decoder_refuses_an_existing_run_and_overwrite_replaces_it(store, capsys
     assert len(err) == 1 and str(run) in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
     assert (run / "checkpoint_last.safetensors").read_bytes() == before
     assert cli_main(_cls_flags(store, name, "--epochs", "2", "--overwrite")) == 0
-    assert [x["epoch"] for x in _log_lines(run) if "epoch" in x] == [0, 1]
+    assert [x["epoch"] for x in _log_lines(run) if "epoch" in x] == [1, 2]
 
 
 def _ft_flags(root: Path, name: str, *extra: str) -> list[str]:

@@ -35,17 +35,29 @@ def test_standardisation_and_masked_loss():
     assert per == [1.0, 0.0, 0.0] and zmae == pytest.approx(1 / 3)
 
 
+def _targets(path, *names):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "targets.json").write_text(json.dumps({"targets": [
+        {"index": i, "name": n, **({"unit": "0-255"} if n == "mean_red" else {})} for i, n in enumerate(names)]}))
+
+
 def test_target_names_from_targets_json(tmp_path):
+    from visionfm.errors import DataFormatError
     from visionfm.tasks.regression import read_target_names
 
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "targets.json").write_text(json.dumps(
-        {"targets": [{"index": 0, "name": "mean_red", "unit": "0-255"}, {"index": 1, "name": "disc_radius"}]}))
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "targets.json").write_text(json.dumps(
-        {"targets": [{"index": 0, "name": "mean_red", "unit": "0-255"}, {"index": 1, "name": "pupil"}]}))
-    names, files = read_target_names(3, [str(tmp_path)])
-    assert names == ["mean_red [0-255]", "disc_radius/pupil", "target 2"] and len(files) == 2
+    _targets(tmp_path / "A" / "ds", "mean_red", "disc_radius")
+    _targets(tmp_path / "B" / "ds", "mean_red", "pupil")
+    _targets(tmp_path / "C" / "ds", "mean_red", "disc_radius")
+    # a folder is searched for the chosen datasets' files only
+    names, files = read_target_names(3, [str(tmp_path)], entries=["A", "C"])
+    assert names == ["mean_red [0-255]", "disc_radius", "target 2"] and len(files) == 2
+    names, files = read_target_names(3, [str(tmp_path)], entries=["B"])
+    assert names[1] == "pupil" and files == [str(tmp_path / "B" / "ds" / "targets.json")]
+    # two chosen datasets that name one target differently are refused, naming both files
+    with pytest.raises(DataFormatError, match=r"target 1 is 'pupil'.*'disc_radius'.*A/ds/targets.json"):
+        read_target_names(3, [str(tmp_path)], entries=["A", "B"])
+    with pytest.raises(Exception, match="none of its 3 targets.json files"):
+        read_target_names(3, [str(tmp_path)], entries=["Other"])
 
 
 def test_train_reg_beats_training_mean_in_original_units(tmp_path):
@@ -58,7 +70,8 @@ def test_train_reg_beats_training_mean_in_original_units(tmp_path):
                        "--dst_root", str(tmp_path / "feats" / f"{mod}Regression"), "--epochs", "1",
                        "--num_workers", "0", "--device", "cpu", "--batch_size_per_gpu", "64") == 0
     out = tmp_path / "out"
-    common = ["--data_path", str(tmp_path / "feats"), "--datasets", "FundusRegression", "ExternalRegression",
+    # the synthetic Fundus and External targets differ after index 17, so they are not pooled with names
+    common = ["--data_path", str(tmp_path / "feats"), "--datasets", "FundusRegression",
               "--embed_dim", "192", "--batch_size_per_gpu", "32", "--report_n_boot", "0", "--device", "cpu",
               "--output_dir", str(out), "--targets_json", str(tmp_path / "data")]
     assert run_cli("train-reg", "--name", "reg", "--epochs", "40", *common) == 0

@@ -97,8 +97,14 @@ class FitConfig:
     seed: int = 0
 
 
+#: checkpoint JSON marker: "epoch" / "best_epoch" count from 1 (files without it counted from 0)
+EPOCH_NUMBERING = "1-based"
+
+
 @dataclass
 class FitResult:
+    """What :func:`fit` returns; ``best_epoch`` (0: never selected) and ``last_epoch`` count from 1."""
+
     best_epoch: int
     best_value: float | None
     best_metrics: dict[str, Any]
@@ -448,7 +454,10 @@ def fit(
                             "selection_key": selection_key})
     record = {"selection_key": selection_key, "higher_is_better": higher_is_better, "config": asdict(cfg),
               "identity": settings["identity"], **dict(meta or {})}
-    start_epoch, best_value, best_epoch, best_metrics = 0, None, -1, {}
+    # Epochs are numbered from 1 in everything written (log.txt, checkpoint JSON, FitResult, messages); the
+    # callbacks (batches, on_best, on_epoch_end) get the 0-based loop index. best_epoch 0: none selected yet.
+    record["epoch_numbering"] = EPOCH_NUMBERING
+    start_epoch, best_value, best_epoch, best_metrics = 0, None, 0, {}
     history: list[dict[str, Any]] = []
     if resume_from is not None:
         sd, info, otensors = load_decoder_checkpoint(resume_from)
@@ -472,15 +481,16 @@ def fit(
 
         with safe_open(str(checkpoint_paths(resume_from)[0]), framework="pt") as fh:
             _restore_rng({k: fh.get_tensor(k) for k in fh.keys() if k.startswith("rng.")}, info.get("rng"))
-        start_epoch = int(info.get("epoch", -1)) + 1
+        one_based = info.get("epoch_numbering") == EPOCH_NUMBERING  # older checkpoints counted from 0
+        start_epoch = int(info.get("epoch", -1)) + (0 if one_based else 1)
         best_value = info.get("best_value")
-        best_epoch = int(info.get("best_epoch", -1))
+        best_epoch = int(info.get("best_epoch", -1)) + (0 if one_based else 1)
         best_metrics = dict(info.get("best_metrics") or {})
         if isinstance(info.get("history"), list):  # log.txt: one line per finished epoch, whatever the kill point
             history = [dict(h) for h in info["history"]]
             if env.is_main and run_logger is not None and hasattr(run_logger, "rewind"):
                 run_logger.rewind(history)
-        log.info("resumed from %s after epoch %d (best %s=%s at epoch %d)", resume_from, start_epoch - 1,
+        log.info("resumed from %s after epoch %d (best %s=%s at epoch %d)", resume_from, start_epoch,
                  selection_key, best_value, best_epoch)
     elif init_from is not None:
         load_decoder_weights(model, init_from)
@@ -549,8 +559,9 @@ def fit(
             scheduler.step()
         if per_step:
             lr = optimizer.param_groups[-1]["lr"]
-        stats: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_mean_loss(total, count, epoch), "lr": lr}
-        _stop_if_nonfinite(model, bad_grads, epoch)  # before anything of this epoch is evaluated or saved
+        ep = epoch + 1  # the epoch's number as written
+        stats: dict[str, Any] = {"epoch": ep, "train_loss": epoch_mean_loss(total, count, ep), "lr": lr}
+        _stop_if_nonfinite(model, bad_grads, ep)  # before anything of this epoch is evaluated or saved
         is_val = (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch == cfg.epochs - 1
         if is_val:
             model.eval()
@@ -562,10 +573,10 @@ def fit(
             improved = value is not None and (
                 best_value is None or (value >= best_value if higher_is_better else value <= best_value))
             if improved and value is not None:
-                best_value, best_epoch, best_metrics = float(value), epoch, dict(metrics)
+                best_value, best_epoch, best_metrics = float(value), ep, dict(metrics)
                 if env.is_main:
                     save_decoder_checkpoint(run_dir / "checkpoint_best", model, {
-                        **record, "epoch": epoch, "best_value": best_value,
+                        **record, "epoch": ep, "best_value": best_value,
                         "val_metrics": _json_plain(stored_of(metrics))})
                     if on_best is not None:
                         on_best(epoch, metrics, optimizer, scheduler)
@@ -577,26 +588,26 @@ def fit(
             # the checkpoint (its history holds this epoch's line) before the line: a resume after a kill
             # in between writes the missing line from it (RunLogger.rewind)
             save_decoder_checkpoint(run_dir / "checkpoint_last", model, {
-                **record, "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch,
+                **record, "epoch": ep, "best_value": best_value, "best_epoch": best_epoch,
                 "best_metrics": _json_plain(stored_of(best_metrics)) if best_metrics else {},
                 "history": _json_plain(history)},
                 optimizer, scheduler, rng=True)
             if run_logger is not None:
-                run_logger.log(stats, step=epoch)
-            log.info("epoch %d/%d loss %.4f%s", epoch + 1, cfg.epochs, stats["train_loss"],
+                run_logger.log(stats, step=ep)
+            log.info("epoch %d/%d loss %.4f%s", ep, cfg.epochs, stats["train_loss"],
                      f" {log_prefix}{selection_key}={stats.get(log_prefix + selection_key)}" if is_val else "")
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
-    if best_epoch < 0 and keep_last_if_never_selected and env.is_main and cfg.epochs > start_epoch:
+    if best_epoch <= 0 and keep_last_if_never_selected and env.is_main and cfg.epochs > start_epoch:
         log.warning("%s was never defined on the selection split; the last epoch is kept as the best checkpoint",
                     selection_key)
         save_decoder_checkpoint(run_dir / "checkpoint_best", model, {
-            **record, "epoch": cfg.epochs - 1, "best_value": None, "val_metrics": {}})
+            **record, "epoch": cfg.epochs, "best_value": None, "val_metrics": {}})
     if env.world_size > 1:
         from visionfm.engine.distributed import barrier
 
         barrier()
-    return FitResult(best_epoch, best_value, best_metrics, cfg.epochs - 1, history)
+    return FitResult(best_epoch, best_value, best_metrics, cfg.epochs, history)
 
 
 def _stop_if_nonfinite(model: nn.Module, bad_grad_steps: torch.Tensor, epoch: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from visionfm.errors import CheckpointError
+from visionfm.errors import CheckpointError, speaks_python
 from visionfm.io.safe_load import file_sha256, is_safetensors_file, load_checkpoint_file
 from visionfm.models.archs import arch_from_shapes, get_arch
 from visionfm.models.encoder import VisionFMEncoder, resample_pos_embed
@@ -127,6 +127,8 @@ def recorded_metadata(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
             raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
         if not isinstance(cfg, dict):
             raise CheckpointError(f"{config}: expected a JSON object")
+        if cfg.get("format") == "visionfm-encoder" and (path / "model.safetensors").is_file():
+            return recorded_metadata(path / "model.safetensors")  # an export folder: its header metadata
         enc = dict(cfg.get("encoder") or {})
         if not enc.get("modality") and cfg.get("modality"):
             enc["modality"] = cfg["modality"]
@@ -140,6 +142,14 @@ def recorded_metadata(weights: str | os.PathLike[str] | None) -> dict[str, Any]:
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     return {}
+
+
+def _is_export_folder(config: Path) -> bool:
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+    return isinstance(cfg, dict) and cfg.get("format") == "visionfm-encoder"
 
 
 def read_backbone_state_dict(
@@ -156,7 +166,9 @@ def read_backbone_state_dict(
     if path.is_dir():
         config = path / "config.json"
         model = path / "model.safetensors"
-        if config.is_file() and model.is_file():
+        if config.is_file() and model.is_file() and _is_export_folder(config):
+            path = model  # an encoder export folder (`visionfm export --out folder`): a safetensors export
+        elif config.is_file() and model.is_file():
             raw, meta = load_checkpoint_file(model)
             enc = {k[len("encoder."):]: v for k, v in raw.items() if k.startswith("encoder.")}
             if not enc:
@@ -185,11 +197,12 @@ def read_backbone_state_dict(
     return backbone, info
 
 
+@speaks_python
 def load_encoder(
     weights: str | os.PathLike[str] | None,
-    arch: str | None = "vit_base",
+    arch: str | None = None,
     checkpoint_key: str | None = "teacher",
-    patch_size: int | None = 16,
+    patch_size: int | None = None,
     img_size: int = 224,
     drop_path_rate: float = 0.0,
     masked_im_modeling: bool = True,
@@ -199,13 +212,15 @@ def load_encoder(
 
     Args:
         weights: a weights file (official VisionFM ``.pth``, RETFound, DINO/iBOT, ours,
-            ``.safetensors``), a visionfm model folder, or the name of an official file (``"Fundus"``,
-            resolved by :mod:`visionfm.models.weights`; a real path wins). ``None`` or ``"random"`` gives a randomly
-            initialised encoder — the only way to get one.
-        arch: ``vit_tiny``/``vit_small``/``vit_base``/``vit_large``; ``None`` infers it from the file
-            (a random encoder: ``vit_base``). Given, it is checked against the file.
+            ``.safetensors``), a visionfm model folder or export folder, the name of an official file
+            (``"Fundus"``, resolved by :mod:`visionfm.models.weights`; a real path wins), or a Hugging Face Hub
+            repository ``"org/name"`` (``"org/name@revision"``, ``"org/name:file.pth"``) holding an export /
+            model folder or one checkpoint file, read through the huggingface_hub cache (offline: cache only).
+            ``None`` or ``"random"`` gives a randomly initialised encoder — the only way to get one.
+        arch: ``vit_tiny``/``vit_small``/``vit_base``/``vit_large``; ``None`` (default) infers it from the
+            file (a random encoder: ``vit_base``). Given, it is checked against the file.
         checkpoint_key: sub-dict to read (``teacher`` for official files, ``model`` for RETFound).
-        patch_size: expected patch size; ``None`` infers it from the file (a random encoder: 16).
+        patch_size: expected patch size; ``None`` (default) infers it from the file (a random encoder: 16).
         img_size: native input side of the built encoder; position embeddings are resampled
             bicubically when the file was trained at another size.
 

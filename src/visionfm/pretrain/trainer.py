@@ -460,7 +460,8 @@ class IBOTTrainer:
             self.logger.rewind(self.history)
         # last: nothing between this and the first step may draw from the global generators
         restore_rng_state(ckpt.get("rng"))
-        log.info("resumed from %s at epoch %d, iteration %d of the epoch", path, self.start_epoch, self.start_iter)
+        log.info("resumed from %s after %d finished epoch(s), at iteration %d of epoch %d", path, self.start_epoch,
+                 self.start_iter, self.start_epoch + 1)
         return True
 
     def _loader(self, epoch: int, start_iter: int) -> DataLoader:
@@ -688,7 +689,7 @@ class IBOTTrainer:
                       "train_momentum": float(self.momentum_schedule[it_last]),
                       "train_teacher_temp": self.loss_fn.teacher_temperature(epoch),
                       "train_images_per_s": (self.iters_per_epoch - start_iter) * imgs_per_step / max(elapsed, 1e-9),
-                      "epoch": epoch}
+                      "epoch": epoch + 1}  # numbered from 1 in log.txt (checkpoint.pth "epoch": epochs done)
             if self.device.type == "cuda":
                 stats["train_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.history.append(stats)
@@ -696,9 +697,9 @@ class IBOTTrainer:
             # the checkpoint (which holds this line in its history) first, then the line: a kill in
             # between is repaired by the resume, which writes the lines from the checkpoint's history
             self.save(epoch + 1, 0, also_numbered=bool(numbered))
-            self.logger.log(stats, step=epoch)
-            log.info("epoch %d: loss %.4f (cls %.4f, patch %.4f), %.1f images/s", epoch, avg["loss"], avg["cls"],
-                     avg["patch"], stats["train_images_per_s"])
+            self.logger.log(stats, step=epoch + 1)
+            log.info("epoch %d/%d: loss %.4f (cls %.4f, patch %.4f), %.1f images/s", epoch + 1, args.epochs,
+                     avg["loss"], avg["cls"], avg["patch"], stats["train_images_per_s"])
         self.logger.close()
         return self.history
 

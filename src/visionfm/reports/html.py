@@ -32,6 +32,7 @@ from visionfm.io.atomic import save_text_atomic
 from visionfm.metrics._common import as_numpy, to_jsonable
 from visionfm.metrics.bootstrap import REPORT_N_BOOT, with_confidence_intervals
 from visionfm.metrics.classification import classification_metrics
+from visionfm.metrics.collapse import classification_collapse, regression_collapse
 from visionfm.metrics.regression import regression_metrics
 from visionfm.reports import plots
 
@@ -53,6 +54,8 @@ _RESERVED = {
     "confusion_matrix",
     "confusion_matrix_axes",
     "support",
+    "collapse",
+    "ordinal",
 }
 
 # Readable names for the summary table; the JSON key is shown next to each.
@@ -93,19 +96,25 @@ _LABELS = {
 }
 
 _CSS = """
+.ordinal-cm td.d0{background:#dcfce7}.ordinal-cm td.d1{background:#fef3c7}.ordinal-cm td.d2{background:#fee2e2}
+.warning{border:1px solid #d97706;background:#fff7ed;color:#7c2d12;padding:10px 14px;border-radius:6px;margin:14px 0}
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1f2933;
 margin:0;background:#f5f7fa;line-height:1.45}
 main{max-width:1100px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-height:100vh}
 h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:2px solid #d9e2ec;
 padding-bottom:4px}.sub{color:#627d98;font-size:.9em;margin-bottom:16px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em}
-th,td{border:1px solid #d9e2ec;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f0f4f8;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em;max-width:100%}
+th,td{border:1px solid #d9e2ec;padding:4px 10px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f0f4f8;font-weight:600;overflow-wrap:break-word}tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font-size:.85em;color:#627d98}.na{color:#9aa5b1;font-style:italic}
 .small{font-size:.8em;color:#627d98}figure{margin:12px 0 24px}
 figure img{max-width:100%;border:1px solid #d9e2ec}figcaption{font-size:.9em;color:#486581;margin-top:4px}
-ul{margin:4px 0 16px}li{margin:2px 0}.scroll{overflow-x:auto}
+ul{margin:4px 0 16px}li{margin:2px 0}
+.scroll{overflow-x:auto;max-width:100%;margin:8px 0 16px}.scroll>table{margin:0}
+.run td{word-break:break-all}.flag{color:#b42318;font-weight:600}
+.rule{background:#f0f4f8;border-left:4px solid #486581;padding:6px 12px;margin:8px 0;font-size:.9em}
+@media (max-width:900px){main{padding:16px 12px 32px}table{font-size:.82em}th,td{padding:3px 6px}}
 """
 
 
@@ -261,13 +270,13 @@ def _summary_section(metrics: Mapping[str, Any]) -> str:
                 add(f"{key}[{sub}]", f"{key.replace('_', ' ')} · {sub}", v, f"{key}[{sub}]")
     # CIs for keys that are not top-level scalars (e.g. per-target MAE) get their own rows.
     for key, entry in ci.items():
-        if key not in shown:
+        if key not in shown and not key.startswith("ordinal."):  # those: in the ordinal section
             rows.append(
                 f"<tr><td>{_esc(key.replace('_', ' '))} <code>{_esc(key)}</code></td><td></td>{_ci_cell(entry)}</tr>"
             )
     if not rows and not original_rows:
         return ""
-    out = f"<h2>Summary</h2><table>{head}{''.join(rows)}</table>" if rows else ""
+    out = f"<h2>Summary</h2><div class=\"scroll\"><table>{head}{''.join(rows)}</table></div>" if rows else ""
     method = metrics.get("ci_method")
     if isinstance(method, Mapping):
         strat = method.get("stratified_by")
@@ -282,7 +291,7 @@ def _summary_section(metrics: Mapping[str, Any]) -> str:
             "<h2>Original VisionFM conventions (for comparison only)</h2>"
             '<p class="small">Values computed the way the original scripts did (see the notes below); '
             "use the summary above for clinical reading.</p>"
-            f"<table>{head}{''.join(original_rows)}</table>"
+            f"<div class=\"scroll\"><table>{head}{''.join(original_rows)}</table></div>"
         )
     return out
 
@@ -300,7 +309,7 @@ def _settings_section(metrics: Mapping[str, Any]) -> str:
             continue
         text = _fmt(value) if isinstance(value, (list, tuple, str, bool, np.bool_)) else json.dumps(to_jsonable(value))
         rows.append(f"<tr><th>{_esc(key)}</th><td>{_esc(text)}</td></tr>")
-    return f"<h2>Evaluation settings</h2><table>{''.join(rows)}</table>" if rows else ""
+    return f"<h2>Evaluation settings</h2><div class=\"scroll\"><table>{''.join(rows)}</table></div>" if rows else ""
 
 
 def _entity_table(title: str, table: Mapping[str, Mapping[str, Any]], undefined: Mapping[str, str]) -> str:
@@ -331,6 +340,45 @@ def _entity_table(title: str, table: Mapping[str, Mapping[str, Any]], undefined:
     return f"<h2>{_esc(title)}</h2><div class=\"scroll\"><table>{head}{''.join(body)}</table></div>"
 
 
+def _dice_section(metrics: Mapping[str, Any]) -> str:
+    """Segmentation: per class the mean per-image Dice beside the pooled (dataset) Dice, the empty-vs-empty
+    rule that the per-image mean uses, and a flag on every class that the model never predicts."""
+    table = metrics.get("per_class")
+    if metrics.get("task") != "segmentation" or not _is_table(table):
+        return ""
+    undefined = metrics.get("undefined") or {}
+    n = metrics.get("n_images")
+    head = ("<tr><th>class</th><th>Dice, mean per image</th><th>Dice, dataset (pooled pixels)</th>"
+            "<th>images with the class (truth)</th><th>images predicted with it</th>"
+            "<th>images where both are empty (count 1.0)</th><th></th></tr>")
+    body = []
+    for name, row in table.items():
+        predicted = row.get("n_images_predicted")
+        flag = ""
+        if predicted == 0:
+            dice = row.get("dice")
+            value = f"{_fmt(dice)} " if isinstance(dice, (int, float, np.floating)) else ""
+            flag = (f'<span class="flag">never predicted</span> — per-image Dice {_esc(value)}comes only from '
+                    "empty-vs-empty images")
+        cells = [
+            _value_cell(row.get("dice"), undefined.get(f"dice[{name}]")),
+            _value_cell(row.get("dice_dataset"), undefined.get(f"dice_dataset[{name}]")),
+            _value_cell(row.get("n_images_with_class"), None),
+            _value_cell(predicted, None) if predicted is not None else '<td class="na">not recorded</td>',
+            _value_cell(row.get("n_images_both_empty"), None),
+            f"<td>{flag}</td>",
+        ]
+        body.append(f"<tr><th>{_esc(name)}</th>{''.join(cells)}</tr>")
+    rule = ("<div class=\"rule\"><b>Empty-vs-empty rule.</b> Dice and IoU are computed per image and averaged "
+            "over the images; a class absent from both the prediction and the ground truth of an image counts "
+            "<b>1.0</b> for that image. The mean per image therefore rises with the number of images without "
+            "the class, even when the model never finds it; the dataset Dice pools the pixels of all images "
+            "and has no such rule (undefined only when the class is absent everywhere)."
+            + (f" Images evaluated: {_esc(_fmt(n))}." if n is not None else "") + "</div>")
+    return (f"<h2>Dice per class: per image and pooled</h2>{rule}"
+            f"<div class=\"scroll\"><table>{head}{''.join(body)}</table></div>")
+
+
 def _confusion_section(metrics: Mapping[str, Any]) -> str:
     cm = metrics.get("confusion_matrix")
     if cm is None:
@@ -347,6 +395,51 @@ def _confusion_section(metrics: Mapping[str, Any]) -> str:
         f'<h2>Confusion matrix</h2><p class="small">{_esc(axes)}</p>'
         f'<div class="scroll"><table>{head}{body}</table></div>'
     )
+
+
+_ORDINAL_ROWS = (("quadratic_kappa", "Quadratic weighted kappa"), ("linear_kappa", "Linear weighted kappa"),
+                 ("mean_absolute_error", "Mean absolute grade error (grades)"),
+                 ("within_one_accuracy", "Accuracy within one grade"),
+                 ("spearman", "Spearman ρ, true vs predicted grade"),
+                 ("spearman_expected_grade", "Spearman ρ, true vs expected grade"))
+_DISTANCE_CLASSES = ("d0", "d1", "d2")
+
+
+def _ordinal_section(metrics: Mapping[str, Any]) -> str:
+    """Ordered grades: agreement metrics with CIs, errors by grade distance, the confusion matrix shaded by
+    how many grades each cell is off."""
+    ordn = metrics.get("ordinal")
+    if not isinstance(ordn, Mapping):
+        return ""
+    ci = metrics.get("ci") or {}
+    undefined = ordn.get("undefined") or {}
+    rows = "".join(
+        f"<tr><td>{_esc(label)} <code>ordinal.{_esc(key)}</code></td>"
+        + _value_cell(ordn.get(key), undefined.get(key) or (metrics.get("undefined") or {}).get(f"ordinal.{key}"))
+        + (_ci_cell(ci.get(f"ordinal.{key}")) if ci else "") + "</tr>"
+        for key, label in _ORDINAL_ROWS if key in ordn)
+    head = "<tr><th>Metric</th><th>Value</th>" + ("<th>95% CI</th>" if ci else "") + "</tr>"
+    out = f"<h2>Ordinal grades</h2><div class=\"scroll\"><table>{head}{rows}</table></div>"
+    off = ordn.get("off_by")
+    if isinstance(off, Mapping) and off:
+        total = sum(int(v) for v in off.values()) or 1
+        cells = "".join(f"<tr><td>{_esc(k)}</td><td class=\"num\">{int(v):,}</td>"
+                        f"<td class=\"num\">{int(v) / total:.3f}</td></tr>" for k, v in off.items())
+        out += ("<h3>Errors by grade distance |predicted − true|</h3><div class=\"scroll\"><table>"
+                f"<tr><th>grades off</th><th>images</th><th>fraction</th></tr>{cells}</table></div>")
+    cm = metrics.get("confusion_matrix")
+    if cm is not None:
+        m = np.asarray(cm)
+        names = metrics.get("class_names") or [str(i) for i in range(m.shape[0])]
+        head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{_esc(n)}</th>" for n in names) + "</tr>"
+        body = "".join(
+            f"<tr><th>{_esc(names[i])}</th>" + "".join(
+                f'<td class="num {_DISTANCE_CLASSES[min(abs(i - j), 2)] if x else ""}">{int(x):,}</td>'
+                for j, x in enumerate(m[i])) + "</tr>" for i in range(m.shape[0]))
+        out += ("<h3>Confusion matrix by grade distance</h3><p class=\"small\">Green cells are exact; amber cells are "
+                "one grade off, red cells two or more (empty cells unshaded).</p>"
+                f'<div class="scroll"><table class="ordinal-cm">{head}{body}</table></div>')
+    return out
 
 
 def _generic_table(title: str, table: Any) -> str:
@@ -435,12 +528,18 @@ def write_report(
             f"<tr><th>{_esc(k)}</th><td>{_esc(v if isinstance(v, str) else json.dumps(to_jsonable(v)))}</td></tr>"
             for k, v in meta.items()
         )
-        parts.append(f"<h2>Run</h2><table>{rows}</table>")
+        parts.append(f"<h2>Run</h2><div class=\"scroll\"><table class=\"run\">{rows}</table></div>")
+    collapse = metrics.get("collapse")
+    if isinstance(collapse, Mapping) and collapse.get("collapsed"):
+        parts.append(f'<div class="warning" role="alert"><strong>Collapsed model:</strong> '
+                     f'{_esc(collapse.get("reason"))} — the metrics below describe a degenerate model.</div>')
     parts.append(_summary_section(metrics))
+    parts.append(_dice_section(metrics))
     for key, value in metrics.items():
         if key not in _RESERVED and _is_table(value):
             parts.append(_entity_table(key.replace("_", " ").capitalize(), value, undefined))
     parts.append(_confusion_section(metrics))
+    parts.append(_ordinal_section(metrics))
     for t_title, table in (tables or {}).items():
         parts.append(_generic_table(t_title, table))
     parts.append(_figures_section(images))
@@ -562,6 +661,8 @@ def evaluate_classification_run(
             cols[f"pred_{nm}"] = (s[:, k] >= thr[k]).astype(np.int64)
             cols[f"score_{nm}"] = s[:, k]
     write_predictions_csv(out / "predictions.csv", columns=cols)
+    predicted = pred if t in ("binary", "multiclass") else np.stack([cols[f"pred_{nm}"] for nm in names], 1)
+    metrics["collapse"] = classification_collapse(t, predicted, names)
 
     notes: list[str] = []
     images: list[tuple[str, Path]] = []
@@ -616,6 +717,7 @@ def evaluate_regression_run(
     if y.ndim == 1:
         y, p = y[:, None], p[:, None]
     names = metrics["target_names"]
+    metrics["collapse"] = regression_collapse(y, p, names)
     id_col, ids = _row_ids(paths, y.shape[0])
     cols: dict[str, Any] = {id_col: ids}
     for j, nm in enumerate(names):

@@ -10,7 +10,6 @@ original's ``<name>_<modality>_results.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -142,20 +141,30 @@ def truth_for_metrics(labels: torch.Tensor, task: str) -> np.ndarray:
     return y[:, 0].round().astype(np.int64) if task in ("binary", "multiclass") else y.astype(np.float64)
 
 
+def selection_metric_name(task: str, ordinal: bool = False) -> str:
+    """The metric that picks the best epoch: macro F1, macro AUROC (multilabel), quadratic kappa (ordinal)."""
+    if task == "multilabel":
+        return "auroc_macro"
+    return "quadratic_weighted_kappa" if ordinal else "f1_macro"
+
+
 def selection_metrics(y_true: np.ndarray, scores: np.ndarray, task: str,
-                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The numbers logged every validation: ``selection`` (macro F1; macro AUROC for multilabel),
-    ``accuracy``, ``auroc``, ``f1_macro``. Undefined values are ``None``."""
+                      class_names: Sequence[str] | None = None, ordinal: bool = False) -> dict[str, Any]:
+    """The numbers logged every validation: ``selection`` (the value of :func:`selection_metric_name`),
+    ``accuracy``, ``auroc``, ``f1_macro`` (+ ``quadratic_weighted_kappa`` when ordinal). Undefined values are
+    ``None``."""
     from visionfm.metrics import classification_metrics
 
-    m = classification_metrics(y_true, scores, task, class_names=class_names)
+    m = classification_metrics(y_true, scores, task, class_names=class_names, ordinal=ordinal or None)
     if task == "multilabel":
         out = {"auroc": m.get("auroc_macro"), "f1_macro": m.get("f1_macro"), "accuracy": m.get("subset_accuracy")}
         out["selection"] = out["auroc"] if out["auroc"] is not None else None
     else:
         out = {"auroc": m.get("auroc") if task == "binary" else m.get("auroc_macro"),
                "f1_macro": m.get("f1_macro"), "accuracy": m.get("accuracy")}
-        out["selection"] = out["f1_macro"]
+        if ordinal:
+            out["quadratic_weighted_kappa"] = m.get("quadratic_weighted_kappa")
+        out["selection"] = m.get(selection_metric_name(task, ordinal))
     return out
 
 
@@ -250,12 +259,19 @@ def _image_split(opts: TrainClsConfig, encoder: nn.Module, env: Any,
 # -- the command ----------------------------------------------------------------------------------------
 
 
-def _class_names(task: str, n_out: int, classes: list[str] | None) -> list[str]:
-    if task == "binary":
-        return list(classes) if classes and len(classes) == 2 else ["0", "1"]
-    if task == "multiclass":
-        return list(classes) if classes and len(classes) == n_out else [str(i) for i in range(n_out)]
-    return [f"label_{i}" for i in range(n_out)]
+def _class_names(task: str, n_out: int, classes: list[str] | None, opts: TrainClsConfig) -> list[str]:
+    """``--class_names``, else a ``classes.txt`` beside the labels / stores, else the ImageFolder classes, else
+    indices. Binary tasks name both classes (negative first)."""
+    from visionfm.data.names import resolve_names
+
+    n = 2 if task == "binary" else n_out
+    if task == "multilabel":
+        default = [f"label_{i}" for i in range(n_out)]
+    else:
+        default = list(classes) if classes and len(classes) == n else [str(i) for i in range(n)]
+    root = None if (classes and not opts.class_names) else (opts.features or opts.data_path)
+    return resolve_names(opts.class_names, root, n, option="class_names", what="labels" if task == "multilabel"
+                         else "classes", default=default)
 
 
 def run_train_cls(opts: TrainClsConfig) -> int:
@@ -284,6 +300,7 @@ def run_train_cls(opts: TrainClsConfig) -> int:
     )
     from visionfm.io import save_json_atomic
     from visionfm.models.heads import build_cls_head
+    from visionfm.reports.summary import format_summary
 
     with command_session(opts.device, seed=opts.seed) as env:
         run_dir = Path(opts.output_dir) / opts.name
@@ -331,7 +348,9 @@ def run_train_cls(opts: TrainClsConfig) -> int:
                               f"({', '.join(classes)})")
         ref_labels = (splits.get("train") or test).labels
         task, n_out = resolve_task(ref_labels, opts.num_labels, opts.task)
-        names = _class_names(task, n_out, classes)
+        names = _class_names(task, n_out, classes, opts)
+        if opts.ordinal and task != "multiclass":
+            raise ConfigError(f"--ordinal needs a multiclass task (ordered grades 0..C-1); this one is {task}")
 
         def head_input(s: SplitFeatures) -> torch.Tensor:
             return pool_tokens(s.cls, s.patch_mean, opts.n_last_blocks, opts.avgpool_patchtokens)
@@ -340,7 +359,8 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         model = build_cls_head(opts.head, in_dim, n_out, layers=3, bn_momentum=opts.bn_momentum)
         meta = {"task": task, "num_outputs": n_out, "in_dim": in_dim, "head": opts.head,
                 "n_last_blocks": opts.n_last_blocks, "avgpool_patchtokens": opts.avgpool_patchtokens,
-                "bn_momentum": opts.bn_momentum, "class_names": names, "modality": opts.modality}
+                "bn_momentum": opts.bn_momentum, "class_names": names, "modality": opts.modality,
+                "ordinal": bool(opts.ordinal), "selection_metric": selection_metric_name(task, opts.ordinal)}
 
         if opts.test:
             info = load_decoder_weights(model, opts.load_from)
@@ -348,7 +368,9 @@ def run_train_cls(opts: TrainClsConfig) -> int:
             metrics = _final_report(opts, run_dir, model, test, task, n_out, names, env, info.get("epoch"),
                                     "test (from --load_from)")
             if env.is_main:
-                print(json.dumps({k: metrics.get(k) for k in ("accuracy", "auroc", "auroc_macro", "f1_macro")}))
+                print(format_summary("train-cls", metrics, selection={
+                    "metric": selection_metric_name(task, opts.ordinal), "epoch": info.get("epoch")},
+                    paths={"report": run_dir / "report" / "report.html", "checkpoint": opts.load_from}))
             return 0
 
         train = splits["train"]
@@ -366,7 +388,7 @@ def run_train_cls(opts: TrainClsConfig) -> int:
         x_val, y_val = head_input(val), truth_for_metrics(val.labels, task)
 
         def evaluate(m: nn.Module) -> dict[str, Any]:
-            return selection_metrics(y_val, predict_scores(m, x_val, task), task, names)
+            return selection_metrics(y_val, predict_scores(m, x_val, task), task, names, ordinal=opts.ordinal)
 
         lr = opts.lr * opts.batch_size_per_gpu * env.world_size / 256.0
         cfg = FitConfig(epochs=opts.epochs, lr=lr, batch_size=opts.batch_size_per_gpu, optimizer="adamw",
@@ -387,10 +409,14 @@ def run_train_cls(opts: TrainClsConfig) -> int:
                 write_original_checkpoint(run_dir / f"checkpoint_{opts.checkpoint_key}_linear.pth", model.state_dict(),
                                           "cls", result.best_epoch, {"best_f1": result.best_value})
             # -- model package folder (issue 6): <run>/model/ from the selected (best) checkpoint --
-            _package_run(opts, run_dir, model, task, names, metrics)
+            folder = _package_run(opts, run_dir, model, task, names, metrics)
             run_logger.log({"final_test": info["test_metrics"], "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()
+            print(format_summary("train-cls", metrics, selection={
+                "metric": selection_metric_name(task, opts.ordinal), "value": result.best_value,
+                "epoch": result.best_epoch, "epochs": opts.epochs, "split": sel_split, "higher_is_better": True},
+                paths={"report": run_dir / "report" / "report.html", "model": folder, "log": run_dir / "log.txt"}))
         return 0
 
 
@@ -415,7 +441,7 @@ def _final_report(opts: TrainClsConfig, run_dir: Path, model: nn.Module, test: S
     meta = {"name": opts.name, "modality": opts.modality, "evaluated": what, "checkpoint_epoch": epoch,
             "task": task, "head": opts.head, "n_test": len(test)}
     metrics = evaluate_classification_run(run_dir / "report", y, scores, task, names, paths=test.paths,
-                                          n_boot=opts.report_n_boot, seed=opts.seed,
+                                          ordinal=opts.ordinal or None, n_boot=opts.report_n_boot, seed=opts.seed,
                                           title=f"{opts.name} ({opts.modality}, {task})", meta=meta)
     save_json_atomic(per_image_results(test.paths, y, scores, task, n_out),
                      run_dir / f"{opts.name}_{opts.modality}_results.json")

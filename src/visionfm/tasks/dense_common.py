@@ -443,7 +443,12 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
         figures = writer.finish()
         if env.is_main:
             metrics["best_epoch"] = result.best_epoch
-            metrics["selection"] = {"split": sel_split, "key": task.selection_key, "value": result.best_value}
+            metrics["selection"] = {"split": sel_split, "key": task.selection_key, "value": result.best_value,
+                                    "higher_is_better": task.higher_is_better, "epochs": opts.epochs}
+            if task.name == "segmentation":
+                from visionfm.metrics.collapse import segmentation_collapse
+
+                metrics["collapse"] = segmentation_collapse(metrics)
             title = f"{task.name.capitalize()} decoder ({opts.head_type}) — {opts.arch}, test split"
             report_meta = {**meta, "run": str(run_dir), "checkpoint": str(run_dir / "checkpoint_best.safetensors"),
                            "best_epoch": result.best_epoch, "epochs": opts.epochs, "data_path": str(root)}
@@ -456,8 +461,20 @@ def run_dense(opts: DenseDecoderConfig, task: DenseTask) -> int:
             run_logger.log({"final_test": task.summary(metrics), "best_epoch": result.best_epoch,
                             "selection_split": sel_split})
             run_logger.close()
-            print({"test": task.summary(metrics), "best_epoch": result.best_epoch})
         return 0
+
+
+def dense_summary(opts: DenseDecoderConfig, command: str, model_folder: Path | None) -> str:
+    """The ending summary of ``train-seg`` / ``train-landmark`` from the run's ``metrics.json``."""
+    from visionfm.reports.summary import format_summary
+
+    run_dir = Path(opts.output_dir) / opts.name
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    sel = metrics.get("selection") or {}
+    return format_summary(command, metrics, selection={
+        "metric": sel.get("key"), "value": sel.get("value"), "epoch": metrics.get("best_epoch"),
+        "epochs": sel.get("epochs"), "split": sel.get("split"), "higher_is_better": sel.get("higher_is_better")},
+        paths={"report": run_dir / "report.html", "model": model_folder, "log": run_dir / "log.txt"})
 
 
 def package_dense_run(opts: DenseDecoderConfig, task: str, class_names: Sequence[str] | None = None) -> Path | None:

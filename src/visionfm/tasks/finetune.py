@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -666,16 +666,33 @@ def run_finetune(opts: FinetuneConfig) -> int:
                 summary["test_metrics"] = metrics
                 info["test_metrics"] = metrics
                 save_json_atomic(info, run_dir / "checkpoint_best.json")
+        folder = None
         if env.is_main:
-            _package(opts, run_dir, best_model, info, metrics, sel_split)
+            folder = _package(opts, run_dir, best_model, info, metrics, sel_split)
         if env.is_main:
             run_logger.log({"final": summary})
             run_logger.close()
             aupr = result.best_metrics.get("aupr")
             print("Finetuning of VisionFM completed\nBest val auc: {}; accompanying aupr: {}".format(
                 "n/a" if best_value is None else f"{best_value:.4f}", "n/a" if aupr is None else f"{aupr:.4f}"))
-            print(json.dumps(summary))
+            print(_summary("finetune", run_dir / "report", metrics, selection={
+                "metric": "auroc", "value": best_value, "epoch": info.get("epoch"), "epochs": opts.epochs,
+                "split": sel_split, "higher_is_better": True},
+                paths={"model": folder, "checkpoint": run_dir / "checkpoint_best_finetune.pth",
+                       "log": run_dir / "log.txt"}))
         return 0
+
+
+def _summary(command: str, report_dir: Path, head: Mapping[str, Any] | None, selection: Mapping[str, Any] | None,
+             paths: Mapping[str, Any]) -> str:
+    """The ending summary from the report's ``metrics.json`` (with its CIs), else the headline ``head``."""
+    from visionfm.reports.summary import format_summary
+
+    full = report_dir / "metrics.json"
+    metrics = json.loads(full.read_text(encoding="utf-8")) if full.is_file() else dict(head or {})
+    html = report_dir / "report.html"
+    return format_summary(command, metrics, selection=selection,
+                          paths={"report": html if html.is_file() else None, **paths})
 
 
 # what the original-format checkpoint records beside the weights, for ``evaluate``
@@ -781,5 +798,6 @@ def run_evaluate(opts: EvaluateConfig) -> int:
             auc = metrics.get("auroc_macro", metrics.get("auroc"))
             aupr = metrics.get("aupr_macro", metrics.get("aupr"))
             print(f"AUC: {auc}, AUPR: {aupr}")
-            print(json.dumps(metrics))
+            print(_summary("evaluate", run_dir / "report", metrics, {"metric": "auroc", "epoch": info.get("epoch")},
+                           paths={"checkpoint": source, "predictions": run_dir / "best.npy"}))
         return 0

@@ -22,7 +22,6 @@ meant to do, working:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,13 +334,20 @@ def run_train_forecast(opts: TrainForecastConfig) -> int:
             metrics = _report(opts, run_dir, test, train, probs, edges, result.best_epoch, sel_split)
             info["test_metrics"] = metrics["forecast"]
             save_json_atomic(info, best.with_suffix(".json"))
-            _package(opts, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
+            folder = _package(opts, run_dir, encoder, model, embed_dim, in_dim, metrics, sel_split)
             run_logger.log({"final_test": metrics["forecast"],
                             "baseline_interval_only": metrics["baseline_interval_only"],
                             "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
-            print(json.dumps({"test": metrics["forecast"],
-                              "baseline_interval_only": metrics["baseline_interval_only"]}))
+            from visionfm.reports.summary import format_summary
+
+            base = metrics["baseline_interval_only"].get("auroc")
+            print(format_summary("train-forecast", metrics, selection={
+                "metric": opts.selection, "value": result.best_value, "epoch": result.best_epoch,
+                "epochs": opts.epochs, "split": sel_split, "higher_is_better": True},
+                notes=[f"interval-only baseline AUROC {base:.3f}" if base is not None else
+                       "interval-only baseline undefined (one class in training)"],
+                paths={"report": run_dir / "report" / "report.html", "model": folder, "log": run_dir / "log.txt"}))
         return 0
 
 

@@ -64,7 +64,8 @@ class Landmark(Task):
     higher_is_better = False
 
     def __init__(self, num_landmarks: int = 1, input_size: int = 224, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), sigma: float = 2.0, augment_affine_p: float = 0.5) -> None:
+                 std: Sequence[float] = (0.5, 0.5, 0.5), sigma: float = 2.0, augment_affine_p: float = 0.5,
+                 landmark_names: Sequence[str] | None = None) -> None:
         if num_landmarks < 1:
             raise ConfigError(f"--num_labels (landmarks) must be >= 1, got {num_landmarks}")
         if sigma <= 0:
@@ -74,14 +75,23 @@ class Landmark(Task):
         self.mean, self.std = tuple(mean), tuple(std)
         self.sigma = float(sigma)
         self.affine_p = float(augment_affine_p)
+        names = list(landmark_names) if landmark_names else [f"landmark_{i}" for i in range(self.num_outputs)]
+        if len(names) != self.num_outputs:
+            raise ConfigError(f"--landmark_names: {len(names)} names for {self.num_outputs} landmarks")
+        self.landmark_names = [str(n) for n in names]
 
     @classmethod
     def for_run(cls, opts: TrainLandmarkConfig) -> Landmark:
         """The task configured for one ``train-landmark`` run (landmarks, input size, statistics, targets)."""
         from visionfm.data.modalities import get_stats
+        from visionfm.data.names import LANDMARKS_FILE, resolve_names
 
         mean, std = get_stats(opts.modality)
-        return cls(opts.num_labels, opts.input_size, mean, std, sigma=opts.sigma, augment_affine_p=opts.affine_p)
+        names = resolve_names(opts.landmark_names, opts.data_path, opts.num_labels, option="landmark_names",
+                              filename=LANDMARKS_FILE, what="landmarks",
+                              default=[f"landmark_{i}" for i in range(opts.num_labels)])
+        return cls(opts.num_labels, opts.input_size, mean, std, sigma=opts.sigma, augment_affine_p=opts.affine_p,
+                   landmark_names=names)
 
     def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
         from visionfm.data.layouts import LandmarkDataset
@@ -148,7 +158,8 @@ class Landmark(Task):
         folder = Path(folder)
         dst = folder / "overlays" / f"{key}.png"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        save_overlay(np.asarray(image.convert("RGB")), dst, pred_points=pred["points"][i], title=title)
+        save_overlay(np.asarray(image.convert("RGB")), dst, pred_points=pred["points"][i], title=title,
+                     landmark_names=[str(n) for n in self.output_names(cfg)])
         return {"overlay": dst.relative_to(folder).as_posix()}
 
     def display(self, cfg: Mapping[str, Any], record: Mapping[str, Any], pred: Mapping[str, Any],
@@ -190,7 +201,7 @@ class _LandmarkWriter:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
                 save_overlay(img, path, pred_points=pred[i].numpy(), true_points=targets[i].cpu().numpy(),
-                             title=Path(rel).name)
+                             title=Path(rel).name, landmark_names=self.task.landmark_names)
                 self.figures.append((f"{rel} — truth circles, prediction crosses (input resolution)", path))
 
     def finish(self) -> list[tuple[str, Path]]:
@@ -199,18 +210,23 @@ class _LandmarkWriter:
         if self.records:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_json_atomic({"coordinates": "(x, y) pixel indices at the original image resolution",
-                              "images": self.records}, self.out_dir / "predictions.json")
+                              "landmark_names": list(self.task.landmark_names), "images": self.records},
+                             self.out_dir / "predictions.json")
         return self.figures
 
 
 def run_train_landmark(opts: TrainLandmarkConfig) -> int:
     """``visionfm train-landmark``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.engine.distributed import is_main_process
     from visionfm.engine.features import resolve_modality
-    from visionfm.tasks.dense_common import package_dense_run
+    from visionfm.tasks.dense_common import dense_summary, package_dense_run
 
     # the original train_landmark_decoder.py normalises with UBM statistics by default
     opts = opts.replace(modality=resolve_modality(opts.modality, opts.pretrained_weights, "UBM"))
-    rc = run_dense(opts, Landmark.for_run(opts))
+    task = Landmark.for_run(opts)
+    rc = run_dense(opts, task)
     if rc == 0:
-        package_dense_run(opts, "landmark")
+        folder = package_dense_run(opts, "landmark", task.landmark_names)
+        if is_main_process():
+            print(dense_summary(opts, "train-landmark", folder))
     return rc

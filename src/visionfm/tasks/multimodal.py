@@ -23,6 +23,7 @@ model folder is a single-image model with one preprocessing.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,9 +560,12 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             model.to(env.device)
             outputs = predict(model, test.x)
             if env.is_main:
-                spec.report(run_dir, outputs, test,
-                            {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(opts.load_from),
-                             "checkpoint_epoch": ckpt_info.get("epoch") if ckpt_info else None})
+                head = spec.report(run_dir, outputs, test,
+                                   {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(opts.load_from),
+                                    "checkpoint_epoch": ckpt_info.get("epoch") if ckpt_info else None})
+                print(store_run_summary(opts.command, run_dir, head, {
+                    "metric": spec.selection_key, "epoch": ckpt_info.get("epoch") if ckpt_info else None},
+                    checkpoint=opts.load_from))
             return 0
         val, sel_split = selection_split(inputs.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
@@ -598,10 +602,29 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             if opts.fusion == "pooled":  # the original's checkpoint_<epoch>_linear.pth (§5.3, §5.6)
                 write_original_checkpoint(run_dir / f"checkpoint_{result.best_epoch}_linear.pth", model.state_dict(),
                                           spec.kind, result.best_epoch, {spec.original_best_key: result.best_value})
-            package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
+            folder = package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
+            print(store_run_summary(opts.command, run_dir, metrics, selection={
+                "metric": spec.selection_key, "value": result.best_value, "epoch": result.best_epoch,
+                "epochs": opts.epochs, "split": sel_split, "higher_is_better": spec.higher_is_better},
+                model_folder=folder))
         return 0
+
+
+def store_run_summary(command: str, run_dir: Path, head: Mapping[str, Any], selection: Mapping[str, Any] | None,
+                      model_folder: Path | None = None, checkpoint: Any = None) -> str:
+    """The ending summary of ``train-multi-cls`` / ``train-reg``: the report's metrics (with their CIs)
+    when it wrote one ``metrics.json``, else the task's summary ``head``."""
+    from visionfm.reports.summary import format_summary
+
+    report = run_dir / "report"
+    full = report / "metrics.json"
+    metrics = json.loads(full.read_text(encoding="utf-8")) if full.is_file() else dict(head)
+    html = report / "report.html"
+    return format_summary(command, metrics, selection=selection, extra_metrics=("f1_mean", "auroc_mean"),
+                          paths={"report": html if html.is_file() else report, "model": model_folder,
+                                 "checkpoint": checkpoint, "log": run_dir / "log.txt" if model_folder else None})
 
 
 def write_members(run_dir: Path, inputs: ModelInputs) -> None:

@@ -70,8 +70,11 @@ def standardised_mae(pred_z: torch.Tensor, target_z: torch.Tensor) -> tuple[floa
     return (float(np.mean(defined)) if defined else None), per
 
 
-def _targets_files(paths: Sequence[str], search_roots: Sequence[Path]) -> list[Path]:
+def _targets_files(paths: Sequence[str], search_roots: Sequence[Path], entries: Sequence[str] = ()) -> list[Path]:
+    """``targets.json`` files: given files; in given folders only those under a sub-folder named after one of
+    ``entries`` (the chosen ``--datasets``); without ``paths``, those inside the ``search_roots`` (store folders)."""
     found: list[Path] = []
+    wanted = set(entries)
     for p in paths:
         q = Path(p)
         if q.is_file():
@@ -80,6 +83,13 @@ def _targets_files(paths: Sequence[str], search_roots: Sequence[Path]) -> list[P
             hits = sorted(q.rglob("targets.json"))
             if not hits:
                 raise ConfigError(f"--targets_json {q}: no targets.json under this folder")
+            if wanted:
+                chosen = [h for h in hits if wanted & set(h.relative_to(q).parts[:-1])]
+                if not chosen:
+                    raise ConfigError(
+                        f"--targets_json {q}: none of its {len(hits)} targets.json files is in a folder named after "
+                        f"--datasets ({', '.join(entries)}); pass the files of the chosen datasets themselves")
+                hits = chosen
             found.extend(hits)
         else:
             raise ConfigError(f"--targets_json {q}: not found")
@@ -90,17 +100,17 @@ def _targets_files(paths: Sequence[str], search_roots: Sequence[Path]) -> list[P
     return found
 
 
-def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[Path] = ()) -> tuple[list[str],
-                                                                                                     list[str]]:
+def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[Path] = (),
+                      entries: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Target names from ``targets.json`` files (``{"targets": [{"index", "name", "unit"}, ...]}``).
 
-    Files come from ``--targets_json`` (files, or folders searched for ``targets.json``, e.g. the
-    data folders next to the label files) or else the store folders. When pooled data sets name a
-    target differently, the names are joined with ``/``. Returns ``(names, sources)``;
-    ``target <j>`` when no file is found.
+    Files come from ``--targets_json`` (files, or folders searched for the ``targets.json`` of the chosen
+    ``entries``, e.g. the data folders next to the label files) or else the store folders. Files that give one
+    index different names or units are refused (pooled data sets must measure the same targets). Returns
+    ``(names, sources)``; ``target <j>`` where no file names an index.
     """
-    files = _targets_files(paths, search_roots)
-    per_index: list[list[str]] = [[] for _ in range(n)]
+    files = _targets_files(paths, search_roots, entries)
+    per_index: list[tuple[str, Path] | None] = [None] * n
     for f in files:
         try:
             doc = json.loads(f.read_text(encoding="utf-8"))
@@ -110,13 +120,19 @@ def read_target_names(n: int, paths: Sequence[str] = (), search_roots: Sequence[
                 name = str(t["name"]) + (f" [{t['unit']}]" if t.get("unit") else "")
                 if not 0 <= idx < n:
                     raise DataFormatError(f"target index {idx} is out of range for {n} targets", f)
-                if name not in per_index[idx]:
-                    per_index[idx].append(name)
+                seen = per_index[idx]
+                if seen is None:
+                    per_index[idx] = (name, f)
+                elif seen[0] != name:
+                    raise DataFormatError(
+                        f"target {idx} is {name!r} here but {seen[0]!r} in {seen[1]}; the datasets pooled in one "
+                        "run must define the same targets (train them separately, or pass one --targets_json file)",
+                        f)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, DataFormatError):
                 raise
             raise DataFormatError(f"not a targets file ({exc.__class__.__name__}: {exc})", f) from None
-    names = ["/".join(v) if v else f"target {j}" for j, v in enumerate(per_index)]
+    names = [v[0] if v else f"target {j}" for j, v in enumerate(per_index)]
     return names, [str(f) for f in files]
 
 
@@ -164,7 +180,7 @@ class Regression(Task):
         if self.mean.numel() != n:
             raise ConfigError(f"the checkpoint standardises {self.mean.numel()} targets, the stores hold {n}")
         roots = [Path(self.opts.data_path) / e for e in self.opts.datasets]
-        self.names, sources = read_target_names(n, self.opts.targets_json or (), roots)
+        self.names, sources = read_target_names(n, self.opts.targets_json or (), roots, self.opts.datasets)
         if len(set(self.names)) != len(self.names):
             self.names = [f"{j}:{nm}" for j, nm in enumerate(self.names)]
         return {"task": "regression", "num_outputs": n, "target_names": self.names, "target_files": sources,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from visionfm.data.paired import SegTransform, to_uint8_image
 from visionfm.engine.task import Display, Task, register_task
-from visionfm.errors import ConfigError
+from visionfm.errors import ConfigError, DataFormatError
 from visionfm.reports.colours import mask_png
 from visionfm.tasks.dense_common import DenseSamples, run_dense
 from visionfm.tasks.losses import DiceFocalLoss
@@ -81,7 +81,8 @@ class Segmentation(Task):
             class_names = ["background", "foreground"] if self.num_labels == 1 else (
                 ["background"] + [f"class {c}" for c in range(1, self.num_classes)])
         if len(class_names) != self.num_classes:
-            raise ConfigError(f"{len(class_names)} class names given for {self.num_classes} classes")
+            raise ConfigError(f"--class_names: {len(class_names)} names for {self.num_classes} classes (background "
+                              "first; binary segmentation has 2)")
         self.class_names = list(class_names)
         self.criterion = DiceFocalLoss()
 
@@ -89,9 +90,18 @@ class Segmentation(Task):
     def for_run(cls, opts: TrainSegConfig) -> Segmentation:
         """The task configured for one ``train-seg`` run (labels, input size, the modality's statistics)."""
         from visionfm.data.modalities import get_stats
+        from visionfm.data.names import find_names_file
 
         mean, std = get_stats(opts.modality)
-        return cls(opts.num_labels, opts.input_size, mean, std, opts.class_names or None)
+        names = opts.class_names or None
+        if names is None:  # a classes.txt beside the masks (background first), checked by __init__
+            found = find_names_file(opts.data_path)
+            names = found[0] if found else None
+            n_cls = max(2, int(opts.num_labels))
+            if found and len(found[0]) != n_cls:
+                raise DataFormatError(f"{len(found[0])} names for the {n_cls} classes of this task (background "
+                                      "first); expected one line per class", found[1])
+        return cls(opts.num_labels, opts.input_size, mean, std, names)
 
     def dataset(self, root: str, split: str, train: bool) -> DenseSamples:
         from visionfm.data.layouts import SegmentationDataset
@@ -139,7 +149,7 @@ class Segmentation(Task):
     def save_outputs(self, cfg: Mapping[str, Any], pred: Mapping[str, Any], i: int, image: Any, folder: Any,
                      key: str, title: str, overlays: bool) -> dict[str, str]:
         """``masks/<key>.png`` (class ids, :data:`~visionfm.reports.colours.MASK_PALETTE`) and, with
-        ``overlays``, ``overlays/<key>.png`` (the predicted contours over the image)."""
+        ``overlays``, ``overlays/<key>.png`` (the predicted classes as translucent fills over the image)."""
         from visionfm.reports import save_overlay
         from visionfm.reports.colours import mask_png
 
@@ -198,7 +208,7 @@ class _SegWriter:
                 img = to_uint8_image(images[i], self.task.mean, self.task.std).numpy()
                 save_overlay(img, path, pred_mask=labels[i].cpu().numpy(), true_mask=targets[i].cpu().numpy(),
                              class_names=self.task.class_names, title=str(rel.name))
-                self.figures.append((f"{rel} — ground truth solid, prediction dashed", path))
+                self.figures.append((f"{rel} — prediction as a translucent fill, ground truth as an outline", path))
 
     def finish(self) -> list[tuple[str, Path]]:
         return self.figures
@@ -206,12 +216,15 @@ class _SegWriter:
 
 def run_train_seg(opts: TrainSegConfig) -> int:
     """``visionfm train-seg``: train, report, then package ``<run>/model/`` from ``checkpoint_best``."""
+    from visionfm.engine.distributed import is_main_process
     from visionfm.engine.features import resolve_modality
-    from visionfm.tasks.dense_common import package_dense_run
+    from visionfm.tasks.dense_common import dense_summary, package_dense_run
 
     opts = opts.replace(modality=resolve_modality(opts.modality, opts.pretrained_weights))
     task = Segmentation.for_run(opts)
     rc = run_dense(opts, task)
     if rc == 0:
-        package_dense_run(opts, "segmentation", task.class_names)
+        folder = package_dense_run(opts, "segmentation", task.class_names)
+        if is_main_process():
+            print(dense_summary(opts, "train-seg", folder))
     return rc
