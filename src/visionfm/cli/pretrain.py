@@ -170,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
     from visionfm.engine.distributed import is_main_process
 
     if is_main_process() and history:
+        from visionfm.reports.summary import format_summary
+
         first, last = history[0]["train_loss"], history[-1]["train_loss"]
-        print(f"pretraining finished: loss {first:.4f} → {last:.4f}; checkpoint: {run_dir / 'checkpoint.pth'}")
+        print(format_summary("pretrain", None, task="iBOT pretraining", notes=[
+            f"epochs {history[0]['epoch']}-{history[-1]['epoch']} of {cfg.epochs}: loss {first:.4f} -> {last:.4f}"],
+            paths={"checkpoint": run_dir / "checkpoint.pth", "log": run_dir / "log.txt"}))
     return 0

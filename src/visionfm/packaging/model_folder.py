@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from visionfm.engine.task import Task, get_task, task_names
-from visionfm.errors import CheckpointError, ConfigError
+from visionfm.errors import CheckpointError, ConfigError, speaks_python
 from visionfm.models.heads import HEADS, get_head_constructor, register_head
 
 __all__ = [
@@ -375,6 +375,7 @@ class VisionFMModel(nn.Module):
         return dest
 
     @classmethod
+    @speaks_python
     def from_pretrained(cls, repo_id_or_path: str | os.PathLike[str], *,
                         cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False,
                         revision: str | None = None, token: str | bool | None = None,
@@ -544,6 +545,7 @@ def build_model(config: Mapping[str, Any], where: str = "config") -> VisionFMMod
     return VisionFMModel(encoder, head, cfg)
 
 
+@speaks_python
 def from_pretrained(path_or_hub_id: str | os.PathLike[str], device: str | torch.device = "cpu",
                     revision: str | None = None, token: str | bool | None = None, *,
                     cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False) -> VisionFMModel:
