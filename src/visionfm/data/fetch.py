@@ -16,7 +16,6 @@ Tests (and mirrors) add entries with ``VISIONFM_DATASETS_REGISTRY=<file.json>``:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from visionfm.io.download import (
     part_path,
     read_record,
     record_path,
+    registry_with_overrides,
 )
 from visionfm.io.safe_load import file_sha256
 
@@ -86,26 +86,7 @@ _FIELDS = {"file", "drive_id", "url", "description", "licence"}
 
 def dataset_registry() -> dict[str, PublicDataset]:
     """The official table plus the entries of ``$VISIONFM_DATASETS_REGISTRY`` (a JSON file), which win."""
-    table = dict(DATASETS)
-    extra = os.environ.get(REGISTRY_ENV)
-    if not extra:
-        return table
-    try:
-        data = json.loads(Path(extra).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{REGISTRY_ENV}={extra}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{REGISTRY_ENV}={extra}: expected a JSON object {{name: {{file, url or drive_id, ...}}}}")
-    for name, fields in data.items():
-        if not isinstance(fields, dict) or not fields.get("file") or not (fields.get("url") or fields.get("drive_id")):
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} needs 'file' and 'url' or 'drive_id'")
-        unknown = set(fields) - _FIELDS
-        if unknown:
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} has unknown keys {sorted(unknown)}")
-        if Path(str(fields["file"])).name != str(fields["file"]) or Path(str(name)).name != str(name):
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r}: the name and 'file' must be bare file names")
-        table[str(name)] = PublicDataset(str(name), **fields)
-    return table
+    return registry_with_overrides(DATASETS, REGISTRY_ENV, _FIELDS, PublicDataset)
 
 
 def _entry(name: str) -> PublicDataset:

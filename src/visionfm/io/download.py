@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, TypeVar
 
-from visionfm.errors import VisionFMError
+from visionfm.errors import ConfigError, VisionFMError
+
+_T = TypeVar("_T")
 
 __all__ = [
+    "registry_with_overrides",
     "OFFLINE_ENVS",
     "is_offline",
     "offline_names",
@@ -114,3 +117,29 @@ def read_record(path: str | os.PathLike[str], error: type[VisionFMError] = Visio
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{rec}: not valid JSON ({exc}); delete it to verify {Path(path).name} again") from None
     return data if isinstance(data, dict) else None
+
+
+def registry_with_overrides(table: Mapping[str, _T], env: str, fields: set[str],
+                            make: Callable[..., _T]) -> dict[str, _T]:
+    """``table`` plus the entries of the JSON file named by ``$env`` (``{name: {file, url or drive_id, ...}}``),
+    which win; ``make(name, **fields)`` builds an entry. A bad file or entry is one :class:`ConfigError` line."""
+    out = dict(table)
+    extra = os.environ.get(env)
+    if not extra:
+        return out
+    try:
+        data = json.loads(Path(extra).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{env}={extra}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{env}={extra}: expected a JSON object {{name: {{file, url or drive_id, ...}}}}")
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or not entry.get("file") or not (entry.get("url") or entry.get("drive_id")):
+            raise ConfigError(f"{env}={extra}: entry {name!r} needs 'file' and 'url' or 'drive_id'")
+        unknown = set(entry) - fields
+        if unknown:
+            raise ConfigError(f"{env}={extra}: entry {name!r} has unknown keys {sorted(unknown)}")
+        if Path(str(entry["file"])).name != str(entry["file"]) or Path(str(name)).name != str(name):
+            raise ConfigError(f"{env}={extra}: entry {name!r}: the name and 'file' must be bare file names")
+        out[str(name)] = make(str(name), **entry)
+    return out

@@ -18,7 +18,6 @@ Tests (and mirrors) add entries with ``VISIONFM_WEIGHTS_REGISTRY=<file.json>``: 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ from visionfm.io.download import (
     part_path,
     read_record,
     record_path,
+    registry_with_overrides,
 )
 from visionfm.io.download import is_offline as is_offline
 from visionfm.io.safe_load import file_sha256
@@ -104,26 +104,7 @@ _FIELDS = {"file", "drive_id", "url", "arch", "patch_size", "checkpoint_key", "l
 
 def registry() -> dict[str, OfficialWeights]:
     """The official table plus the entries of ``$VISIONFM_WEIGHTS_REGISTRY`` (a JSON file), which win."""
-    table = dict(OFFICIAL_WEIGHTS)
-    extra = os.environ.get(REGISTRY_ENV)
-    if not extra:
-        return table
-    try:
-        data = json.loads(Path(extra).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{REGISTRY_ENV}={extra}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{REGISTRY_ENV}={extra}: expected a JSON object {{name: {{file, url or drive_id, ...}}}}")
-    for name, fields in data.items():
-        if not isinstance(fields, dict) or not fields.get("file") or not (fields.get("url") or fields.get("drive_id")):
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} needs 'file' and 'url' or 'drive_id'")
-        unknown = set(fields) - _FIELDS
-        if unknown:
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r} has unknown keys {sorted(unknown)}")
-        if Path(str(fields["file"])).name != str(fields["file"]):
-            raise ConfigError(f"{REGISTRY_ENV}={extra}: entry {name!r}: 'file' must be a bare file name")
-        table[str(name)] = OfficialWeights(str(name), **fields)
-    return table
+    return registry_with_overrides(OFFICIAL_WEIGHTS, REGISTRY_ENV, _FIELDS, OfficialWeights)
 
 
 def lookup(name: str) -> OfficialWeights | None:
