@@ -217,6 +217,8 @@ def test_oct_binary_command(place, monkeypatch):
     for f in dst.glob("*/*_labels.txt"):  # grades 0-4 → binary (healthy, DR)
         lines = [ln.rsplit(";", 1) for ln in f.read_text().splitlines() if ln.strip()]
         f.write_text("".join(f"{p};{min(int(k), 1)}\n" for p, k in lines))
+    for f in dst.glob("*/classes.txt"):  # and the names of the two classes
+        f.write_text("healthy\nDR\n")
     assert run(SINGLE_CLS_OCT, *SMALL, *IMAGE, "--epochs", "2", "--report_n_boot", "0") == 0
     run_dir = work / "results" / "single_cls_debug"
     results = json.loads((run_dir / "single_cls_debug_OCT_results.json").read_text())

@@ -112,8 +112,9 @@ def test_single_cls_layout(single):
     d, s = single
     ds = d / "FundusClassification" / DS
     assert sorted(p.name for p in ds.iterdir()) == sorted(
-        ["training", "val", "test", "training_labels.txt", "val_labels.txt", "test_labels.txt"]
+        ["training", "val", "test", "training_labels.txt", "val_labels.txt", "test_labels.txt", "classes.txt"]
     )
+    assert _lines(ds / "classes.txt")[1:] == ["no DR", "mild NPDR", "moderate NPDR", "severe NPDR", "proliferative DR"]
     sizes = {"training": 160, "val": 40, "test": 160}
     assert s["counts"] == {f"FundusClassification/{k}": v for k, v in sizes.items()}
     for split, n in sizes.items():
@@ -271,7 +272,7 @@ def test_workers_give_identical_output(tmp_path):
     generate("single_cls", tmp_path / "one", num=6, img_size=40, seed=1, workers=1)
     generate("single_cls", tmp_path / "two", num=6, img_size=40, seed=1, workers=2)
     one = sorted((tmp_path / "one").rglob("*.*"))
-    assert len(one) == 6 + 2 + 6 + 3
+    assert len(one) == 6 + 2 + 6 + 3 + 1  # images, label files, classes.txt
     for p in one:
         assert p.read_bytes() == (tmp_path / "two" / p.relative_to(tmp_path / "one")).read_bytes()
 

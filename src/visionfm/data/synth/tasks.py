@@ -57,6 +57,8 @@ FORECAST_DISC_SCALE = 2.0  # forecasting: an optic disc twice the natural size, 
 FINETUNE_GROUP = "FundusFinetune"
 # finetune: DR grades 0..4 as class folders. These are the names (and the order) of the RETFound APTOS2019 /
 # MESSIDOR2 benchmarks, and they sort alphabetically in grade order, so every class-order preset agrees.
+#: display names of the synthetic DR grades 0-4 (``single_cls``), written to its ``classes.txt``
+DR_GRADE_NAMES = ("no DR", "mild NPDR", "moderate NPDR", "severe NPDR", "proliferative DR")
 FINETUNE_CLASSES = ("anodr", "bmilddr", "cmoderatedr", "dseveredr", "eproliferativedr")
 
 
@@ -356,6 +358,11 @@ def generate(
         elif task == "landmark":
             pts = np.asarray(items, dtype=np.float64)
             dist[key] = {n: pts[:, k].mean(axis=0).round(2).tolist() for k, n in enumerate(LANDMARK_NAMES)}
+    if task == "single_cls":  # the grade names, read by train-cls (and copied by extract next to the stores)
+        for group in lay.groups:
+            p = root / group / DATASET / "classes.txt" if lay.dataset else root / group / "classes.txt"
+            _write_lines(p, ["# DR grade per label id (ICDR scale)", *DR_GRADE_NAMES])
+            label_files.append(str(p))
     if task == "metric_reg":
         for group in lay.groups:
             p = root / group / DATASET / "targets.json"
