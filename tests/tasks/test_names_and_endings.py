@@ -186,3 +186,14 @@ def test_constant_regression_and_never_predicted_segment_are_collapses():
         "vessel": {"n_images_predicted": 3, "n_images_with_class": 3}}}
     s = segmentation_collapse(seg)
     assert s["collapsed"] and s["never_predicted"] == ["lesion"]
+
+
+def test_summary_of_an_evaluated_checkpoint_and_of_a_never_defined_selection():
+    from visionfm.reports.summary import format_summary
+
+    m = {"task": "binary", "n_samples": 10, "auroc": 0.9, "ci": {"auroc": {"low": 0.8, "high": 0.95, "level": 0.95}}}
+    ev = format_summary("evaluate", m, selection={"metric": "auroc", "epoch": 4}, paths={"report": "r.html"})
+    assert "auroc 0.900 (95% CI 0.800-0.950)" in ev and "evaluated the checkpoint of epoch 4" in ev
+    assert "never defined" not in ev and "report   r.html" in ev
+    never = format_summary("finetune", m, selection={"metric": "auroc", "value": None, "epoch": 3, "epochs": 3})
+    assert "chosen   epoch 3 of 3 by auroc (never defined: the last epoch was kept)" in never

@@ -99,10 +99,15 @@ def format_summary(command: str, metrics: Mapping[str, Any] | None, *, task: str
         where = f" on {sel['split']}" if sel.get("split") else ""
         of = f" of {sel['epochs']}" if sel.get("epochs") else ""
         value = sel.get("value")
-        value_text = f" = {_num(value)}" if value is not None else " (never defined: the last epoch was kept)"
+        if "value" not in sel:  # an evaluated checkpoint: its selection value is not known here
+            value_text = ""
+        else:
+            value_text = f" = {_num(value)}" if value is not None else " (never defined: the last epoch was kept)"
         direction = "" if sel.get("higher_is_better") is None else (
             " (higher is better)" if sel["higher_is_better"] else " (lower is better)")
-        if sel.get("epoch"):
+        if sel.get("epoch") and "value" not in sel:
+            lines.append(f"  evaluated the checkpoint of epoch {sel['epoch']} (selected by {sel.get('metric')})")
+        elif sel.get("epoch"):
             lines.append(f"  chosen   epoch {sel['epoch']}{of} by {sel.get('metric')}{where}{value_text}{direction}")
         elif sel.get("metric"):
             lines.append(f"  checkpoint evaluated; selection metric {sel.get('metric')}")
