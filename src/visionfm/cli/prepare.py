@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "every 224-px global crop at scale >= 0.32 is still down-sampled)")
     parser.add_argument("--max_side", type=int, default=None,
                         help="longer output side in px, instead of --short_side (the two are exclusive)")
-    parser.add_argument("--format", default="jpeg", choices=["jpeg", "png", "webp"], help="output encoding")
+    parser.add_argument("--format", default="jpeg", choices=["jpeg", "png", "webp", "shards"],
+                        help="output encoding; 'shards': JPEGs packed as tar shards in the WebDataset layout "
+                             "(DST/shard-*.tar + DST/shards.json; pretrain --data_path DST/shards.json)")
+    parser.add_argument("--shard_size", default="1GB",
+                        help="--format shards: image bytes per shard, e.g. 1GB, 500MB, 64MiB")
     parser.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (1-100)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--overwrite", action="store_true",
@@ -39,21 +43,14 @@ def _megapixels(pixels: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionfm.data.prepare import prepare_images
+    from visionfm.data.prepare import prepare_images, prepare_shards
 
-    summary = prepare_images(
-        args.data_path,
-        args.dst_path,
-        args.modality,
-        short_side=args.short_side,
-        max_side=args.max_side,
-        format=args.format,
-        quality=args.quality,
-        workers=args.workers,
-        overwrite=bool(args.overwrite),
-        on_corrupt=args.on_corrupt,
-        progress=bool(args.progress),
-    )
+    options = dict(short_side=args.short_side, max_side=args.max_side, quality=args.quality, workers=args.workers,
+                   overwrite=bool(args.overwrite), on_corrupt=args.on_corrupt, progress=bool(args.progress))
+    if args.format == "shards":
+        summary = prepare_shards(args.data_path, args.dst_path, args.modality, shard_size=args.shard_size, **options)
+    else:
+        summary = prepare_images(args.data_path, args.dst_path, args.modality, format=args.format, **options)
     total = summary["total"]
     for modality, c in summary["counts"].items():
         print(f"  {modality:<12} {c['found']:>8} found  {c['written']:>8} written  "
@@ -72,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  corrupt: {item['path']} ({item['error']})")
     if len(summary["corrupt_files"]) > 20:
         print(f"  ... and {len(summary['corrupt_files']) - 20} more, listed in prepare.json")
-    print(f"summary: {os.path.join(summary['destination'], 'prepare.json')}; "
-          f"pretrain with --data_path {summary['destination']}")
+    shards = summary.get("shards")
+    if shards:
+        print(f"{shards['n_images']} images in {shards['n_shards']} shard(s); index {shards['index']}; "
+              f"pretrain with --data_path {shards['index']}")
+    else:
+        print(f"summary: {os.path.join(summary['destination'], 'prepare.json')}; "
+              f"pretrain with --data_path {summary['destination']}")
     return 0

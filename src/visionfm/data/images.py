@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from visionfm.errors import ConfigError, DataFormatError
 
 __all__ = [
+    "load_image_bytes",
     "IMAGE_EXTENSIONS",
     "LOSSY_MASK_FORMATS",
     "OnErrorPolicy",
@@ -322,6 +323,22 @@ def load_image(path: str | os.PathLike[str], min_pixels: int = 0) -> Image.Image
         DataFormatError: naming the path, for missing, unreadable, corrupt, truncated or oversized files.
     """
     return _decode(path, "image", lambda img: _to_rgb(img, path), min_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, min_pixels: int = 0) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (e.g. a tar-shard member); errors name ``name``."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if min_pixels:
+                _reduce_jpeg(img, min_pixels)
+            img.load()
+            return _to_rgb(img, name)
+    except DataFormatError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataFormatError(f"image is too large to decode safely ({exc})", name) from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise DataFormatError(f"not a readable image ({exc.__class__.__name__}: {exc})", name) from None
 
 
 class EncodedJPEG:

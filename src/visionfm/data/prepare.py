@@ -401,3 +401,32 @@ def prepare_images(
     dst_root.mkdir(parents=True, exist_ok=True)
     save_json_atomic(summary, dst_root / "prepare.json")
     return summary
+
+
+def prepare_shards(data_path: str | os.PathLike[str], dst_path: str | os.PathLike[str],
+                   modality: str | Sequence[str] = "all", *, shard_size: str | int = "1GB",
+                   **options: Any) -> dict[str, Any]:
+    """:func:`prepare_images` into ``DST/images`` (JPEG; the resumable step), then the images packed as tar shards
+    in the WebDataset layout with ``DST/shards.json`` (:mod:`visionfm.data.shards`); returns the prepare
+    summary with the shard index under ``"shards"`` (also recorded in ``DST/images/prepare.json``)."""
+    from visionfm.data.shards import pack_shards, parse_size
+
+    size = parse_size(shard_size)
+    dst_root = Path(dst_path).resolve()
+    options["format"] = "jpeg"
+    summary = prepare_images(data_path, dst_root / "images", modality, **options)
+    src_root = Path(data_path).resolve()
+    modalities, from_all = _resolve_modalities(src_root, modality)
+    planned, _ = _plan(src_root, dst_root / "images", modalities, from_all, FORMATS["jpeg"])
+    sources: dict[Path, tuple[Path, tuple[int, int] | None]] = {}
+    for src, out, _m in planned:
+        try:
+            with Image.open(src) as im:  # the header only
+                sources[out] = (src, im.size)
+        except (OSError, ValueError):
+            sources[out] = (src, None)
+    index = pack_shards(dst_root / "images", dst_root, size, sources)
+    summary["shards"] = {k: index[k] for k in ("n_images", "modality_counts")} | {
+        "n_shards": len(index["shardlist"]), "index": str(dst_root / "shards.json")}
+    save_json_atomic(summary, dst_root / "images" / "prepare.json")
+    return summary

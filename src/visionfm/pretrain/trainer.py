@@ -240,8 +240,16 @@ class IBOTTrainer:
                 mask_fn=self.masker.make_masks,
             )
             self.collate = collate_crops
-        self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt, min_pixels=min_pixels,
-                                     defer_jpeg=args.decode == "gpu")
+        from visionfm.data.shards import ShardImages, is_shard_index
+
+        if is_shard_index(args.data_path):  # tar shards (visionfm prepare --format shards): indexed, random access
+            if args.decode == "gpu":
+                raise ConfigError("--decode gpu reads image files; with a shard index use --decode cpu")
+            self.images = ShardImages(args.data_path, self.modalities, on_error=args.on_corrupt,
+                                      min_pixels=min_pixels)
+        else:
+            self.images = PretrainImages(args.data_path, self.modalities, on_error=args.on_corrupt,
+                                         min_pixels=min_pixels, defer_jpeg=args.decode == "gpu")
         weights = None
         if args.scheme == "mix" and len(self.modalities) > 1:
             spec = parse_modality_weights(args.modality_weights)
