@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -60,3 +62,39 @@ def write_dicom(target: str | Path | BinaryIO, arr: np.ndarray, pi: str = "MONOC
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(out, write_like_original=False)
     return target
+
+
+class LoopbackFileServer:
+    """One file served over HTTP on 127.0.0.1 (honouring ``Range: bytes=N-``), for download tests without network.
+
+    ``hits`` counts requests, ``ranges`` lists the Range headers received; ``url`` ends in ``filename``.
+    """
+
+    def __init__(self, payload: bytes, filename: str) -> None:
+        self.payload, self.ranges, self.hits = payload, [], 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                server.hits += 1
+                body, status = server.payload, 200
+                rng = self.headers.get("Range")
+                if rng:
+                    server.ranges.append(rng)
+                    start = int(rng.split("=")[1].split("-")[0])
+                    body, status = server.payload[start:], 206
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{filename}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -5,17 +5,16 @@ pairs) written with :func:`visionfm.data.synth.generate`, zipped; nothing touche
 """
 
 import hashlib
-import http.server
 import io
 import json
 import shutil
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import LoopbackFileServer
 from visionfm.cli.main import main as cli_main
 from visionfm.data import fetch as F
 from visionfm.errors import DataFormatError
@@ -41,35 +40,9 @@ def archive_bytes(tmp_path_factory):
     return buf.getvalue()
 
 
-class _Server:
-    def __init__(self, payload: bytes):
-        self.payload, self.hits = payload, 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server.hits += 1
-                body = server.payload
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/processed.zip"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(archive_bytes):
-    s = _Server(archive_bytes)
+    s = LoopbackFileServer(archive_bytes, "processed.zip")
     yield s
     s.close()
 

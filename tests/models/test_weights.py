@@ -4,14 +4,13 @@ A tiny entry (vit_tiny, fp16, ~11 MB) is registered through ``VISIONFM_WEIGHTS_R
 table's Drive ids are only checked, never downloaded.
 """
 
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import LoopbackFileServer
 from visionfm.cli.main import main as cli_main
 from visionfm.models import weights as W
 from visionfm.models.encoder import VisionFMEncoder
@@ -27,41 +26,9 @@ def tiny_bytes(tmp_path_factory):
     return path.read_bytes()
 
 
-class _Server:
-    def __init__(self, payload: bytes):
-        self.payload, self.ranges, self.hits = payload, [], 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):
-                server.hits += 1
-                body, status = server.payload, 200
-                rng = self.headers.get("Range")
-                if rng:
-                    server.ranges.append(rng)
-                    start = int(rng.split("=")[1].split("-")[0])
-                    body, status = server.payload[start:], 206
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/VFM_Tiny_weights.pth"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server(tiny_bytes):
-    s = _Server(tiny_bytes)
+    s = LoopbackFileServer(tiny_bytes, "VFM_Tiny_weights.pth")
     yield s
     s.close()
 

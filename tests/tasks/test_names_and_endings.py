@@ -197,3 +197,16 @@ def test_summary_of_an_evaluated_checkpoint_and_of_a_never_defined_selection():
     assert "never defined" not in ev and "report   r.html" in ev
     never = format_summary("finetune", m, selection={"metric": "auroc", "value": None, "epoch": 3, "epochs": 3})
     assert "chosen   epoch 3 of 3 by auroc (never defined: the last epoch was kept)" in never
+
+
+def test_summary_from_report_reads_the_reports_metrics_with_their_cis(tmp_path):
+    from visionfm.reports.summary import summary_from_report
+
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"task": "regression", "n_samples": 9, "mae_mean": 1.5, "ci": {"mae_mean": {"low": 1.0, "high": 2.0}}}))
+    (tmp_path / "report.html").write_text("<html></html>")
+    out = summary_from_report("train-reg", tmp_path, {"mae_mean": 9.9}, selection=None, paths={"log": "log.txt"})
+    assert "mae_mean 1.500 (95% CI 1.000-2.000)" in out and f"report   {tmp_path / 'report.html'}" in out
+    bare = summary_from_report("train-reg", tmp_path / "none", {"task": "regression", "mae_mean": 9.9},
+                               selection=None, paths={})
+    assert "mae_mean 9.900" in bare and "CI" not in bare  # no report written: the headline numbers

@@ -126,8 +126,15 @@ def pack_shards(images_root: str | os.PathLike[str], dst: str | os.PathLike[str]
                 _add(tar, key + ".jpg", path.read_bytes())
                 _add(tar, key + ".json", json.dumps(meta, sort_keys=True).encode())
                 counts[modality] = counts.get(modality, 0) + 1
+        runs: list[list[Any]] = []  # [[modality, n], ...] in member order: readers need no per-sample lookup
+        for _, modality in members:
+            if runs and runs[-1][0] == modality:
+                runs[-1][1] += 1
+            else:
+                runs.append([modality, 1])
         shards.append({"url": name, "nsamples": len(members), "filesize": out.stat().st_size,
-                       "sha256": _sha256(out), "modalities": counts, "keys_sha256": _keys_hash(keys)})
+                       "sha256": _sha256(out), "modalities": counts, "modality_runs": runs,
+                       "keys_sha256": _keys_hash(keys)})
         save_json_atomic({"shardlist": shards}, progress_path)  # what a resumed pack may keep
     totals: dict[str, int] = {}
     for s in shards:
@@ -161,7 +168,8 @@ def is_shard_index(path: str | os.PathLike[str]) -> Path | None:
 class ShardImages(PretrainImages):
     """:class:`~visionfm.data.layouts.pretrain.PretrainImages` read from a shard index (same samples API:
     ``(image, modality)``, :meth:`modality_counts`, :meth:`sample_weights`). Every shard is opened lazily,
-    memory-mapped by ``wids``, once per process (DataLoader workers open their own)."""
+    memory-mapped by ``wids``, once per process (DataLoader workers open their own); the samples and
+    their modalities come from the index (``modality_runs``), so start-up reads no shard."""
 
     def __init__(self, index: str | os.PathLike[str], modalities: Sequence[str] | str, on_error: str = "fail",
                  min_pixels: int = 0, verify: bool = False) -> None:
@@ -189,16 +197,20 @@ class ShardImages(PretrainImages):
             if verify and _sha256(f) != s.get("sha256"):
                 raise DataFormatError("sha256 differs from the index (a damaged or replaced shard)", f)
         self._readers: dict[int, Any] = {}
-        # (shard, member index) per sample, with its modality, from the per-shard member order
+        # (shard, member index) per sample, with its modality, from the index's runs: no shard is opened here
         self.samples: list[tuple[tuple[int, int], str]] = []
         found = {m: 0 for m in self.modalities}
-        for si in range(len(shardlist)):
-            reader = self._reader(si)
-            for j in range(len(reader)):
-                modality = self._meta(si, j)["modality"]
+        for si, s in enumerate(shardlist):
+            runs = s.get("modality_runs")
+            if not isinstance(runs, list) or sum(int(n) for _, n in runs) != int(s.get("nsamples", -1)):
+                raise DataFormatError(f"shard {s.get('url')}: the index lists no modality_runs matching nsamples "
+                                      "(written by another tool? pack it with visionfm prepare --format shards)", path)
+            j = 0
+            for modality, n in runs:
                 if modality in found:
-                    found[modality] += 1
-                    self.samples.append(((si, j), modality))
+                    found[modality] += int(n)
+                    self.samples.extend(((si, j + k), modality) for k in range(int(n)))
+                j += int(n)
         missing = [m for m, c in found.items() if c == 0]
         if missing:
             raise DataFormatError(f"the shards hold no images of {', '.join(missing)} (they hold "
@@ -214,13 +226,9 @@ class ShardImages(PretrainImages):
         return reader
 
     @staticmethod
-    def _member(sample: dict[str, Any], ext: str) -> bytes:
+    def _member(sample: dict[str, Any], ext: str) -> Any:
         data = sample.get(ext, sample.get("." + ext))
         return data.getvalue() if hasattr(data, "getvalue") else data
-
-    def _meta(self, si: int, j: int) -> dict[str, Any]:
-        sample = self._reader(si)[j]
-        return json.loads(self._member(sample, "json"))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

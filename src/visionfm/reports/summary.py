@@ -12,10 +12,12 @@ Epochs are numbered from 1, as in log.txt and the checkpoint JSON files.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["KEY_METRICS", "key_metrics", "format_summary"]
+__all__ = ["KEY_METRICS", "key_metrics", "format_summary", "summary_from_report"]
 
 #: the metrics shown per task (those present in the metrics dict, in this order)
 KEY_METRICS: dict[str, tuple[str, ...]] = {
@@ -120,3 +122,16 @@ def format_summary(command: str, metrics: Mapping[str, Any] | None, *, task: str
         if value is not None:
             lines.append(f"  {key:<8} {value}")
     return "\n".join(lines)
+
+
+def summary_from_report(command: str, report_dir: str | Path, head: Mapping[str, Any] | None, *,
+                        selection: Mapping[str, Any] | None, paths: Mapping[str, Any],
+                        extra_metrics: Sequence[str] = ()) -> str:
+    """:func:`format_summary` of the report in ``report_dir``: its ``metrics.json`` (with the CIs) when it wrote
+    one, else the headline ``head``; ``report`` is ``report.html`` when present, else the folder."""
+    report_dir = Path(report_dir)
+    full = report_dir / "metrics.json"
+    metrics = json.loads(full.read_text(encoding="utf-8")) if full.is_file() else dict(head or {})
+    html = report_dir / "report.html"
+    return format_summary(command, metrics, selection=selection, extra_metrics=extra_metrics,
+                          paths={"report": html if html.is_file() else report_dir, **paths})

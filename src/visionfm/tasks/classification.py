@@ -269,7 +269,7 @@ def _class_names(task: str, n_out: int, classes: list[str] | None, opts: TrainCl
         default = [f"label_{i}" for i in range(n_out)]
     else:
         default = list(classes) if classes and len(classes) == n else [str(i) for i in range(n)]
-    root = None if (classes and not opts.class_names) else (opts.features or opts.data_path)
+    root = None if classes else (opts.features or opts.data_path)  # ImageFolder data: its folders name the classes
     return resolve_names(opts.class_names, root, n, option="class_names", what="labels" if task == "multilabel"
                          else "classes", default=default)
 

@@ -24,10 +24,9 @@ resolved settings, usable as ``--config``); and the original's files of the sele
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from torch import nn
 
 from visionfm.engine.trainer import FitConfig, fit, selection_split, start_point
 from visionfm.errors import CheckpointError, ConfigError, DataFormatError
+from visionfm.reports.summary import summary_from_report
 
 if TYPE_CHECKING:
     from visionfm.config import EvaluateConfig, FinetuneConfig
@@ -675,24 +675,12 @@ def run_finetune(opts: FinetuneConfig) -> int:
             aupr = result.best_metrics.get("aupr")
             print("Finetuning of VisionFM completed\nBest val auc: {}; accompanying aupr: {}".format(
                 "n/a" if best_value is None else f"{best_value:.4f}", "n/a" if aupr is None else f"{aupr:.4f}"))
-            print(_summary("finetune", run_dir / "report", metrics, selection={
+            print(summary_from_report("finetune", run_dir / "report", metrics, selection={
                 "metric": "auroc", "value": best_value, "epoch": info.get("epoch"), "epochs": opts.epochs,
                 "split": sel_split, "higher_is_better": True},
                 paths={"model": folder, "checkpoint": run_dir / "checkpoint_best_finetune.pth",
                        "log": run_dir / "log.txt"}))
         return 0
-
-
-def _summary(command: str, report_dir: Path, head: Mapping[str, Any] | None, selection: Mapping[str, Any] | None,
-             paths: Mapping[str, Any]) -> str:
-    """The ending summary from the report's ``metrics.json`` (with its CIs), else the headline ``head``."""
-    from visionfm.reports.summary import format_summary
-
-    full = report_dir / "metrics.json"
-    metrics = json.loads(full.read_text(encoding="utf-8")) if full.is_file() else dict(head or {})
-    html = report_dir / "report.html"
-    return format_summary(command, metrics, selection=selection,
-                          paths={"report": html if html.is_file() else None, **paths})
 
 
 # what the original-format checkpoint records beside the weights, for ``evaluate``
@@ -798,6 +786,7 @@ def run_evaluate(opts: EvaluateConfig) -> int:
             auc = metrics.get("auroc_macro", metrics.get("auroc"))
             aupr = metrics.get("aupr_macro", metrics.get("aupr"))
             print(f"AUC: {auc}, AUPR: {aupr}")
-            print(_summary("evaluate", run_dir / "report", metrics, {"metric": "auroc", "epoch": info.get("epoch")},
-                           paths={"checkpoint": source, "predictions": run_dir / "best.npy"}))
+            print(summary_from_report("evaluate", run_dir / "report", metrics,
+                                      selection={"metric": "auroc", "epoch": info.get("epoch")},
+                                      paths={"checkpoint": source, "predictions": run_dir / "best.npy"}))
         return 0

@@ -23,7 +23,6 @@ model folder is a single-image model with one preprocessing.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from visionfm.errors import ConfigError, DataFormatError
+from visionfm.reports.summary import summary_from_report
 
 if TYPE_CHECKING:
     from visionfm.config import StoreDecoderConfig
@@ -509,6 +509,10 @@ def lr_and_schedule(opts: StoreDecoderConfig, world_size: int) -> tuple[float, s
     return lr, getattr(opts, "scheduler", None) or ("constant" if optimizer == "sgd" else "cosine")
 
 
+#: the visionfm13 layout's headline metrics, shown in the ending summary after the task's key metrics
+VISIONFM13_SUMMARY = ("f1_mean", "auroc_mean")
+
+
 def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
     """Load ``--datasets`` stores, train a head with :func:`~visionfm.engine.trainer.fit`
     (or, with ``--test``, evaluate ``--load_from``), then report on the test split."""
@@ -563,9 +567,9 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
                 head = spec.report(run_dir, outputs, test,
                                    {**meta, "evaluated": "test (from --load_from)", "checkpoint": str(opts.load_from),
                                     "checkpoint_epoch": ckpt_info.get("epoch") if ckpt_info else None})
-                print(store_run_summary(opts.command, run_dir, head, {
+                print(summary_from_report(opts.command, run_dir / "report", head, selection={
                     "metric": spec.selection_key, "epoch": ckpt_info.get("epoch") if ckpt_info else None},
-                    checkpoint=opts.load_from))
+                    paths={"checkpoint": opts.load_from}, extra_metrics=VISIONFM13_SUMMARY))
             return 0
         val, sel_split = selection_split(inputs.get("val"), test, warn=env.is_main)
         meta["selection_split"] = sel_split
@@ -605,26 +609,11 @@ def run_multi_store_command(opts: StoreDecoderConfig, spec: TaskSpec) -> int:
             folder = package_multi_store_run(opts, spec, run_dir, model, meta, metrics)
             run_logger.log({"final_test": metrics, "best_epoch": result.best_epoch, "selection_split": sel_split})
             run_logger.close()
-            print(store_run_summary(opts.command, run_dir, metrics, selection={
+            print(summary_from_report(opts.command, run_dir / "report", metrics, selection={
                 "metric": spec.selection_key, "value": result.best_value, "epoch": result.best_epoch,
                 "epochs": opts.epochs, "split": sel_split, "higher_is_better": spec.higher_is_better},
-                model_folder=folder))
+                paths={"model": folder, "log": run_dir / "log.txt"}, extra_metrics=VISIONFM13_SUMMARY))
         return 0
-
-
-def store_run_summary(command: str, run_dir: Path, head: Mapping[str, Any], selection: Mapping[str, Any] | None,
-                      model_folder: Path | None = None, checkpoint: Any = None) -> str:
-    """The ending summary of ``train-multi-cls`` / ``train-reg``: the report's metrics (with their CIs)
-    when it wrote one ``metrics.json``, else the task's summary ``head``."""
-    from visionfm.reports.summary import format_summary
-
-    report = run_dir / "report"
-    full = report / "metrics.json"
-    metrics = json.loads(full.read_text(encoding="utf-8")) if full.is_file() else dict(head)
-    html = report / "report.html"
-    return format_summary(command, metrics, selection=selection, extra_metrics=("f1_mean", "auroc_mean"),
-                          paths={"report": html if html.is_file() else report, "model": model_folder,
-                                 "checkpoint": checkpoint, "log": run_dir / "log.txt" if model_folder else None})
 
 
 def write_members(run_dir: Path, inputs: ModelInputs) -> None:
