@@ -36,6 +36,7 @@ from visionfm.io.download import (
     read_record,
     record_path,
     registry_with_overrides,
+    visionfm_home,
 )
 from visionfm.io.safe_load import file_sha256
 
@@ -55,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HOME_ENV, REGISTRY_ENV = "VISIONFM_HOME", "VISIONFM_DATASETS_REGISTRY"
+REGISTRY_ENV = "VISIONFM_DATASETS_REGISTRY"
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,7 @@ def _entry(name: str) -> PublicDataset:
 
 def datasets_dir() -> Path:
     """``$VISIONFM_HOME/datasets``, default ``~/.cache/visionfm/datasets``."""
-    home = os.environ.get(HOME_ENV)
-    return (Path(home).expanduser() if home else Path.home() / ".cache" / "visionfm") / "datasets"
+    return visionfm_home("datasets")
 
 
 def archive_path(entry: PublicDataset) -> Path:

@@ -19,6 +19,8 @@ from visionfm.errors import ConfigError, VisionFMError
 _T = TypeVar("_T")
 
 __all__ = [
+    "HOME_ENV",
+    "visionfm_home",
     "registry_with_overrides",
     "OFFLINE_ENVS",
     "is_offline",
@@ -143,3 +145,12 @@ def registry_with_overrides(table: Mapping[str, _T], env: str, fields: set[str],
             raise ConfigError(f"{env}={extra}: entry {name!r}: the name and 'file' must be bare file names")
         out[str(name)] = make(str(name), **entry)
     return out
+
+
+HOME_ENV = "VISIONFM_HOME"
+
+
+def visionfm_home(sub: str) -> Path:
+    """``$VISIONFM_HOME/<sub>``, default ``~/.cache/visionfm/<sub>`` (weights, datasets)."""
+    home = os.environ.get(HOME_ENV)
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "visionfm") / sub

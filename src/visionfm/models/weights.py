@@ -37,6 +37,7 @@ from visionfm.io.download import (
     read_record,
     record_path,
     registry_with_overrides,
+    visionfm_home,
 )
 from visionfm.io.download import is_offline as is_offline
 from visionfm.io.safe_load import file_sha256
@@ -60,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LICENCE = "CC BY-NC 4.0"
-HOME_ENV, REGISTRY_ENV = "VISIONFM_HOME", "VISIONFM_WEIGHTS_REGISTRY"
+REGISTRY_ENV = "VISIONFM_WEIGHTS_REGISTRY"
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,11 @@ def _entry(name: str) -> OfficialWeights:
 
 def weights_dir() -> Path:
     """``$VISIONFM_HOME/weights``, default ``~/.cache/visionfm/weights``."""
-    home = os.environ.get(HOME_ENV)
-    return (Path(home).expanduser() if home else Path.home() / ".cache" / "visionfm") / "weights"
+    return visionfm_home("weights")
 
 
 def local_path(entry: OfficialWeights) -> Path:
     return weights_dir() / entry.file
-
-
-def _record_path(path: Path) -> Path:
-    return record_path(path)
 
 
 def download_hint(entry: OfficialWeights) -> str:
@@ -176,7 +172,7 @@ def _check(entry: OfficialWeights, path: Path) -> Path:
         if rec["sha256"] != sha:
             raise CheckpointError(
                 f"{path}: sha256 {sha[:12]}… differs from the {rec['sha256'][:12]}… recorded in "
-                f"{_record_path(path).name} (corrupted or replaced); delete it and "
+                f"{record_path(path).name} (corrupted or replaced); delete it and "
                 f"{download_hint(entry).replace('download it', 'download it again', 1)}")
         return path
     _verify_load(entry, path, path)
@@ -188,7 +184,7 @@ def _write_record(entry: OfficialWeights, path: Path, sha: str) -> None:
     save_json_atomic({"name": entry.name, "file": entry.file, "sha256": sha, "size": path.stat().st_size,
                       "source": entry.source_url, "arch": entry.arch, "patch_size": entry.patch_size,
                       "checkpoint_key": entry.checkpoint_key, "licence": entry.licence,
-                      "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, _record_path(path))
+                      "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, record_path(path))
 
 
 def weights_path(name: str) -> Path:
