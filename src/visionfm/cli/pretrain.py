@@ -95,6 +95,10 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="torch.compile the student, the teacher, the loss and the device-side augmentation")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="activation checkpointing in the student's blocks (less memory, ~30%% more compute; for ViT-L)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and optimizer state over the processes (FSDP2, per block; "
+                        "sharded checkpoints in checkpoint_dcp/ plus the usual checkpoint.pth); for ViT-L and "
+                        "larger: DDP (the default) is faster for ViT-B")
     g.add_argument("--max_nonfinite_steps", type=int, default=10,
                    help="stop cleanly after this many consecutive non-finite losses (each such step is skipped)")
 

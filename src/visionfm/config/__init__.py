@@ -139,6 +139,7 @@ class PretrainConfig(CommandConfig):
     official_weight_decay: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
+    fsdp: bool = False
     max_nonfinite_steps: int = 10
     data_path: str | None = None  # required on the command line
     modality: str = "Fundus"

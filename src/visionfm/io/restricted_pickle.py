@@ -76,11 +76,16 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``source`` names the file in error messages. Persistent ids are refused (the default).
     """
 
-    def __init__(self, file: Any, *, source: object = "<pickle>") -> None:
+    def __init__(self, file: Any, *, source: object = "<pickle>",
+                 extra_globals: dict[str, frozenset[str]] | None = None) -> None:
         super().__init__(file)
         self.source = source
+        # a caller's own data classes (e.g. torch.distributed.checkpoint's metadata), on top of the builtins
+        self.extra = extra_globals or {}
 
     def find_class(self, module: str, name: str) -> Any:
+        if name in self.extra.get(module, ()):
+            return getattr(importlib.import_module(module), name)
         if name not in ALLOWED_GLOBALS.get(module, ()):
             raise UnsafePickleError(
                 f"refused to unpickle: it needs {module}.{name}, which could run arbitrary code; only builtin "

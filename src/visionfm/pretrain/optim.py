@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from visionfm.engine.fsdp import is_sharded, local_tensor
+
 __all__ = [
     "NO_DECAY_NAMES",
     "param_groups",
@@ -148,7 +150,14 @@ def clip_gradients_per_param(params: Iterable[Tensor], clip: float) -> Tensor:
     grads = _grads(params)
     if not grads:
         return torch.zeros(0)
-    norms = torch._foreach_norm(grads, 2)
+    sharded = is_sharded(grads[0])
+    if sharded:  # FSDP: each rank holds a slice of every gradient; a tensor's norm sums the slices' squares
+        grads = [g.to_local() for g in grads]
+        squares = torch.stack(torch._foreach_norm(grads, 2)).square()
+        torch.distributed.all_reduce(squares)
+        norms = list(squares.sqrt().unbind())
+    else:
+        norms = torch._foreach_norm(grads, 2)
     factors = torch._foreach_add(norms, 1e-6)
     torch._foreach_reciprocal_(factors)
     torch._foreach_mul_(factors, clip)
@@ -190,7 +199,9 @@ def ema_update_(teacher_params: Sequence[Tensor], student_params: Sequence[Tenso
     if not teacher_params:
         return
     weight = 1.0 - momentum
-    torch._foreach_lerp_([t.detach() for t in teacher_params], [s.detach() for s in student_params], weight)
+    # FSDP: student and teacher are sharded alike, so the update runs on each rank's local shards
+    torch._foreach_lerp_([local_tensor(t.detach()) for t in teacher_params],
+                         [local_tensor(s.detach()) for s in student_params], weight)
 
 
 def common_params(teacher: nn.Module, student: nn.Module) -> tuple[list[Tensor], list[Tensor]]:

@@ -38,7 +38,8 @@ from visionfm.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from visionfm.engine.distributed import DistEnv, init_distributed, seed_everything
+from visionfm.engine.distributed import DistEnv, barrier, init_distributed, seed_everything
+from visionfm.engine.fsdp import local_tensor
 from visionfm.engine.logging import RunLogger, progress
 from visionfm.engine.run_folder import claim_run_dir
 from visionfm.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -148,10 +149,15 @@ class EpochMeters:
         z = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
         return cls(z(), z(), z(), z(), z())
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self, all_reduce: bool = False) -> dict[str, torch.Tensor]:
         """The running sums (on the CPU) for a mid-epoch checkpoint: a resumed epoch logs the
-        averages of all its iterations, not only of those after the resume."""
-        return {f.name: getattr(self, f.name).detach().cpu().clone() for f in dataclasses.fields(self)}
+        averages of all its iterations, not only of those after the resume. ``all_reduce``: the sums
+        of every rank (a collective), which the resume gives to rank 0 alone."""
+        vec = torch.stack([getattr(self, f.name).detach() for f in dataclasses.fields(self)])
+        if all_reduce and torch.distributed.is_initialized():
+            vec = vec.clone()
+            torch.distributed.all_reduce(vec)
+        return {f.name: v.cpu().clone() for f, v in zip(dataclasses.fields(self), vec.unbind())}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor] | None, device: torch.device) -> EpochMeters:
@@ -288,10 +294,18 @@ class IBOTTrainer:
             else:
                 log.warning("--norm_in_head %s on CPU processes: SyncBatchNorm needs CUDA, so each process "
                             "keeps its own BatchNorm statistics", args.norm_in_head)
+        self.fsdp = bool(args.fsdp)
+        if self.fsdp:  # FSDP2: each block's parameters, gradients and optimizer state sharded over the ranks
+            self._check_fsdp()
+            from visionfm.engine.fsdp import shard_network
+
+            gather_dtype = self.amp_dtype if self.amp_dtype == torch.bfloat16 else None
+            shard_network(student, param_dtype=gather_dtype)
+            shard_network(teacher, param_dtype=gather_dtype)  # the same layout: the EMA runs on the local shards
         self.student: MultiCropNetwork = student
         self.teacher: MultiCropNetwork = teacher
         self.student_fwd: torch.nn.Module = student
-        if self.env.distributed:
+        if self.env.distributed and not self.fsdp:
             self.student_fwd = DDP(student, device_ids=[self.env.local_rank] if self.device.type == "cuda" else None)
         self.teacher_fwd: torch.nn.Module = teacher
         if args.compile:
@@ -365,6 +379,28 @@ class IBOTTrainer:
         self.history: list[dict[str, Any]] = []
 
     # -- set-up helpers -----------------------------------------------------------------------------
+    def _check_fsdp(self) -> None:
+        """What ``--fsdp`` needs: several processes, an optimizer whose update is elementwise (LARS
+        normalises by whole-tensor norms), and no fp16 loss scaling."""
+        args = self.args
+        if not self.env.distributed:
+            raise ConfigError("--fsdp shards the model over processes: launch with torchrun --nproc_per_node N "
+                              "(N ≥ 2), or leave --fsdp out to train in one process")
+        if args.optimizer == "lars":
+            raise ConfigError("--fsdp works with --optimizer adamw or sgd, not lars (its trust ratio needs whole "
+                              "parameters)")
+        if self.amp_dtype == torch.float16:
+            raise ConfigError("--fsdp trains in bf16 or fp32, not fp16 (no loss scaling on sharded gradients): "
+                              "add --precision bf16")
+
+    def _everywhere(self, ok: torch.Tensor) -> torch.Tensor:
+        """A device bool that holds on every rank: with FSDP each rank sees only its shards' values."""
+        if not self.fsdp:
+            return ok
+        bad = (~ok).float()
+        torch.distributed.all_reduce(bad)
+        return bad == 0
+
     def _load_pretrained_backbones(self, student: MultiCropNetwork, teacher: MultiCropNetwork, path: str) -> None:
         """Initialise both backbones from a local file: the student from its ``student`` entry when the
         file has one (else ``teacher``/bare), the teacher from ``teacher``. Mismatches are errors."""
@@ -392,17 +428,26 @@ class IBOTTrainer:
         load_into(teacher, "teacher")
         log.info("initialised student and teacher backbones from %s", path)
 
-    def _checkpoint_state(self, epoch: int, epoch_iter: int, meters: EpochMeters | None = None) -> dict[str, Any]:
+    def _checkpoint_state(self, epoch: int, epoch_iter: int,
+                          meters: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """Everything a resume needs. ``history`` (the finished epochs' log lines) lets a resume make
         ``log.txt`` one line per finished epoch whatever the kill point; ``epoch_meters`` (mid-epoch
         only) the running sums of the interrupted epoch."""
         args_dict = self.args.to_dict()
+        if self.fsdp:  # consolidated on rank 0 (a collective: every rank gathers)
+            from visionfm.engine.fsdp import full_model_state, full_optimizer_state
+
+            student_sd, teacher_sd = full_model_state(self.student), full_model_state(self.teacher)
+            optimizer_sd = full_optimizer_state(self.student, self.optimizer)
+        else:
+            student_sd, teacher_sd = self.student.state_dict(), self.teacher.state_dict()
+            optimizer_sd = self.optimizer.state_dict()
         state: dict[str, Any] = {
-            "student": {f"module.{k}": v for k, v in self.student.state_dict().items()},
+            "student": {f"module.{k}": v for k, v in student_sd.items()},
             # the original's teacher is DDP-wrapped (keys ``module.*``) exactly when its head has BatchNorm
             "teacher": {f"{'module.' if self.teacher.head.has_batchnorm else ''}{k}": v
-                        for k, v in self.teacher.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+                        for k, v in teacher_sd.items()},
+            "optimizer": optimizer_sd,
             "epoch": epoch,
             "epoch_iter": epoch_iter,
             "iteration": epoch * self.iters_per_epoch + epoch_iter,
@@ -416,19 +461,32 @@ class IBOTTrainer:
             "visionfm_version": __version__,
         }
         if epoch_iter and meters is not None:
-            state["epoch_meters"] = meters.state()
+            state["epoch_meters"] = meters
         if self.scaler is not None:
             state["fp16_scaler"] = self.scaler.state_dict()
         return state
 
     def save(self, epoch: int, epoch_iter: int, also_numbered: bool = False,
              meters: EpochMeters | None = None) -> None:
-        if not self.env.is_main:
+        """Rank 0 writes ``checkpoint.pth`` (and the numbered copy). With ``--fsdp`` every rank first writes its
+        shards (``checkpoint_dcp/``, torch.distributed.checkpoint), then the consolidated file is gathered, and
+        all ranks leave together once it is written."""
+        # the interrupted epoch's running sums over all ranks (a collective, so before anyone returns)
+        sums = meters.state(all_reduce=self.env.distributed) if epoch_iter and meters is not None else None
+        if self.fsdp:
+            from visionfm.engine.fsdp import save_sharded
+
+            save_sharded(self.run_dir, epoch * self.iters_per_epoch + epoch_iter, self.student, self.teacher,
+                         self.optimizer)
+        elif not self.env.is_main:
             return
-        state = self._checkpoint_state(epoch, epoch_iter, meters)
-        save_checkpoint(state, self.run_dir / "checkpoint.pth")
-        if also_numbered:
-            save_checkpoint(state, self.run_dir / f"checkpoint{epoch - 1:04d}.pth")
+        state = self._checkpoint_state(epoch, epoch_iter, sums)
+        if self.env.is_main:
+            save_checkpoint(state, self.run_dir / "checkpoint.pth")
+            if also_numbered:
+                save_checkpoint(state, self.run_dir / f"checkpoint{epoch - 1:04d}.pth")
+        if self.fsdp:  # nobody runs ahead of a half-written save: a node lost now leaves one consistent checkpoint
+            barrier()
 
     def maybe_resume(self) -> bool:
         path = find_resume(self.run_dir, self.args.resume, self.args.load_from)
@@ -441,11 +499,15 @@ class IBOTTrainer:
         def unwrap(sd: dict[str, Any]) -> dict[str, Any]:
             return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
-        self.student.load_state_dict(unwrap(ckpt["student"]))
-        self.teacher.load_state_dict(unwrap(ckpt["teacher"]))
-        if "optimizer" in ckpt:  # ours, or the original's two groups: matched by parameter name
-            self.optimizer.load_state_dict(adapt_optimizer_state(ckpt["optimizer"], self.optimizer,
-                                                                 self.student, str(path)))
+        if self.fsdp:
+            self._load_sharded_or_full(path, ckpt, unwrap)
+        else:
+            self.student.load_state_dict(unwrap(ckpt["student"]))
+            self.teacher.load_state_dict(unwrap(ckpt["teacher"]))
+            if "optimizer" in ckpt:  # ours, or the original's two groups: matched by parameter name
+                self.optimizer.load_state_dict(adapt_optimizer_state(ckpt["optimizer"], self.optimizer,
+                                                                     self.student, str(path)))
+        if "optimizer" in ckpt:
             if self.device_skip:  # a saved group may carry fused=False (an older or official file)
                 for group in self.optimizer.param_groups:
                     group["fused"], group["foreach"] = True, False
@@ -462,7 +524,9 @@ class IBOTTrainer:
                         saved_world, self.env.world_size, self.start_epoch)
             self.start_iter = 0
         saved_meters = ckpt.get("epoch_meters")
-        self._resume_meters = saved_meters if self.start_iter and isinstance(saved_meters, dict) else None
+        # the sums of all ranks: rank 0 continues them, the others count from zero (the epoch end adds them up)
+        self._resume_meters = (saved_meters if self.start_iter and isinstance(saved_meters, dict) and self.env.is_main
+                               else None)
         if isinstance(ckpt.get("history"), list):  # ours: log.txt becomes one line per finished epoch
             self.history = [dict(h) for h in ckpt["history"]]
             self.logger.rewind(self.history)
@@ -471,6 +535,30 @@ class IBOTTrainer:
         log.info("resumed from %s after %d finished epoch(s), at iteration %d of epoch %d", path, self.start_epoch,
                  self.start_iter, self.start_epoch + 1)
         return True
+
+    def _load_sharded_or_full(self, path: Path, ckpt: dict[str, Any], unwrap: Any) -> None:
+        """``--fsdp`` resume: the shards of ``checkpoint_dcp/`` when they hold the same iteration as ``path``
+        (each rank reads its part), else the consolidated weights and optimizer state of ``path`` (any
+        checkpoint: an FSDP or DDP run's, or the original's), sharded on load."""
+        from visionfm.engine.fsdp import (
+            load_full_model_state,
+            load_full_optimizer_state,
+            load_sharded,
+            sharded_iteration,
+        )
+
+        shards_at = sharded_iteration(self.run_dir) if path.parent.resolve() == self.run_dir.resolve() else None
+        if shards_at is not None and shards_at == int(ckpt.get("iteration", -1)):
+            load_sharded(self.run_dir, self.student, self.teacher, self.optimizer)
+            log.info("--fsdp: weights and optimizer state from the shards in %s", self.run_dir / "checkpoint_dcp")
+            return
+        load_full_model_state(self.student, unwrap(ckpt["student"]), f"{path} (student)")
+        load_full_model_state(self.teacher, unwrap(ckpt["teacher"]), f"{path} (teacher)")
+        if "optimizer" in ckpt:
+            load_full_optimizer_state(self.student, self.optimizer,
+                                      adapt_optimizer_state(ckpt["optimizer"], self.optimizer, self.student,
+                                                            str(path)))
+        log.info("--fsdp: weights and optimizer state from the consolidated %s", path)
 
     def _loader(self, epoch: int, start_iter: int) -> DataLoader:
         self.sampler.set_epoch(epoch, start_iter)
@@ -562,7 +650,8 @@ class IBOTTrainer:
         if self.scaler is None:
             # a finite loss can still give NaN/inf gradients (identical on every rank after DDP's
             # all-reduce): such a step is skipped too, before it touches weights, moments or the EMA
-            ok = ok & all_finite(p.grad for p in self.student_params)
+            ok = ok & self._everywhere(all_finite(None if p.grad is None else local_tensor(p.grad)
+                                                  for p in self.student_params))
             if not self.device_skip:  # LARS: the one per-step host read
                 if not bool(ok):
                     self._skip_on_host(it)
@@ -603,7 +692,7 @@ class IBOTTrainer:
 
         An update can still overflow (e.g. a huge --lr): the weights are checked here, at every read (before
         every save), not after every step, since a NaN/inf weight stays non-finite under further updates."""
-        bad_weights = ~all_finite(self.student_params)
+        bad_weights = ~self._everywhere(all_finite(local_tensor(p) for p in self.student_params))
         if self.device_skip:
             bad_params, new, streak = (int(v) for v in torch.stack(
                 [bad_weights.long(), self._skipped_dev, self._streak_dev]).tolist())
