@@ -94,3 +94,23 @@ def test_bad_shard_size_is_one_line(tmp_path, capsys):
                    "shards", "--shard_size", "lots"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--shard_size 'lots'" in err[0]
+
+
+def test_each_rank_reads_only_its_share_of_the_shards(prepared):
+    """Two ranks of one epoch: each reads exactly the samples the global sampler gives it, none of the
+    other's, and together every sample once (no rank scans the shards)."""
+    from visionfm.data.shards import ShardImages
+    from visionfm.pretrain.data import ResumableSampler
+
+    read: dict[int, list[int]] = {0: [], 1: []}
+    for rank in (0, 1):
+        images = ShardImages(prepared / "prep" / "shards.json", ["Fundus", "OCT", "UBM"])
+        load = images._load
+        images._load = lambda i, rank=rank, load=load: read[rank].append(i) or load(i)
+        sampler = ResumableSampler(len(images), 6, rank, 2, seed=0)
+        sampler.set_epoch(1)
+        wanted = [i for _, i in sampler]
+        for i in wanted:
+            images[i]
+        assert read[rank] == wanted
+    assert not set(read[0]) & set(read[1]) and sorted(read[0] + read[1]) == list(range(36))

@@ -119,14 +119,23 @@ def references(shards):
     return runs
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, references, mode):
-    extra = ["--fsdp"] if mode == "fsdp" else []
-    name = f"two_nodes_{mode}"
-    run = shards / "out" / name
+@pytest.fixture(scope="module")
+def killed(shards):
+    """Two-node runs killed after global iteration KILL_AT, DDP and FSDP: ``{mode: (run folder, agents' results)}``."""
+    runs = {}
+    for mode, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        name = f"two_nodes_{mode}"
+        runs[mode] = shards / "out" / name, _launch(shards, name, nodes=2, extra=extra, kill=True)
+    shutil.copytree(runs["fsdp"][0], shards / "out" / "fsdp_from_full")  # for the test without the shards
+    return runs
 
-    killed = _launch(shards, name, nodes=2, extra=extra, kill=True)
-    assert all(r.returncode != 0 for r in killed), "both nodes should stop when rank 0 is killed"
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, references, killed, mode):
+    extra = ["--fsdp"] if mode == "fsdp" else []
+    run, results = killed[mode]
+    name = run.name
+    assert all(r.returncode != 0 for r in results), "both nodes should stop when rank 0 is killed"
     cut = _ckpt(run)
     assert (cut["epoch"], cut["epoch_iter"], cut["iteration"]) == (1, 1, KILL_AT + 1)  # mid-epoch 2
     assert cut["world_size"] == 2
@@ -184,15 +193,13 @@ def test_fsdp_writes_the_layout_of_a_ddp_run_and_trains_the_same_weights(shards,
     assert torch.equal(enc.state_dict()[qkv], fsdp["teacher"][f"backbone.{qkv}"])
 
 
-def test_fsdp_resumes_from_the_consolidated_checkpoint_without_the_shards(shards, references):
+def test_fsdp_resumes_from_the_consolidated_checkpoint_without_the_shards(shards, references, killed):
     """A run folder without ``checkpoint_dcp/`` (shards lost, or a DDP run continued with --fsdp) resumes from
-    ``checkpoint.pth``: the same weights as the uninterrupted run."""
-    name = "fsdp_from_full"
-    run = shards / "out" / name
-    _launch(shards, name, nodes=1, extra=["--fsdp"], kill=True)
-    assert _ckpt(run)["iteration"] == KILL_AT + 1
+    ``checkpoint.pth``, here on one node: the same weights as the uninterrupted run."""
+    run = shards / "out" / "fsdp_from_full"
     shutil.rmtree(run / "checkpoint_dcp")
-    resumed = _launch(shards, name, nodes=1, extra=["--fsdp", "--resume", "auto"])
+    assert _ckpt(run)["iteration"] == KILL_AT + 1
+    resumed = _launch(shards, run.name, nodes=1, extra=["--fsdp", "--resume", "auto"])
     _ok(resumed)
     assert "from the consolidated" in resumed[0].stdout
     ref, got = _ckpt(references["fsdp"]), _ckpt(run)
