@@ -184,7 +184,8 @@ def test_fsdp_writes_the_layout_of_a_ddp_run_and_trains_the_same_weights(shards,
     w0 = torch.cat([v.double().flatten() for v in ddp["student"].values() if v.is_floating_point()])
     w1 = torch.cat([v.double().flatten() for v in fsdp["student"].values() if v.is_floating_point()])
     assert float((w1 - w0).abs().max()) < 1e-4
-    assert _losses(references["fsdp"]) == pytest.approx(_losses(references["ddp"]), rel=1e-4)
+    # (a teacher whose root group stayed gathered after its forward, missing the EMA, gave 4e-5)
+    assert _losses(references["fsdp"]) == pytest.approx(_losses(references["ddp"]), rel=1e-6)
     # the consolidated file loads as an encoder like any other checkpoint
     from visionfm import load_encoder
 

@@ -618,6 +618,10 @@ class IBOTTrainer:
         with self.autocast():
             with torch.no_grad():
                 t_cls, t_patch, _, t_mean = self.teacher_fwd(crops[:g], select=select, patch_mean=True)
+            if self.fsdp:
+                # FSDP2 keeps a root's parameters gathered after its forward (for the backward that follows);
+                # the teacher has no backward, and gathered copies would miss the EMA update of its shards
+                self.teacher.reshard()  # type: ignore[attr-defined]
             s_cls, s_patch, s_local, _ = self.student_fwd(
                 crops[:g], masks[:g] if args.use_masked_im_modeling else None, crops[g:], select=select
             )
