@@ -23,6 +23,12 @@ What is measured (every figure in one run, on whatever device is present):
   photometry, per image). Then images/s of each loader with ``--workers`` processes.
 * **end-to-end** — each loader feeding its own step (the original: ``train_one_epoch`` over its
   DataLoader).
+* **data sources** (``--data folder shards``) — ours read from the JPEG folder and from the same
+  files packed as tar shards (``visionfm.data.shards.pack_shards``, read by ``ShardImages`` through
+  the shard index, as the trainer does): read cost per image, loader and end-to-end images/s side by
+  side, with shards / folder.
+* **DDP scaling** (``--ddp_scaling``, at least 2 CUDA devices) — our step under torchrun on 1, 2, 4,
+  … and all local GPUs: images/s and efficiency (images/s at N / (N × images/s at 1)).
 
 Never a timed unit test. The original repository is never vendored: it is only imported from PATH.
 Run ``python benchmarks/pretrain_throughput.py --help`` for the flags; ``benchmarks/README.md``
@@ -59,6 +65,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from visionfm.cli.pretrain import config_from_argv
 from visionfm.data.layouts.pretrain import PretrainImages
+from visionfm.data.shards import ShardImages, pack_shards, parse_size
+from visionfm.errors import ConfigError
 from visionfm.pretrain.data import PretrainCropDataset
 from visionfm.pretrain.masking import PretrainMasker
 from visionfm.pretrain.optim import cancel_last_layer_grads, set_group_hparams
@@ -71,6 +79,7 @@ MODALITY = "Fundus"
 # Figures the issue sets for an H100 (ViT-B/16, batch 128, 2 global crops at 224, no local crops).
 TARGET_IMAGES_PER_S = 1400.0
 TARGET_PEAK_GIB = 20.0
+DATA_SOURCES = ("folder", "shards")  # --data: a folder of JPEG files, or the same files packed as tar shards
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -103,12 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_baseline", action="store_true", help="skip the emulated original-style step")
     p.add_argument("--skip_pipeline", action="store_true", help="also skips the end-to-end figures")
     p.add_argument("--skip_end_to_end", action="store_true")
+    p.add_argument("--data", nargs="+", default=["folder"], choices=list(DATA_SOURCES),
+                   help="where our loaders read the JPEGs from: 'folder' (one file per image) and/or 'shards' "
+                        "(the same folder packed into tar shards by visionfm.data.shards.pack_shards, read "
+                        "through the shard index); with both, every loader figure is given for each, side by side")
+    p.add_argument("--shard_size", default="1GB",
+                   help="--data shards: image bytes per shard (visionfm prepare --shard_size), e.g. 1GB, 64MiB")
+    p.add_argument("--ddp_scaling", action="store_true",
+                   help="also time our step under torchrun on 1..N local GPUs (DDP scaling efficiency); "
+                        "skipped, with a line saying so, on machines with fewer than 2 CUDA devices")
     p.add_argument("--compile", action="store_true", help="torch.compile the student and teacher (ours only)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch intra-op CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp_dir", default=None, help="where the temporary JPEG folder and run folder go")
+    # internal: one rank of a --ddp_scaling run (the script under torchrun); writes its figures to this file
+    p.add_argument("--_ddp_worker", default=None, metavar="JSON", help=argparse.SUPPRESS)
+    p.add_argument("--_ddp_data", default=None, metavar="PATH", help=argparse.SUPPRESS)
     return p
 
 
@@ -119,6 +140,12 @@ def _check_args(a: argparse.Namespace) -> None:
         raise SystemExit("need --global_crops ≥ 2, or ≥ 1 with --local_crops ≥ 1 (the CLS loss needs two views)")
     if a.num_jpegs < 1 or min(a.jpeg_size) < 8 or a.cost_images < 1:
         raise SystemExit("--num_jpegs and --cost_images must be ≥ 1 and --jpeg_size ≥ 8")
+    if len(set(a.data)) != len(a.data):
+        raise SystemExit(f"--data {' '.join(a.data)}: name each source once")
+    try:
+        parse_size(a.shard_size)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     if a.official and not (Path(a.official) / "main_pretrain.py").is_file():
         raise SystemExit(f"--official {a.official}: no main_pretrain.py there (expected a checkout of the original "
                          "VisionFM repository, e.g. git clone https://github.com/ABILab-CUHK/VisionFM)")
@@ -187,6 +214,17 @@ def fill_with_links(folder: Path, distinct: list[Path], total: int) -> None:
             os.link(src, dst)
         except OSError:
             shutil.copyfile(src, dst)
+
+
+def pack_shard_folder(data_root: Path, dst: Path, shard_bytes: int) -> dict[str, Any]:
+    """The JPEG folder packed as tar shards by the project's own writer (what ``visionfm prepare --format
+    shards`` runs after down-sizing; here the files are packed as they are, so both sources hold the same
+    bytes). Returns the shard figures."""
+    t = time.perf_counter()
+    index = pack_shards(data_root, dst, shard_bytes)
+    shards = index["shardlist"]
+    return {"pack_s": time.perf_counter() - t, "n_shards": len(shards), "shard_size_bytes": shard_bytes,
+            "total_bytes": sum(int(s["filesize"]) for s in shards), "indexed_images": int(index["n_images"])}
 
 
 # -- devices, timing, memory ----------------------------------------------------------------------------
@@ -742,6 +780,11 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
         folders[size] = root
     jpeg_write_s = time.perf_counter() - t
     data_root = next(iter(folders.values()))
+    # --data: where our loaders read the first size's JPEGs from, in the order asked
+    sources = {name: (data_root if name == "folder" else tmp_root / "shards") for name in a.data}
+    shard_info: dict[str, Any] = {}
+    if "shards" in sources and not a.skip_pipeline:
+        shard_info = pack_shard_folder(data_root, sources["shards"], parse_size(a.shard_size))
 
     res: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -756,7 +799,9 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
     dev = _measure_ours(a, data_root, tmp_root, res)
     free_memory(dev)
     if not a.skip_pipeline:
-        _measure_pipelines(a, folders, tmp_root, n_batches, o, res)
+        _measure_pipelines(a, folders, sources, tmp_root, n_batches, o, res)
+        if shard_info:
+            res["data_sources"]["shards"].update(shard_info)
         res["pipeline"]["mean_jpeg_kib"] = jpeg_kib
         res["pipeline"]["jpeg_write_s"] = jpeg_write_s
         free_memory(dev)
@@ -772,6 +817,14 @@ def _run(a: argparse.Namespace, tmp_root: Path) -> dict[str, Any]:
         res["ratio_ours_over_official"] = res["ours"]["images_per_s"] / res["official"]["images_per_s"]
         if "official_flash" in res:
             res["ratio_ours_over_official_flash"] = res["ours"]["images_per_s"] / res["official_flash"]["images_per_s"]
+
+    if a.ddp_scaling:
+        n_gpus = torch.cuda.device_count() if a.device != "cpu" and torch.cuda.is_available() else 0
+        if n_gpus < 2:
+            res["ddp_scaling"] = {"skipped": f"needs at least 2 CUDA devices, found {n_gpus}"}
+        else:
+            sizes = sorted({*(2**i for i in range(n_gpus.bit_length()) if 2**i <= n_gpus), n_gpus})
+            res["ddp_scaling"] = measure_ddp_scaling(a, data_root, tmp_root, sizes)
 
     if dev.type == "cuda" and (a.arch, B, a.input_size, a.patch_size, a.global_crops, a.local_crops) == (
         "vit_base", 128, 224, 16, 2, 0
@@ -828,39 +881,150 @@ def _measure_ours(a: argparse.Namespace, data_root: Path, tmp_root: Path, res: d
     return dev
 
 
-def _measure_pipelines(a: argparse.Namespace, folders: dict[int, Path], tmp_root: Path, n_batches: int,
-                       o: types.SimpleNamespace | None, res: dict[str, Any]) -> None:
-    """Per-image costs (every size), loader images/s and end-to-end images/s (the first size)."""
+def _source_images(root: Path, min_pixels: int) -> PretrainImages:
+    """A fresh reader of one ``--data`` source, as the trainer picks it (a shard index, else a folder)."""
+    if (root / "shards.json").is_file():
+        return ShardImages(root, [MODALITY], min_pixels=min_pixels)
+    return PretrainImages(root, [MODALITY], min_pixels=min_pixels)
+
+
+def _read_costs(root: Path, min_pixels: int, n: int) -> dict[str, Any]:
+    """ms per image, one thread, in this process: the encoded bytes alone (a file read, or a member of a
+    memory-mapped shard), then the reader's full sample (bytes + the trainer's reduced decode)."""
+    images = _source_images(root, min_pixels)
+    m = len(images)
+    if isinstance(images, ShardImages):
+        def raw(i: int) -> bytes:
+            (si, j), _ = images.samples[i % m]
+            return images._member(images._reader(si)[j], "jpg")
+    else:
+        def raw(i: int) -> bytes:
+            return images.samples[i % m][0].read_bytes()
+    return {"read_ms": _ms_per_image(raw, n), "read_decode_ms": _ms_per_image(lambda i: images[i % m], n),
+            "decode_min_pixels": min_pixels}
+
+
+def _step_argv(a: argparse.Namespace) -> list[str]:
+    """The flags that define the step, to hand to the ranks of a --ddp_scaling run."""
+    argv = ["--arch", a.arch, "--patch_size", str(a.patch_size), "--batch_size", str(a.batch_size),
+            "--input_size", str(a.input_size), "--global_crops", str(a.global_crops), "--local_crops",
+            str(a.local_crops), "--local_crops_size", str(a.local_crops_size), "--steps", str(a.steps),
+            "--warmup", str(a.warmup), "--precision", a.precision, "--device", a.device, "--seed", str(a.seed),
+            "--threads", str(a.threads)]
+    return argv + (["--compile"] if a.compile else [])
+
+
+def measure_ddp_scaling(a: argparse.Namespace, data_root: Path, tmp_root: Path,
+                        world_sizes: list[int]) -> dict[str, Any]:
+    """Our step under ``torchrun --standalone --nproc_per_node K`` for each K (one process per local GPU;
+    ``IBOTTrainer`` wraps the student in DDP): images/s over all ranks (K × batch per step) and the
+    scaling efficiency, images/s at K / (K × images/s at 1). A rank that fails fails the run."""
+    import subprocess  # noqa: PLC0415
+
+    runs: dict[str, Any] = {}
+    for k in world_sizes:
+        out = tmp_root / f"ddp{k}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}",
+               str(Path(__file__).resolve()), *_step_argv(a), "--tmp_dir", str(tmp_root),
+               "--_ddp_worker", str(out), "--_ddp_data", str(data_root)]
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"--ddp_scaling: torchrun with {k} process(es) failed (exit {done.returncode}):\n"
+                               + (done.stderr or done.stdout)[-4000:])
+        runs[str(k)] = json.loads(out.read_text(encoding="utf-8"))
+    one = runs[str(world_sizes[0])]["images_per_s"] / world_sizes[0]
+    for k, r in runs.items():
+        r["efficiency"] = r["images_per_s"] / (int(k) * one)
+    return {"world_sizes": world_sizes, "runs": runs}
+
+
+def _ddp_worker(a: argparse.Namespace) -> None:
+    """One rank of a --ddp_scaling run: the trainer's own DDP step on synthetic crops; rank 0 writes."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    out = Path(a._ddp_worker)
+    targs = trainer_args(a, Path(a._ddp_data), out.parent / "runs", f"ddp{os.environ.get('WORLD_SIZE', '1')}",
+                         precision=a.precision, compile_=a.compile, workers=0)
+    tr = IBOTTrainer(targs)
+    dev, world = tr.device, tr.env.world_size
+    epoch = targs.freeze_last_layer
+    crops, masks = synthetic_batch(tr, a.batch_size, epoch, a.seed + tr.env.rank)
+    meters = EpochMeters.zeros(dev)
+
+    def step(c, m, e, it):
+        return tr.train_step(c, m, e, it, meters)
+
+    try:
+        time_steps(step, crops, masks, dev, epoch, _it(tr, epoch, 0), a.warmup)
+        if dist.is_initialized():
+            dist.barrier()
+        elapsed = time_steps(step, crops, masks, dev, epoch, _it(tr, epoch, a.warmup), a.steps)
+        if dist.is_initialized():  # the slowest rank sets the pace
+            t = torch.tensor([elapsed], device=dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            elapsed = float(t.item())
+        if tr.env.is_main:
+            step_s = elapsed / a.steps
+            out.write_text(json.dumps({"world_size": world, "device": device_name(dev), "step_ms": 1e3 * step_s,
+                                       "images_per_s": world * a.batch_size / step_s}), encoding="utf-8")
+    finally:
+        tr.logger.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _measure_pipelines(a: argparse.Namespace, folders: dict[int, Path], sources: dict[str, Path], tmp_root: Path,
+                       n_batches: int, o: types.SimpleNamespace | None, res: dict[str, Any]) -> None:
+    """Per-image costs (every size), then for each ``--data`` source its read cost, loader images/s and
+    end-to-end images/s (the first size). The first source fills the ``pipeline`` / ``end_to_end`` figures
+    that are compared with the original (which reads the folder)."""
     data_root = next(iter(folders.values()))
     B = a.batch_size
-    trainers = {}
-    for path in ("cpu", "device"):
-        targs = trainer_args(a, data_root, tmp_root / "runs", f"ours_{path}", precision=a.precision,
-                             compile_=a.compile, workers=a.workers, augment_on=path)
-        trainers[path] = IBOTTrainer(targs)
-    tr_cpu, tr_dev = trainers["cpu"], trainers["device"]
-    dev = tr_cpu.device
-    epoch = tr_cpu.args.freeze_last_layer
     pipe: dict[str, Any] = {"workers": a.workers, "batches": n_batches, "distinct_jpegs": a.num_jpegs,
-                            "jpeg_sizes": list(a.jpeg_size), "loader_jpeg_size": a.jpeg_size[0]}
-    try:
-        pipe["per_image"] = _pipeline_costs(a, folders, tr_cpu, tr_dev, o)
-        for path, tr in trainers.items():
-            pipe[f"ours_{path}_path_images_per_s"] = n_batches * B / time_loader(tr, epoch, n_batches, None)
-        e2e: dict[str, Any] = {"batches": n_batches, "workers": a.workers}
-        if not a.skip_end_to_end:
-            for path, tr in trainers.items():
-                meters = EpochMeters.zeros(dev)
+                            "jpeg_sizes": list(a.jpeg_size), "loader_jpeg_size": a.jpeg_size[0],
+                            "loader_data": a.data[0]}
+    by_source: dict[str, dict[str, Any]] = {}
+    dev = torch.device("cpu")
+    for k, (source, root) in enumerate(sources.items()):
+        trainers = {}
+        for path in ("cpu", "device"):
+            targs = trainer_args(a, root, tmp_root / "runs", f"ours_{path}_{source}", precision=a.precision,
+                                 compile_=a.compile, workers=a.workers, augment_on=path)
+            trainers[path] = IBOTTrainer(targs)
+        tr_cpu, tr_dev = trainers["cpu"], trainers["device"]
+        dev = tr_cpu.device
+        epoch = tr_cpu.args.freeze_last_layer
+        row: dict[str, Any] = {"reader": type(tr_cpu.images).__name__, "n_images": len(tr_cpu.images),
+                               "images_read": n_batches * B}
+        try:
+            if k == 0:
+                pipe["per_image"] = _pipeline_costs(a, folders, tr_cpu, tr_dev, o)
+            row.update(_read_costs(root, tr_cpu.images.min_pixels, a.cost_images))
+            row["loader"] = {f"ours_{path}_path_images_per_s": n_batches * B / time_loader(tr, epoch, n_batches, None)
+                             for path, tr in trainers.items()}
+            if not a.skip_end_to_end:
+                row["end_to_end"] = {}
+                for path, tr in trainers.items():
+                    meters = EpochMeters.zeros(dev)
 
-                def fed_step(c, m, i, tr=tr, meters=meters):
-                    tr.train_step(c, m, epoch, _it(tr, epoch, i), meters)
+                    def fed_step(c, m, i, tr=tr, meters=meters, epoch=epoch):
+                        tr.train_step(c, m, epoch, _it(tr, epoch, i), meters)
 
-                e2e[f"ours_{path}_path_images_per_s"] = n_batches * B / time_loader(tr, epoch, n_batches, fed_step)
-    finally:
-        for tr in trainers.values():
-            tr.logger.close()
-        del trainers, tr_cpu, tr_dev
-        free_memory(dev)
+                    row["end_to_end"][f"ours_{path}_path_images_per_s"] = (
+                        n_batches * B / time_loader(tr, epoch, n_batches, fed_step))
+        finally:
+            for tr in trainers.values():
+                tr.logger.close()
+            del trainers, tr_cpu, tr_dev
+            free_memory(dev)
+        by_source[source] = row
+    first = by_source[a.data[0]]
+    pipe.update(first["loader"])
+    e2e: dict[str, Any] = {"batches": n_batches, "workers": a.workers, "data": a.data[0],
+                           **first.get("end_to_end", {})}
     if o is not None:
         loader = _official_loader(o, a, data_root, dev)
         sync(dev)
@@ -891,6 +1055,14 @@ def _measure_pipelines(a: argparse.Namespace, folders: dict[int, Path], tmp_root
     res["pipeline"] = pipe
     if not a.skip_end_to_end:
         res["end_to_end"] = e2e
+    res["data_sources"] = by_source
+    if "folder" in by_source and "shards" in by_source:
+        f, sh = by_source["folder"], by_source["shards"]
+        ratio = {"read_ms": sh["read_ms"] / f["read_ms"], "read_decode_ms": sh["read_decode_ms"] / f["read_decode_ms"]}
+        for part in ("loader", "end_to_end"):
+            for key, value in f.get(part, {}).items():
+                ratio[f"{part}_{key}"] = sh[part][key] / value
+        res["ratio_shards_over_folder"] = ratio
 
 
 def _measure_baseline(a: argparse.Namespace, data_root: Path, tmp_root: Path, res: dict[str, Any]) -> None:
@@ -1010,13 +1182,23 @@ def format_table(res: dict[str, Any]) -> str:
                 parts.append(txt)
             return "    " + "   ".join(parts)
 
+        src = p.get("loader_data", "folder")
         lines += ["",
-                  f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches), "
-                  "images/s:",
+                  f"  loaders ({p['workers']} workers, {p['loader_jpeg_size']}px JPEGs, {p['batches']} batches; ours "
+                  f"reading the {src}{', the original the folder' if 'official_images_per_s' in p else ''}), images/s:",
                   rates(p)]
         e = res.get("end_to_end")
         if e:
             lines += ["  end to end (each loader feeding its own step), images/s:", rates(e)]
+        lines += _format_sources(res, num)
+    ddp = res.get("ddp_scaling")
+    if ddp and "skipped" in ddp:
+        lines += ["", f"  DDP scaling: skipped ({ddp['skipped']})"]
+    elif ddp:
+        lines += ["", "  DDP scaling (our step under torchrun, one process per local GPU, synthetic crops):"]
+        for k, r in ddp["runs"].items():
+            lines.append(f"    {k:>2} GPU(s): {num(r['images_per_s'])} images/s, step {num(r['step_ms'])} ms, "
+                         f"efficiency {num(r['efficiency'], '{:.2f}')}")
     tg = res.get("targets")
     if tg:
         lines += ["",
@@ -1025,8 +1207,48 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_sources(res: dict[str, Any], num: Callable[..., str]) -> list[str]:
+    """The ``--data`` sources side by side (folder of files vs tar shards), with shards / folder."""
+    ds = res.get("data_sources") or {}
+    if not ds:
+        return []
+    p, names = res["pipeline"], list(ds)
+    ratio = res.get("ratio_shards_over_folder")
+    desc = []
+    for name, d in ds.items():
+        if name == "shards":
+            mib = d.get("total_bytes", 0) / 2**20
+            desc.append(f"shards = {d.get('n_shards', '?')} tar shard(s), {mib:,.1f} MiB in all, "
+                        f"packed in {num(d.get('pack_s'), '{:.2f}')} s")
+        else:
+            desc.append(f"folder = {d['n_images']} files")
+    lines = ["", f"  data sources ({p['loader_jpeg_size']}px JPEGs, {p['workers']} workers; "
+                 f"{'; '.join(desc)}):",
+             f"  {'':<40}" + "".join(f"{n:>12}" for n in names) + (f"{'shards/folder':>15}" if ratio else "")]
+
+    def row(label: str, key: str, part: str | None, fmt: str, with_ratio: bool = True) -> None:
+        vals = [(d.get(part, {}) if part else d).get(key) for d in ds.values()]
+        if all(v is None for v in vals):
+            return
+        r = ratio.get(f"{part}_{key}" if part else key) if ratio else None
+        lines.append(f"  {label:<40}" + "".join(f"{num(v, fmt):>12}" for v in vals)
+                     + (f"{num(r, '{:.2f}×') if with_ratio else '':>15}" if ratio else ""))
+
+    row("read encoded bytes, ms/image (1 thread)", "read_ms", None, "{:.3f}")
+    row("read + decode, ms/image (1 thread)", "read_decode_ms", None, "{:.2f}")
+    for path, label in (("cpu", "PIL path"), ("device", "device path")):
+        row(f"loader, ours {label}, images/s", f"ours_{path}_path_images_per_s", "loader", "{:,.1f}")
+    for path, label in (("cpu", "PIL path"), ("device", "device path")):
+        row(f"end to end, ours {label}, images/s", f"ours_{path}_path_images_per_s", "end_to_end", "{:,.1f}")
+    row("images read per loader", "images_read", None, "{:d}", with_ratio=False)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    if args._ddp_worker:
+        _ddp_worker(args)
+        return {}
     res = run_benchmark(args)
     print(format_table(res), flush=True)
     if args.json:
