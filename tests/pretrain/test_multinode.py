@@ -47,17 +47,36 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multinode")
-    assert cli_main(["synth", "--task", "pretrain", "--output_dir", str(root / "src"), "--num", "24",
-                     "--img_size", "48", "--seed", "0"]) == 0
-    assert cli_main(["prepare", "--data_path", str(root / "src"), "--output_dir", str(root / "prep"), "--format",
-                     "shards", "--shard_size", "20KB", "--modality", "Fundus", "--workers", "1", "--short_side", "40",
-                     "--progress", "false"]) == 0
-    index = json.loads((root / "prep" / "shards.json").read_text())
+def _once(root: Path, name: str, make) -> dict:
+    """``make()`` (a dict) once for the whole test session, also across xdist workers (a file lock in the
+    session's shared folder): the runs take ~10 s each, and pytest-xdist 3.8 does not keep the tests of an
+    ``xdist_group`` on one worker, so each worker would otherwise redo them."""
+    from filelock import FileLock
+
+    done = root / f".{name}.json"
+    with FileLock(str(root / f".{name}.lock")):
+        if not done.exists():
+            done.write_text(json.dumps(make()))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, worker_id):
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "multinode"  # shared by the session's workers
+    root.mkdir(exist_ok=True)
+
+    def make():
+        assert cli_main(["synth", "--task", "pretrain", "--output_dir", str(root / "src"), "--num", "24",
+                         "--img_size", "48", "--seed", "0"]) == 0
+        assert cli_main(["prepare", "--data_path", str(root / "src"), "--output_dir", str(root / "prep"),
+                         "--format", "shards", "--shard_size", "20KB", "--modality", "Fundus", "--workers", "1",
+                         "--short_side", "40", "--progress", "false"]) == 0
+        (root / "child.py").write_text(_CHILD)
+        return json.loads((root / "prep" / "shards.json").read_text())
+
+    index = _once(root, "shards", make)
     assert len(index["shardlist"]) >= 2  # several shards, so ranks read from different files
-    (root / "child.py").write_text(_CHILD)
     return root
 
 
@@ -109,33 +128,36 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(x)["train_loss"] for x in (run / "log.txt").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def references(shards):
-    """The uninterrupted single-node runs (two processes on one agent), DDP and FSDP."""
-    runs = {}
-    for mode, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        _ok(_launch(shards, f"ref_{mode}", nodes=1, extra=extra))
-        runs[mode] = shards / "out" / f"ref_{mode}"
-    return runs
+MODES = {"ddp": [], "fsdp": ["--fsdp"]}
 
 
-@pytest.fixture(scope="module")
-def killed(shards):
-    """Two-node runs killed after global iteration KILL_AT, DDP and FSDP: ``{mode: (run folder, agents' results)}``."""
-    runs = {}
-    for mode, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        name = f"two_nodes_{mode}"
-        runs[mode] = shards / "out" / name, _launch(shards, name, nodes=2, extra=extra, kill=True)
-    shutil.copytree(runs["fsdp"][0], shards / "out" / "fsdp_from_full")  # for the test without the shards
-    return runs
+def _reference(root: Path, mode: str) -> Path:
+    """The uninterrupted single-node run (two processes on one agent)."""
+    _once(root, f"ref_{mode}", lambda: {"ok": _ok(_launch(root, f"ref_{mode}", nodes=1, extra=MODES[mode]))})
+    return root / "out" / f"ref_{mode}"
+
+
+def _killed(root: Path, mode: str) -> tuple[Path, list[int]]:
+    """The two-node run killed after global iteration KILL_AT, and both agents' exit codes. The FSDP one is
+    also copied for the resume without the shards (each copy is resumed by one test only)."""
+    name = f"two_nodes_{mode}"
+
+    def make():
+        codes = [r.returncode for r in _launch(root, name, nodes=2, extra=MODES[mode], kill=True)]
+        if mode == "fsdp":
+            shutil.copytree(root / "out" / name, root / "out" / "fsdp_from_full")
+        return {"codes": codes}
+
+    return root / "out" / name, _once(root, f"killed_{mode}", make)["codes"]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, references, killed, mode):
-    extra = ["--fsdp"] if mode == "fsdp" else []
-    run, results = killed[mode]
+def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, mode):
+    extra = MODES[mode]
+    reference = _reference(shards, mode)
+    run, codes = _killed(shards, mode)
     name = run.name
-    assert all(r.returncode != 0 for r in results), "both nodes should stop when rank 0 is killed"
+    assert len(codes) == 2 and all(c != 0 for c in codes), "both nodes should stop when rank 0 is killed"
     cut = _ckpt(run)
     assert (cut["epoch"], cut["epoch_iter"], cut["iteration"]) == (1, 1, KILL_AT + 1)  # mid-epoch 2
     assert cut["world_size"] == 2
@@ -156,7 +178,7 @@ def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, referen
     assert len(list((run / "tf_logs").iterdir())) == 2  # the killed launch and the resumed one
     assert len(_losses(run)) == 2
 
-    ref, got = _ckpt(references[mode]), _ckpt(run)
+    ref, got = _ckpt(reference), _ckpt(run)
     assert got["iteration"] == ref["iteration"] == 6
     for key in ("student", "teacher"):
         assert got[key].keys() == ref[key].keys()
@@ -167,12 +189,13 @@ def test_two_nodes_killed_and_resumed_equal_one_node_bit_for_bit(shards, referen
             assert torch.equal(got["optimizer"]["state"][i][k], v), (i, k)
     for k, v in ref["ibot_loss"].items():
         assert torch.equal(got["ibot_loss"][k], v), k
-    assert _losses(run) == _losses(references[mode])
+    assert _losses(run) == _losses(reference)
 
 
-def test_fsdp_writes_the_layout_of_a_ddp_run_and_trains_the_same_weights(shards, references):
+def test_fsdp_writes_the_layout_of_a_ddp_run_and_trains_the_same_weights(shards):
     """The consolidated FSDP checkpoint has the DDP checkpoint's keys, shapes and optimizer layout (so every
     reader of checkpoints keeps working) and the same weights up to float rounding (reduce-scatter vs all-reduce)."""
+    references = {mode: _reference(shards, mode) for mode in MODES}
     ddp, fsdp = _ckpt(references["ddp"]), _ckpt(references["fsdp"])
     for key in ("student", "teacher"):
         assert fsdp[key].keys() == ddp[key].keys()
@@ -194,15 +217,17 @@ def test_fsdp_writes_the_layout_of_a_ddp_run_and_trains_the_same_weights(shards,
     assert torch.equal(enc.state_dict()[qkv], fsdp["teacher"][f"backbone.{qkv}"])
 
 
-def test_fsdp_resumes_from_the_consolidated_checkpoint_without_the_shards(shards, references, killed):
+def test_fsdp_resumes_from_the_consolidated_checkpoint_without_the_shards(shards):
     """A run folder without ``checkpoint_dcp/`` (shards lost, or a DDP run continued with --fsdp) resumes from
     ``checkpoint.pth``, here on one node: the same weights as the uninterrupted run."""
+    reference = _reference(shards, "fsdp")
+    _killed(shards, "fsdp")
     run = shards / "out" / "fsdp_from_full"
     shutil.rmtree(run / "checkpoint_dcp")
     assert _ckpt(run)["iteration"] == KILL_AT + 1
     resumed = _launch(shards, run.name, nodes=1, extra=["--fsdp", "--resume", "auto"])
     _ok(resumed)
     assert "from the consolidated" in resumed[0].stdout
-    ref, got = _ckpt(references["fsdp"]), _ckpt(run)
+    ref, got = _ckpt(reference), _ckpt(run)
     for key in ("student", "teacher"):
         assert all(torch.equal(got[key][k], v) for k, v in ref[key].items()), key
