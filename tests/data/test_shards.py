@@ -114,3 +114,12 @@ def test_each_rank_reads_only_its_share_of_the_shards(prepared):
             images[i]
         assert read[rank] == wanted
     assert not set(read[0]) & set(read[1]) and sorted(read[0] + read[1]) == list(range(36))
+
+
+def test_a_file_url_names_the_same_shard_index(prepared):
+    from visionfm.data.shards import ShardImages, is_shard_index
+
+    index = prepared / "prep" / "shards.json"
+    assert is_shard_index(index.as_uri()) == index and is_shard_index((prepared / "prep").as_uri()) == index
+    by_url, by_path = ShardImages(index.as_uri(), ["OCT"]), ShardImages(index, ["OCT"])
+    assert by_url.samples == by_path.samples and np.array_equal(np.asarray(by_url[3][0]), np.asarray(by_path[3][0]))

@@ -103,7 +103,9 @@ def add_arguments(p: VFMArgumentParser) -> None:
                    help="stop cleanly after this many consecutive non-finite losses (each such step is skipped)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data_path", required=True, help="pretraining root: one folder of images per modality")
+    g.add_argument("--data_path", required=True,
+                   help="pretraining root (one folder of images per modality), or a shard index from visionfm "
+                        "prepare --format shards (shards.json, its folder, or a file:// URL)")
     g.add_argument("--modality", default="Fundus", help="modality folder; with --scheme mix a comma list or 'all'")
     g.add_argument("--scheme", default="single", choices=["single", "mix"],
                    help="single: one modality; mix: one encoder over several modality folders, each image "

@@ -156,8 +156,14 @@ def _keys_hash(keys: Sequence[str]) -> str:
 
 
 def is_shard_index(path: str | os.PathLike[str]) -> Path | None:
-    """The shard index ``path`` names (the file itself, or a folder holding ``shards.json``), else ``None``."""
-    p = Path(path)
+    """The shard index ``path`` names (the file itself, or a folder holding ``shards.json``; a ``file://`` URL
+    is the same local or mounted path), else ``None``."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        text = unquote(urlparse(text).path)
+    p = Path(text)
     if p.is_file() and p.name.endswith(".json"):
         return p
     if p.is_dir() and (p / SHARD_INDEX).is_file():
