@@ -130,3 +130,24 @@ def test_safetensors_write_has_the_usual_permissions(tmp_path):
     """safetensors' save_file puts a new 0600 file in place of the temporary; the mode is set after it."""
     dest = save_safetensors_atomic({"w": torch.ones(2)}, tmp_path / "w.safetensors")
     assert _mode(dest) == _usual_mode()
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from visionfm.io.atomic import atomic_dir
+
+    dest = tmp_path / "store"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed half-way")
+    assert [p.name for p in tmp_path.iterdir()] == ["store"] and (dest / "old.txt").read_text() == "old"
+    umask = os.umask(0o022)
+    try:
+        with atomic_dir(dest) as tmp:
+            (tmp / "new.txt").write_text("new")
+    finally:
+        os.umask(umask)
+    assert [p.name for p in dest.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["store"]
+    assert dest.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700

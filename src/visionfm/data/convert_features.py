@@ -24,9 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from visionfm.errors import ConfigError, DataFormatError
-from visionfm.io.atomic import replace_dir
+from visionfm.io.atomic import atomic_dir
 
 __all__ = ["convert_original_features", "ConversionSummary", "read_original_feature_file", "SPLITS", "PROVENANCE"]
 
@@ -189,11 +187,9 @@ def convert_original_features(src: str | os.PathLike[str], dst: str | os.PathLik
     epochs_of: dict[tuple[str, str], list[int]] = {}
     for ds, split, ep in sorted(groups):
         epochs_of.setdefault((ds, split), []).append(ep)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     common = {"modality": mod, "visionfm_version": __version__}
     written: list[tuple[dict[str, Any], _Sample]] = []
-    try:
+    with atomic_dir(dst) as tmp:
         with tqdm(total=n_files, desc="convert-features", unit="file", dynamic_ncols=True, mininterval=1.0,
                   file=sys.stderr, disable=not progress) as bar:
             ref: tuple[Path, _Sample] | None = None
@@ -215,10 +211,6 @@ def convert_original_features(src: str | os.PathLike[str], dst: str | os.PathLik
                 if any(names != images_per_pass[0] for names in images_per_pass[1:]):
                     log.warning("%s/%s: the epochs %s do not all hold the same images (an interrupted extraction?); "
                                 "each pass keeps the files it has", ds, split, epochs)
-        replace_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     meta0, s0 = written[0]
     return ConversionSummary(
         dst=dst, n_files=n_files, embed_dim=int(meta0["embed_dim"]), n_labels=int(s0.labels.shape[0]),

@@ -22,8 +22,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from visionfm.errors import VisionFMError
-from visionfm.io.atomic import replace_dir
+from visionfm.io.atomic import atomic_dir
 
 __all__ = ["FeatureStore", "FeatureStoreError", "IDENTITY_KEYS", "identity_mismatches", "INDEX_FIELDS"]
 
@@ -140,9 +138,7 @@ class FeatureStore:
             tensors["patch"] = patch.float()
         from safetensors.torch import save_file
 
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
+        with atomic_dir(dest) as tmp:
             feats = tmp / FEATURES_FILE
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(feats),
                       metadata={"format": STORE_FORMAT})
@@ -166,10 +162,6 @@ class FeatureStore:
             for p in tmp.iterdir():
                 with open(p, "rb") as fh:
                     os.fsync(fh.fileno())
-            replace_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return dest
 
     # -- reading -----------------------------------------------------------------------------------

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from visionfm.errors import VisionFMError
-from visionfm.io.atomic import replace_dir
+from visionfm.io.atomic import atomic_dir
 
 __all__ = ["archive_kind", "safe_extract"]
 
@@ -98,17 +97,10 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str],
     kind = archive_kind(archive)
     if kind is None:
         raise error(f"{archive}: not a zip or tar archive")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
-    try:
+    with atomic_dir(dest, suffix=".extract") as tmp:
         try:
             n = (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp, error)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
             raise error(f"{archive}: the {kind} archive cannot be read ({exc}); delete it and download it again"
                         ) from None
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return n

@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-__all__ = ["atomic_path", "save_torch_atomic", "save_safetensors_atomic", "save_json_atomic", "save_text_atomic",
-           "remove_stale_temps", "replace_dir"]
+__all__ = ["atomic_path", "atomic_dir", "save_torch_atomic", "save_safetensors_atomic", "save_json_atomic",
+           "save_text_atomic", "remove_stale_temps", "replace_dir"]
 
 # the temporaries of atomic_path: ``.<file name>.<8 random characters of mkstemp>.tmp``
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -44,6 +44,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; filled without error, it replaces ``path``
+    (:func:`replace_dir`) with the usual folder permissions, otherwise it is removed: ``path`` is always
+    the old folder or the complete new one, never half of one."""
+    import shutil
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def replace_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     """Put the finished folder ``tmp`` at ``dest`` with renames only: an old ``dest`` is first renamed
     aside (``.<name>.old-<pid>``), then removed, so ``dest`` is always either the old folder or the new."""
@@ -52,6 +73,8 @@ def replace_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> No
     tmp, dest = Path(tmp), Path(dest)
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if old.exists():  # left by an earlier process of the same pid that was killed in between
+            shutil.rmtree(old)
         os.replace(dest, old)
         os.replace(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)

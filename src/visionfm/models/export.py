@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -77,19 +75,12 @@ def export_encoder(
         save_safetensors_atomic(sd, out, metadata=config)
         save_json_atomic(json_cfg, out.with_suffix(".json"))
         return json_cfg
-    from visionfm.io.atomic import replace_dir, save_text_atomic
+    from visionfm.io.atomic import atomic_dir, save_text_atomic
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_safetensors_atomic(sd, tmp / "model.safetensors", metadata=config)
         save_json_atomic(json_cfg, tmp / "config.json")
         save_text_atomic(_export_card(json_cfg), tmp / "README.md")
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return json_cfg
 
 

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -332,7 +331,7 @@ class VisionFMModel(nn.Module):
         metrics) into ``folder`` atomically: everything goes to a temporary sibling folder first, which then
         replaces ``folder`` (an existing folder of the same name is replaced only once the new one is complete).
         """
-        from visionfm.io import save_json_atomic, save_safetensors_atomic, save_text_atomic
+        from visionfm.io.atomic import atomic_dir, save_json_atomic, save_safetensors_atomic, save_text_atomic
         from visionfm.packaging.card import render_model_card
 
         dest = Path(folder)
@@ -349,27 +348,13 @@ class VisionFMModel(nn.Module):
         from visionfm.io.finite import require_finite
 
         require_finite(tensors, f"model folder {dest}")  # never a folder of NaN/inf weights; an old one stays
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
+        with atomic_dir(dest) as tmp:
             save_safetensors_atomic(tensors, tmp / WEIGHTS_FILE,
                                     metadata={"format": f"visionfm-model/{FORMAT_VERSION}", "task": self.task})
             save_json_atomic(cfg, tmp / CONFIG_FILE)
             if metrics is not None:
                 save_json_atomic(dict(metrics), tmp / METRICS_FILE)
             save_text_atomic(render_model_card(cfg, model_card_extra), tmp / CARD_FILE)
-            os.chmod(tmp, 0o755)
-            old = None
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(dest, old)
-            os.replace(tmp, dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.config = cfg
         log.info("model folder written: %s", dest)
         return dest
