@@ -35,6 +35,7 @@ from visionfm.io.download import (
     part_path,
     read_record,
     record_path,
+    recorded_sha256,
     registry_with_overrides,
     visionfm_home,
 )
@@ -219,10 +220,10 @@ def _default_downloader(entry: PublicDataset, url: str | None, part: Path) -> No
 def _check_archive(entry: PublicDataset, path: Path) -> str:
     """``path``'s sha256, checked against the record when there is one."""
     sha = file_sha256(path)
-    rec = read_record(path, DataFormatError)
-    if rec is not None and rec.get("sha256") and rec["sha256"] != sha:
+    recorded = recorded_sha256(path, DataFormatError)
+    if recorded and recorded != sha:
         raise DataFormatError(
-            f"{path}: sha256 {sha[:12]}… differs from the {str(rec['sha256'])[:12]}… recorded in "
+            f"{path}: sha256 {sha[:12]}… differs from the {recorded[:12]}… recorded in "
             f"{record_path(path).name} (corrupted or replaced); delete it and fetch it again with "
             f"`visionfm datasets fetch {entry.name}`")
     return sha
@@ -274,10 +275,10 @@ def fetch_dataset(name: str, url: str | None = None, downloader: Downloader | No
             raise DataFormatError(f"the download of {entry.name} from {url or entry.source_url} is not a zip or "
                                     "tar archive (an HTML page? a quota message?); it was not kept")
         sha = file_sha256(part)
-        rec = read_record(archive, DataFormatError)
-        if rec is not None and rec.get("sha256") and rec["sha256"] != sha:
+        recorded = recorded_sha256(archive, DataFormatError)
+        if recorded and recorded != sha:
             raise DataFormatError(
-                f"the download of {entry.name} has sha256 {sha[:12]}…, not the {str(rec['sha256'])[:12]}… recorded in "
+                f"the download of {entry.name} has sha256 {sha[:12]}…, not the {recorded[:12]}… recorded in "
                 f"{record_path(archive)} (the file at {url or entry.source_url} changed or is corrupted); it is "
                 f"kept at {part} — delete the record to accept it")
         finish_part(part, archive)

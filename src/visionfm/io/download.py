@@ -32,6 +32,7 @@ __all__ = [
     "finish_part",
     "record_path",
     "read_record",
+    "recorded_sha256",
 ]
 
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "VISIONFM_OFFLINE")
@@ -119,6 +120,12 @@ def read_record(path: str | os.PathLike[str], error: type[VisionFMError] = Visio
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{rec}: not valid JSON ({exc}); delete it to verify {Path(path).name} again") from None
     return data if isinstance(data, dict) else None
+
+
+def recorded_sha256(path: str | os.PathLike[str], error: type[VisionFMError] = VisionFMError) -> str | None:
+    """The sha256 recorded for ``path`` (``None``: no record, or one without a sha256)."""
+    rec = read_record(path, error)
+    return str(rec["sha256"]) if rec is not None and rec.get("sha256") else None
 
 
 def registry_with_overrides(table: Mapping[str, _T], env: str, fields: set[str],

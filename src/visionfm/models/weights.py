@@ -36,6 +36,7 @@ from visionfm.io.download import (
     part_path,
     read_record,
     record_path,
+    recorded_sha256,
     registry_with_overrides,
     visionfm_home,
 )
@@ -166,12 +167,12 @@ def _verify_load(entry: OfficialWeights, path: Path, shown: Path) -> None:
 
 def _check(entry: OfficialWeights, path: Path) -> Path:
     """``path`` checked against its recorded sha256; without a record it is verified by loading and recorded."""
-    rec = _read_record(path)
+    recorded = recorded_sha256(path, CheckpointError)
     sha = file_sha256(path)
-    if rec is not None and rec.get("sha256"):
-        if rec["sha256"] != sha:
+    if recorded:
+        if recorded != sha:
             raise CheckpointError(
-                f"{path}: sha256 {sha[:12]}… differs from the {rec['sha256'][:12]}… recorded in "
+                f"{path}: sha256 {sha[:12]}… differs from the {recorded[:12]}… recorded in "
                 f"{record_path(path).name} (corrupted or replaced); delete it and "
                 f"{download_hint(entry).replace('download it', 'download it again', 1)}")
         return path
