@@ -11,26 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 
+from visionfm.cli.options import add_catalogue_arguments, check_catalogue_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["list", "path", "fetch"],
-                        help="list: the known archives; path NAME: the extracted folder; fetch NAME: download, "
-                             "extract and check it")
-    parser.add_argument("name", nargs="?", default=None,
-                        help="a data set name (visionfm-processed: IDRiD, OCTID, DRIVE preprocessed by the authors)")
-    parser.add_argument("--url", default=None,
-                        help="fetch: download the archive from this http(s) URL instead of its Google Drive file")
-    parser.add_argument("--json", action="store_true", default=False,
-                        help="print JSON instead of text (list: the table; path/fetch: the report)")
+    add_catalogue_arguments(
+        parser,
+        actions_help="list: the known archives; path NAME: the extracted folder; fetch NAME: download, extract and "
+                     "check it",
+        name_help="a data set name (visionfm-processed: IDRiD, OCTID, DRIVE preprocessed by the authors)",
+        url_help="fetch: download the archive from this http(s) URL instead of its Google Drive file",
+        json_help="print JSON instead of text (list: the table; path/fetch: the report)")
 
 
 def run(args: argparse.Namespace) -> int:
     from visionfm.data.fetch import dataset_path, datasets_dir, datasets_table, fetch_dataset
-    from visionfm.errors import ConfigError
 
+    check_catalogue_arguments("datasets", args, "e.g. visionfm-processed")
     if args.action == "list":
-        if args.name is not None or args.url is not None:
-            raise ConfigError("datasets list takes no NAME and no --url")
         rows = datasets_table()
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -41,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['name']}  {state}  {r['path'] if r['extracted'] else r['source']}")
             print(f"    {r['description']}; licence: {r['licence']}")
         return 0
-    if not args.name:
-        raise ConfigError(f"datasets {args.action}: NAME is required (e.g. visionfm-processed; "
-                          "see `visionfm datasets list`)")
     if args.action == "path":
-        if args.url is not None:
-            raise ConfigError("--url: only `datasets fetch` downloads")
         report = dataset_path(args.name)
     else:
         report = fetch_dataset(args.name, url=args.url)

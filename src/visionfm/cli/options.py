@@ -215,6 +215,29 @@ class VFMArgumentParser(argparse.ArgumentParser):
                           help="sub-dict of the weights file holding the encoder")
 
 
+def add_catalogue_arguments(p: argparse.ArgumentParser, *, actions_help: str, name_help: str, url_help: str,
+                            json_help: str) -> None:
+    """``ACTION [NAME] [--url URL] [--json]`` of the catalogue commands (``weights``, ``datasets``)."""
+    p.add_argument("action", choices=["list", "path", "fetch"], help=actions_help)
+    p.add_argument("name", nargs="?", default=None, help=name_help)
+    p.add_argument("--url", default=None, help=url_help)
+    p.add_argument("--json", action="store_true", default=False, help=json_help)
+
+
+def check_catalogue_arguments(command: str, args: argparse.Namespace, example: str) -> None:
+    """``list`` takes no NAME and no ``--url``; ``path`` and ``fetch`` need NAME; only ``fetch`` downloads."""
+    from visionfm.errors import ConfigError
+
+    if args.action == "list":
+        if args.name is not None or args.url is not None:
+            raise ConfigError(f"{command} list takes no NAME and no --url")
+        return
+    if not args.name:
+        raise ConfigError(f"{command} {args.action}: NAME is required ({example}; see `visionfm {command} list`)")
+    if args.action == "path" and args.url is not None:
+        raise ConfigError(f"--url: only `{command} fetch` downloads")
+
+
 def add_arch_arguments(p: argparse.ArgumentParser) -> None:
     """``--arch`` and ``--patch_size`` of a command that loads a frozen encoder: read from the weights file
     when not given, checked against it when given (``random`` weights: vit_base, 16)."""

@@ -11,24 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 
+from visionfm.cli.options import add_catalogue_arguments, check_catalogue_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["list", "path", "fetch"],
-                        help="list: the official files; path NAME: the local file; fetch NAME: download it")
-    parser.add_argument("name", nargs="?", default=None,
-                        help="a modality name (Fundus, OCT, FFA, Ultrasound, External, SlitLamp, MRI, UBM)")
-    parser.add_argument("--url", default=None,
-                        help="fetch: download from this http(s) URL instead of the entry's Google Drive file")
-    parser.add_argument("--json", action="store_true", help="list: print JSON instead of a table")
+    add_catalogue_arguments(
+        parser,
+        actions_help="list: the official files; path NAME: the local file; fetch NAME: download it",
+        name_help="a modality name (Fundus, OCT, FFA, Ultrasound, External, SlitLamp, MRI, UBM)",
+        url_help="fetch: download from this http(s) URL instead of the entry's Google Drive file",
+        json_help="list: print JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionfm.errors import ConfigError
     from visionfm.models.weights import fetch_weights, weights_dir, weights_path, weights_table
 
+    check_catalogue_arguments("weights", args, "a modality, e.g. Fundus")
     if args.action == "list":
-        if args.name is not None or args.url is not None:
-            raise ConfigError("weights list takes no NAME and no --url")
         rows = weights_table()
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -43,12 +42,7 @@ def run(args: argparse.Namespace) -> int:
         for row in table:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + str(row[-1]))
         return 0
-    if not args.name:
-        raise ConfigError(f"weights {args.action}: NAME is required (a modality, e.g. Fundus; "
-                          "see `visionfm weights list`)")
     if args.action == "path":
-        if args.url is not None:
-            raise ConfigError("--url: only `weights fetch` downloads")
         print(weights_path(args.name))
         return 0
     print(fetch_weights(args.name, url=args.url))
